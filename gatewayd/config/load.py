@@ -1,0 +1,143 @@
+"""Reading a config file: TOML into Structs, secrets resolved, errors that name file, key and expectation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+from gatewayd.config.model import ApiConfig, Config, TerminalConfig
+from gatewayd.config.secret import Secret, dec_hook
+from gatewayd.errors import ConfigError
+
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`")
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _key_path(path: str) -> str:
+    return path.lstrip(".") or "(top level)"
+
+
+def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """(key path, what was expected) from a msgspec validation message."""
+    match = _AT.match(str(exc))
+    what = match.group("what") if match else str(exc)
+    path = _key_path(match.group("path") or "") if match else "(top level)"
+    if m := _UNKNOWN.match(what):
+        key = m.group("key")
+        return (f"{path}.{key}" if path != "(top level)" else key), "unknown key"
+    if m := _MISSING.match(what):
+        key = m.group("key")
+        return (f"{path}.{key}" if path != "(top level)" else key), "required key is missing"
+    return path, what.replace("`", "")
+
+
+def parse(data: bytes | str, source: str = "<config>", *, resolve_secrets: bool = True) -> Config:
+    """Decode and check a config; raise ConfigError naming the source, the key and the expectation.
+
+    With `resolve_secrets` false, each secret must have exactly one source but is not read
+    (an operator's shell cannot read the credentials systemd hands to the service).
+    """
+    try:
+        config = msgspec.toml.decode(data, type=Config, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        key, expected = describe_validation_error(exc)
+        raise ConfigError(f"{source}: {key}: {expected}", file=source, key=key) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", file=source, key="") from None
+    return _resolve(config, source, resolve_secrets)
+
+
+def load(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> Config:
+    """Read and check the config file at `path`."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}", file=source, key="") from None
+    return parse(data, source, resolve_secrets=resolve_secrets)
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}", file=source, key=key)
+
+
+def _read_secret(source: str, key_base: str, *, value: Secret | None, env: str | None,
+                 file: str | None, credential: str | None, required: bool,
+                 resolve: bool = True) -> Secret | None:
+    given = {k: v for k, v in {"": value, "_env": env, "_file": file, "_credential": credential}.items()
+             if v is not None}
+    if len(given) > 1:
+        names = ", ".join(key_base + k for k in given)
+        raise _fail(source, key_base, f"give only one of {names}")
+    if not given:
+        if required:
+            raise _fail(source, key_base, f"one of {key_base}, {key_base}_env, {key_base}_file"
+                        f" or {key_base}_credential is required")
+        return None
+    if value is not None:
+        return value
+    if not resolve:
+        return None
+    if env is not None:
+        if env not in os.environ:
+            raise _fail(source, key_base + "_env", f"environment variable {env} is not set")
+        return Secret(os.environ[env].strip())
+    if credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise _fail(source, key_base + "_credential",
+                        "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)")
+        file = str(Path(directory) / credential)
+        key_base += "_credential"
+    else:
+        key_base += "_file"
+    try:
+        return Secret(Path(file or "").read_text().strip())
+    except OSError as exc:
+        raise _fail(source, key_base, f"cannot read {file}: {exc.strerror}") from None
+
+
+def _check_listen(source: str, key: str, listen: str | None) -> None:
+    if listen is None:
+        return
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _fail(source, key, "expected host:port, e.g. 127.0.0.1:9470")
+
+
+def _resolve_terminal(source: str, index: int, t: TerminalConfig, resolve: bool) -> TerminalConfig:
+    key = _read_secret(source, f"terminals[{index}].authkey", value=t.authkey, env=t.authkey_env,
+                       file=t.authkey_file, credential=t.authkey_credential, required=True,
+                       resolve=resolve)
+    if not resolve:
+        return t
+    return msgspec.structs.replace(t, authkey=key, authkey_env=None, authkey_file=None,
+                                   authkey_credential=None)
+
+
+def _resolve_api(source: str, api: ApiConfig, resolve: bool) -> ApiConfig:
+    _check_listen(source, "api.tcp_listen", api.tcp_listen)
+    token = _read_secret(source, "api.tcp_token", value=api.tcp_token, env=api.tcp_token_env,
+                         file=api.tcp_token_file, credential=None, required=api.tcp_listen is not None,
+                         resolve=resolve)
+    if not resolve:
+        return api
+    if token is not None and len(token.reveal()) < 16:
+        raise _fail(source, "api.tcp_token", "must be at least 16 characters")
+    return msgspec.structs.replace(api, tcp_token=token, tcp_token_env=None, tcp_token_file=None)
+
+
+def _resolve(config: Config, source: str, resolve: bool) -> Config:
+    duplicates = [tid for tid, n in Counter(t.id for t in config.terminals).items() if n > 1]
+    if duplicates:
+        raise _fail(source, "terminals", f"duplicate terminal id {duplicates[0]!r}")
+    _check_listen(source, "metrics.listen", config.metrics.listen)
+    if config.database.pool_min > config.database.pool_max:
+        raise _fail(source, "database.pool_min", "must not exceed database.pool_max")
+    terminals = [_resolve_terminal(source, i, t, resolve) for i, t in enumerate(config.terminals)]
+    return msgspec.structs.replace(config, terminals=terminals, api=_resolve_api(source, config.api, resolve))

@@ -1,0 +1,122 @@
+"""The configuration, as frozen msgspec Structs: every key documented in config/gatewayd.toml."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gatewayd.config.secret import Secret
+
+PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DatabaseConfig(_Section):
+    """Where the data lives: a DSN, or (absent) an embedded PostgreSQL under state_dir."""
+
+    dsn: Secret | None = None
+    statement_cache: bool = True  # false behind transaction poolers (pgbouncer, Supabase pooler)
+    pool_min: Annotated[int, Meta(ge=1, le=100)] = 2
+    pool_max: Annotated[int, Meta(ge=1, le=500)] = 10
+    connect_timeout_s: PositiveSeconds = 10.0
+    command_timeout_s: PositiveSeconds = 30.0
+    durable: bool = True  # embedded only: fsync; tests may turn it off
+
+
+class ApiConfig(_Section):
+    """The local API: a unix socket, optionally a TCP listener guarded by a bearer token."""
+
+    socket: str = "/run/gatewayd/gatewayd.sock"
+    socket_mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    socket_group: str | None = None
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    checkout_wait_s: PositiveSeconds = 90.0
+    tcp_listen: str | None = None
+    tcp_token: Secret | None = None
+    tcp_token_env: str | None = None
+    tcp_token_file: str | None = None
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics, liveness and the status page."""
+
+    listen: str | None = "127.0.0.1:9470"
+
+
+class HealthConfig(_Section):
+    """Terminal health monitoring."""
+
+    interval_s: PositiveSeconds = 30.0
+    failure_threshold: Annotated[int, Meta(ge=1, le=100)] = 2
+    offline_backoff_cap_s: PositiveSeconds = 300.0
+
+
+class CheckoutConfig(_Section):
+    """Checkout policy."""
+
+    card_mode: Literal["sale", "auth_capture"] = "sale"
+    max_amount: Annotated[int, Meta(gt=0)] = 10_000_000  # minor units; larger amounts are refused
+    loyalty_points_per_unit: Annotated[int, Meta(ge=0, le=1000)] = 1  # points per whole currency unit
+    minor_units_per_unit: Annotated[int, Meta(ge=1)] = 100
+    max_lines: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    max_tenders: Annotated[int, Meta(ge=1, le=50)] = 10
+
+
+class RecoveryConfig(_Section):
+    """Recovery and maintenance schedule."""
+
+    interval_s: PositiveSeconds = 60.0
+    stale_pending_minutes: Annotated[int, Meta(ge=1)] = 15
+    maintenance_interval_s: PositiveSeconds = 300.0
+    unresolved_alert_minutes: Annotated[int, Meta(ge=1)] = 10
+
+
+class LogConfig(_Section):
+    """Log format and level."""
+
+    format: Literal["plain", "json"] = "plain"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class TerminalConfig(_Section):
+    """One card terminal. The auth key comes from exactly one of the authkey* keys."""
+
+    id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    base_url: Annotated[str, Meta(pattern=r"^https?://")]
+    tpn: Annotated[str, Meta(min_length=1, max_length=50)]
+    name: str = ""
+    driver: Literal["spin"] = "spin"
+    authkey: Secret | None = None
+    authkey_env: str | None = None
+    authkey_file: str | None = None
+    authkey_credential: str | None = None  # a systemd credential (LoadCredential=) by name
+    timeout_s: Annotated[int, Meta(ge=1, le=720)] = 120  # SPInProxyTimeout sent to the terminal
+    queue_depth: Annotated[int, Meta(ge=1, le=10_000)] = 32
+    is_live: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+class Config(_Section):
+    """The whole configuration of one store's daemon."""
+
+    store_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    state_dir: str = "/var/lib/gatewayd"
+    database: DatabaseConfig = DatabaseConfig()
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
+    checkout: CheckoutConfig = CheckoutConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    log: LogConfig = LogConfig()
+    terminals: list[TerminalConfig] = []
+
+    def terminal(self, terminal_id: str) -> TerminalConfig | None:
+        return next((t for t in self.terminals if t.id == terminal_id), None)

@@ -1,0 +1,166 @@
+"""The asyncpg pool: lifecycle, error classes decided by exception type, and bounded retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from gatewayd.errors import PermanentStoreError, StoreError, TransientStoreError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors after which the same work may succeed: the server asked us to retry (serialization,
+# deadlock), is restarting, or the connection broke. Decided by class, never by message text.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress" after a drop
+    asyncpg.QueryCanceledError,  # statement timeout
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def classify(exc: BaseException) -> StoreError:
+    """The StoreError class that says whether retrying `exc` can help."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, _TRANSIENT):
+        return TransientStoreError(f"database unavailable: {type(exc).__name__}: {exc}")
+    return PermanentStoreError(f"database refused: {type(exc).__name__}: {exc}")
+
+
+def retry_delay_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
+    """Capped exponential backoff with full jitter."""
+    return random.uniform(0, min(cap_s, base_s * 2**attempt))
+
+
+class Database:
+    """A pool to one PostgreSQL database; every statement goes through here."""
+
+    def __init__(self, dsn: str, *, statement_cache: bool = True, pool_min: int = 2, pool_max: int = 10,
+                 connect_timeout_s: float = 10.0, command_timeout_s: float = 30.0) -> None:
+        self._dsn = dsn
+        self._statement_cache = statement_cache
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self.errors = 0
+        self.up = False
+
+    async def open(self) -> None:
+        """Create the pool; raises TransientStoreError when the server cannot be reached."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                timeout=self._connect_timeout_s,
+                command_timeout=self._command_timeout_s,
+                # Behind a transaction pooler a prepared statement may land on another backend.
+                statement_cache_size=100 if self._statement_cache else 0,
+                max_inactive_connection_lifetime=300,
+            )
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise classify(exc) from exc
+        self.up = True
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close gracefully, then abort whatever did not finish in time."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        try:
+            await asyncio.wait_for(pool.close(), timeout_s)
+        except TimeoutError:
+            pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise TransientStoreError("database pool is not open")
+        return self._pool
+
+    def in_use(self) -> int:
+        pool = self._pool
+        if pool is None:
+            return 0
+        return pool.get_size() - pool.get_idle_size()
+
+    def size(self) -> int:
+        return 0 if self._pool is None else self._pool.get_size()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; driver errors come out as StoreError subclasses."""
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+            self.up = True
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException as exc:
+            error = classify(exc)
+            self.errors += 1
+            if isinstance(error, TransientStoreError):
+                self.up = False
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, attempts: int = 5,
+                  what: str = "database work") -> T:
+        """Run `work` on a connection, retrying transient failures (the work must be idempotent)."""
+        for attempt in range(attempts):
+            try:
+                async with self.connection() as conn:
+                    return await work(conn)
+            except TransientStoreError as exc:
+                if attempt + 1 >= attempts:
+                    raise
+                delay = retry_delay_s(attempt)
+                log.info("%s: %s; retrying in %.2fs", what, exc.message, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.connection() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.connection() as conn:
+            return str(await conn.execute(query, *args))
+
+    async def ping(self) -> bool:
+        """True when a trivial query answers."""
+        try:
+            await asyncio.wait_for(self.fetchval("SELECT 1"), 5.0)
+        except (StoreError, TimeoutError):
+            self.up = False
+            return False
+        self.up = True
+        return True

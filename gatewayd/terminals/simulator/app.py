@@ -1,0 +1,296 @@
+"""The simulator's aiohttp app: the SPIn REST dialect plus `/_sim/` control endpoints.
+
+Magic cents (`amount % 100`) on Sale, Auth and Return choose the behaviour (see
+TERMINALS.md). One transaction at a time per Tpn: a second concurrent one is
+answered busy (2008); Status, StatusList and TerminalStatus are answered by the
+"proxy" and never count as transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gatewayd.errors import ProtocolError
+from gatewayd.terminals.simulator.ledger import Ledger, Terminal, Txn
+from gatewayd.terminals.spin.codec import to_cents, to_dollars
+
+_encoder = msgspec.json.Encoder(decimal_format="number")
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_TYPE_NAMES = {"sale": "Sale", "auth": "Auth", "capture": "Capture", "return": "Return"}
+_TRANSACTIONS = frozenset({"Sale", "Auth", "Capture", "Void", "Return", "Settle"})
+_CARD_OPS = frozenset({"Sale", "Auth", "Return"})
+_MESSAGES = {
+    "0000": "Approved",
+    "0001": "Partially approved",
+    "1001": "Not found",
+    "1002": "Not implemented",
+    "1011": "Duplicate Reference Id",
+    "1012": "Canceled",
+    "1013": "Bad request",
+    "1015": "Declined",
+    "1020": "No open batch",
+    "2001": "Terminal not connected to SPIn Proxy server",
+    "2002": "Active AuthKey not found",
+    "2003": "Register not found",
+    "2006": "Could not parse request",
+    "2007": "The operation has timed out",
+    "2008": "Terminal in use",
+    "2201": "Invalid request data",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Knobs of one simulator process."""
+
+    latency_s: float = 0.0
+    slow_s: float = 3.0
+
+
+LEDGER_KEY = web.AppKey("ledger", Ledger)
+CONFIG_KEY = web.AppKey("config", SimConfig)
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(payload), status=status, content_type="application/json")
+
+
+def _general(code: str, delay: int | None = None) -> dict[str, Any]:
+    result = "0" if code in ("0000", "0001") else "2" if code.startswith("2") else "1"
+    message = _MESSAGES.get(code, "Error")
+    return {
+        "ResultCode": result,
+        "StatusCode": code,
+        "Message": message,
+        "DetailedMessage": message,
+        "DelayBeforeNextRequest": delay,
+    }
+
+
+def _error(code: str, ref: str = "", delay: int | None = None, status: int = 200) -> web.Response:
+    payload: dict[str, Any] = {"GeneralResponse": _general(code, delay), "PaymentType": "Credit"}
+    if ref:
+        payload["ReferenceId"] = ref
+    return _json(payload, status)
+
+
+def answer_of(txn: Txn, kind: str | None = None) -> dict[str, Any]:
+    """The SPIn payment answer for a recorded transaction (what Status returns)."""
+    dollars = to_dollars(txn.amount)
+    return {
+        "GeneralResponse": _general(txn.status_code),
+        "PaymentType": "Credit",
+        "TransactionType": _TYPE_NAMES.get(kind or txn.type, "Sale"),
+        "ReferenceId": txn.reference_id,
+        "InvoiceNumber": txn.reference_id[:50],
+        "AuthCode": txn.auth_code,
+        "BatchNumber": str(txn.batch),
+        "TransactionNumber": str(txn.number),
+        "Voided": txn.voided,
+        "Amounts": {"TotalAmount": dollars, "Amount": dollars, "TipAmount": None, "FeeAmount": None},
+        "CardData": {"CardType": txn.card_brand, "EntryType": "Chip", "Last4": txn.last4},
+    }
+
+
+async def _hold() -> web.Response:
+    """Never answer; ends when the client goes away or the connection is dropped."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------ card operations
+
+
+async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amount: int) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    kind = op.lower()
+    cents = amount % 100
+    if ref in term.open:
+        return _error("1011", ref)
+    if cents == 54 and ref not in term.busy_seen:
+        term.busy_seen.add(ref)
+        return _error("2008", ref, delay=1)
+    if cents == 57:
+        return await _hold()
+    if cents == 55:
+        await asyncio.sleep(config.slow_s)
+    elif cents not in range(51, 60) and config.latency_s > 0:
+        await asyncio.sleep(config.latency_s)
+    approved_status = "returned" if kind == "return" else "approved"
+    if cents in (51, 59):
+        code = "1015" if cents == 51 else "1012"
+        return _json(answer_of(term.record(ref, kind, amount, amount, "declined", code)))
+    if cents == 56 and kind != "return":
+        return _json(answer_of(term.record(ref, kind, amount // 2, amount, approved_status, "0001")))
+    txn = term.record(ref, kind, amount, amount, approved_status, "0000")
+    if cents == 52:
+        return await _hold()
+    if cents == 53:
+        if request.transport is not None:
+            request.transport.abort()
+        return await _hold()
+    if cents == 58:
+        return _error("2007", ref)
+    return _json(answer_of(txn))
+
+
+def _capture(term: Terminal, ref: str, amount: int) -> web.Response:
+    txn = term.open.get(ref)
+    if txn is None or txn.voided or txn.type not in ("auth", "capture") or txn.status == "declined":
+        return _error("1001", ref)
+    if txn.type == "auth":
+        if amount > txn.amount or amount <= 0:
+            return _error("1013", ref)
+        txn.type, txn.status, txn.amount = "capture", "captured", amount
+    return _json(answer_of(txn))
+
+
+def _void(term: Terminal, ref: str) -> web.Response:
+    txn = term.open.get(ref)
+    if txn is None or txn.status == "declined":
+        return _error("1001", ref)
+    txn.voided, txn.status = True, "voided"
+    return _json(answer_of(txn))
+
+
+def _settle(term: Terminal) -> web.Response:
+    if not term.open:
+        return _error("1020")
+    closed = list(term.open.values())
+    net = sum(
+        (-t.amount if t.type == "return" else t.amount)
+        for t in closed
+        if t.status in ("approved", "captured", "returned") and t.type != "auth"
+    )
+    batch = term.batch
+    term.settled.extend(closed)
+    term.open.clear()
+    term.busy_seen.clear()
+    term.batch += 1
+    report = {"Count": len(closed), "Amount": to_dollars(net)}
+    details = [{"Application": "Credit", "HostStatus": "Approved", "TransactionsReports": [report]}]
+    return _json({"GeneralResponse": _general("0000"), "BatchNumber": str(batch), "SettleDetails": details})
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def _amount(body: dict[str, Any]) -> int | None:
+    try:
+        return to_cents(body.get("Amount"))
+    except ProtocolError:
+        return None
+
+
+async def _transaction(request: web.Request, term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
+    ref = str(body.get("ReferenceId") or "")
+    if op == "Settle":
+        return _settle(term)
+    if not ref or len(ref) > 50:
+        return _error("2201", ref, status=400)
+    if op == "Void":
+        return _void(term, ref)
+    amount = _amount(body)
+    if amount is None or amount <= 0:
+        return _error("1013", ref)
+    if op == "Capture":
+        return _capture(term, ref, amount)
+    return await _card_op(request, term, op, ref, amount)
+
+
+def _inquiry(term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
+    if op == "StatusList":
+        transactions = [answer_of(t) for t in term.open.values()]
+        return _json({"GeneralResponse": _general("0000"), "Transactions": transactions})
+    ref = str(body.get("ReferenceId") or "")
+    txn = term.open.get(ref)
+    return _json(answer_of(txn)) if txn is not None else _error("1001", ref)
+
+
+async def payment(request: web.Request) -> web.Response:
+    """`POST /v2/Payment/{op}`."""
+    op = request.match_info["op"]
+    try:
+        body = _decoder.decode(await request.read())
+    except (msgspec.DecodeError, ValueError):
+        return _error("2006", status=400)
+    if not isinstance(body, dict) or not body.get("Tpn"):
+        return _error("2201", status=400)
+    if not body.get("Authkey"):
+        return _error("2002")
+    term = request.app[LEDGER_KEY].terminal(str(body["Tpn"]))
+    if term is None:
+        return _error("2003")
+    if term.offline:
+        return _error("2001", str(body.get("ReferenceId") or ""))
+    if op in ("Status", "StatusList"):
+        return _inquiry(term, op, body)
+    if op not in _TRANSACTIONS:
+        return _error("1002")
+    term.active += 1
+    term.max_active = max(term.max_active, term.active)
+    transport = request.transport
+    try:
+        if transport is not None:
+            term.transports.add(transport)
+        if term.active > 1:
+            return _error("2008", str(body.get("ReferenceId") or ""), delay=1)
+        return await _transaction(request, term, op, body)
+    finally:
+        term.active -= 1
+        if transport is not None:
+            term.transports.discard(transport)
+
+
+async def terminal_status(request: web.Request) -> web.Response:
+    """`GET /v2/Common/TerminalStatus?request.tpn=…&request.authkey=…`."""
+    query = {k.lower(): v for k, v in request.query.items()}
+    tpn = query.get("request.tpn") or query.get("tpn") or ""
+    term = request.app[LEDGER_KEY].terminal(tpn)
+    if term is None:
+        return _json(
+            {"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": "Register not found"}, 404
+        )
+    state = "Offline" if term.offline else "Online"
+    return _json({"TerminalStatus": state, "Tpn": tpn, "ErrorDescription": ""})
+
+
+# ------------------------------------------------------------------ control
+
+
+async def set_state(request: web.Request) -> web.Response:
+    """`POST /_sim/terminals/{tpn}/offline|online`."""
+    tpn, state = request.match_info["tpn"], request.match_info["state"]
+    if not request.app[LEDGER_KEY].set_offline(tpn, state == "offline"):
+        return _json({"error": "unknown tpn", "tpn": tpn}, 404)
+    return _json({"tpn": tpn, "state": state})
+
+
+async def reset(request: web.Request) -> web.Response:
+    """`POST /_sim/reset`."""
+    request.app[LEDGER_KEY].reset()
+    return _json({"reset": True})
+
+
+async def ledger(request: web.Request) -> web.Response:
+    """`GET /_sim/ledger`."""
+    return _json(request.app[LEDGER_KEY].snapshot())
+
+
+def make_app(ledger_: Ledger, config: SimConfig) -> web.Application:
+    """The simulator app serving `ledger_`."""
+    app = web.Application(client_max_size=256 * 1024)
+    app[LEDGER_KEY] = ledger_
+    app[CONFIG_KEY] = config
+    app.router.add_post("/v2/Payment/{op}", payment)
+    app.router.add_get("/v2/Common/TerminalStatus", terminal_status)
+    app.router.add_post("/_sim/terminals/{tpn}/{state:offline|online}", set_state)
+    app.router.add_post("/_sim/reset", reset)
+    app.router.add_get("/_sim/ledger", ledger)
+    return app

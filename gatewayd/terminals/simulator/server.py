@@ -1,0 +1,85 @@
+"""Running the simulator: in-process (`running_simulator`) or as `gatewayd simulate` (`main`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gatewayd.terminals.simulator.app import SimConfig, make_app
+from gatewayd.terminals.simulator.ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Simulator:
+    """A running simulator: its base URL and its ledger."""
+
+    url: str
+    ledger: Ledger
+
+    def set_offline(self, tpn: str, offline: bool = True) -> None:
+        """Take terminal `tpn` offline (or back online), as `POST /_sim/terminals/{tpn}/offline` does."""
+        self.ledger.set_offline(tpn, offline)
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    latency_ms: int = 0,
+    slow_s: float = 3.0,
+    tpns: set[str] | frozenset[str] | None = None,
+) -> AsyncIterator[Simulator]:
+    """Serve the simulator on host:port (0 = any free port) for the duration of the block."""
+    ledger = Ledger(tpns)
+    app = make_app(ledger, SimConfig(latency_s=latency_ms / 1000, slow_s=slow_s))
+    # handler_cancellation: a held request ends when its client gives up.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        yield Simulator(url=f"http://{url_host}:{bound[1]}", ledger=ledger)
+    finally:
+        ledger.reset()
+        await runner.cleanup()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gatewayd simulate", description="Serve simulated SPIn terminals.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--slow-s", type=float, default=3.0)
+    parser.add_argument("--tpns", default=None, help="comma-separated allow-list of Tpns (default: any)")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    tpns = frozenset(t.strip() for t in args.tpns.split(",") if t.strip()) if args.tpns else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_simulator(args.host, args.port, args.latency_ms, args.slow_s, tpns) as sim:
+        print(f"gatewayd simulator listening on {sim.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`gatewayd simulate --port P [--host H] [--latency-ms N] [--slow-s S] [--tpns A,B]`."""
+    args = _parse(argv)
+    try:
+        asyncio.run(_serve(args))
+    except OSError as exc:
+        print(f"gatewayd simulate: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,227 @@
+"""The SPIn REST driver: one terminal, aiohttp keep-alive, typed outcomes, never raises for the network."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+
+import aiohttp
+
+from gatewayd.errors import ProtocolError, TerminalError
+from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, SettleResult, Unknown
+from gatewayd.terminals.spin import codec
+
+log = logging.getLogger("gatewayd.terminals.spin")
+
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# Exceptions raised before a byte of the request left: nothing can have started.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_NETWORK = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class SpinDriver:
+    """Drives one Dejavoo terminal through SPIn REST; share `session` across terminals at scale."""
+
+    __slots__ = (
+        "_base",
+        "_closed",
+        "_cred",
+        "_margin_s",
+        "_own_session",
+        "_proxy_timeout_s",
+        "_session",
+        "_settle_timeout_s",
+        "_status_timeout_s",
+        "_terminal_id",
+    )
+
+    def __init__(
+        self,
+        terminal_id: str,
+        base_url: str,
+        tpn: str,
+        authkey: str,
+        timeout_s: float,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        http_margin_s: float = 10.0,
+        status_timeout_s: float = 5.0,
+        settle_timeout_s: float | None = None,
+    ) -> None:
+        if not 1 <= timeout_s <= 720:
+            raise ValueError("timeout_s must be within SPIn's 1..720 s")
+        if http_margin_s <= 0 or status_timeout_s < 2:
+            raise ValueError("http_margin_s must be > 0 and status_timeout_s >= 2")
+        self._terminal_id = terminal_id
+        self._base = base_url.rstrip("/")
+        self._cred = codec.Credentials(tpn=tpn, authkey=authkey)
+        self._proxy_timeout_s = float(math.ceil(timeout_s))
+        self._margin_s = http_margin_s
+        self._status_timeout_s = status_timeout_s
+        self._settle_timeout_s = float(math.ceil(min(720.0, settle_timeout_s or timeout_s)))
+        self._session = session
+        self._own_session = session is None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"SpinDriver(terminal_id={self._terminal_id!r}, base_url={self._base!r}, tpn={self._cred.tpn!r})"
+        )
+
+    @property
+    def terminal_id(self) -> str:
+        """The gateway's id for this terminal."""
+        return self._terminal_id
+
+    @property
+    def timeout_s(self) -> float:
+        """SPInProxyTimeout sent with every transaction."""
+        return self._proxy_timeout_s
+
+    @property
+    def transaction_timeout_s(self) -> float:
+        """The HTTP timeout of a transaction: the proxy timeout plus the margin, always longer."""
+        return self._proxy_timeout_s + self._margin_s
+
+    # ------------------------------------------------------------ transport
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._cred.authkey, "***") if self._cred.authkey else text
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._redact(f"{type(exc).__name__}: {exc}")[:300]
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise TerminalError("driver is closed", terminal_id=self._terminal_id)
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > codec.MAX_ANSWER_BYTES:
+            raise ProtocolError("answer too large", terminal_id=self._terminal_id)
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            buf += chunk
+            if len(buf) > codec.MAX_ANSWER_BYTES:
+                raise ProtocolError("answer too large", terminal_id=self._terminal_id)
+        return bytes(buf)
+
+    async def _post(self, op: str, body: bytes, http_timeout_s: float) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=http_timeout_s)
+        url = f"{self._base}/v2/Payment/{op}"
+        async with self._get_session().post(url, data=body, headers=_HEADERS, timeout=timeout) as resp:
+            return await self._read(resp)
+
+    async def _get_status(self) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=self._status_timeout_s)
+        url = f"{self._base}/v2/Common/TerminalStatus"
+        params = codec.terminal_status_params(self._cred)
+        async with self._get_session().get(url, params=params, headers=_HEADERS, timeout=timeout) as resp:
+            return await self._read(resp)
+
+    # ------------------------------------------------------------ money
+
+    async def _money(self, op: str, body: bytes, ref: str, requested: int | None) -> Outcome:
+        try:
+            data = await self._post(op, body, self.transaction_timeout_s)
+            outcome = codec.parse_payment(data, op=op.lower(), ref=ref, requested=requested)
+        except _NOT_SENT as exc:
+            outcome = Offline(message=self._describe(exc))
+        except ProtocolError as exc:
+            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
+        except _NETWORK as exc:
+            outcome = Unknown(reason=self._describe(exc))
+        log.debug("terminal %s: %s ref=%s -> %s", self._terminal_id, op, ref, _tag(outcome))
+        return outcome
+
+    async def sale(self, ref: str, amount: int) -> Outcome:
+        """Charge `amount` cents under reference id `ref`."""
+        body = codec.sale_body(self._cred, ref, amount, self._proxy_timeout_s)
+        return await self._money("Sale", body, ref, amount)
+
+    async def auth(self, ref: str, amount: int) -> Outcome:
+        """Authorize `amount` cents under reference id `ref`."""
+        body = codec.auth_body(self._cred, ref, amount, self._proxy_timeout_s)
+        return await self._money("Auth", body, ref, amount)
+
+    async def capture(self, ref: str, amount: int) -> Outcome:
+        """Capture `amount` cents of the authorization `ref`."""
+        body = codec.capture_body(self._cred, ref, amount, self._proxy_timeout_s)
+        return await self._money("Capture", body, ref, amount)
+
+    async def void(self, ref: str, amount: int | None = None) -> Outcome:
+        """Void transaction `ref` (open batch only)."""
+        body = codec.void_body(self._cred, ref, self._proxy_timeout_s, amount)
+        return await self._money("Void", body, ref, amount)
+
+    async def refund(self, ref: str, amount: int) -> Outcome:
+        """SPIn Return of `amount` cents under the new reference id `ref`."""
+        body = codec.return_body(self._cred, ref, amount, self._proxy_timeout_s)
+        return await self._money("Return", body, ref, amount)
+
+    # ------------------------------------------------------------ inquiries and batch
+
+    def _short_proxy_timeout_s(self) -> float:
+        return max(1.0, math.floor(self._status_timeout_s / 2))
+
+    async def status(self, ref: str) -> Outcome:
+        """Inquire about `ref` with a short timeout."""
+        body = codec.status_body(self._cred, ref, self._short_proxy_timeout_s())
+        try:
+            outcome = codec.parse_status(await self._post("Status", body, self._status_timeout_s), ref)
+        except _NOT_SENT as exc:
+            outcome = Offline(message=self._describe(exc))
+        except ProtocolError as exc:
+            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
+        except _NETWORK as exc:
+            outcome = Unknown(reason=self._describe(exc))
+        log.debug("terminal %s: status ref=%s -> %s", self._terminal_id, ref, _tag(outcome))
+        return outcome
+
+    async def health(self) -> Health:
+        """TerminalStatus with a short timeout."""
+        try:
+            return codec.parse_terminal_status(await self._get_status())
+        except ProtocolError as exc:
+            return Health(state="unknown", message=self._redact(exc.message))
+        except _NETWORK as exc:
+            return Health(state="offline", message=self._describe(exc))
+
+    async def settle(self) -> SettleResult:
+        """Close the open batch; a lost answer is reported as not ok with the reason."""
+        body = codec.settle_body(self._cred, uuid.uuid4().hex, self._settle_timeout_s)
+        try:
+            return codec.parse_settle(
+                await self._post("Settle", body, self._settle_timeout_s + self._margin_s)
+            )
+        except ProtocolError as exc:
+            return SettleResult(ok=False, message=f"outcome unknown: {self._redact(exc.message)}")
+        except _NETWORK as exc:
+            return SettleResult(ok=False, message=f"outcome unknown: {self._describe(exc)}")
+
+    async def batch(self) -> list[BatchEntry]:
+        """The open batch (StatusList); raises TerminalError when the terminal cannot answer."""
+        body = codec.status_list_body(self._cred, self._proxy_timeout_s)
+        try:
+            return codec.parse_status_list(await self._post("StatusList", body, self.transaction_timeout_s))
+        except ProtocolError as exc:
+            raise ProtocolError(self._redact(exc.message), terminal_id=self._terminal_id) from exc
+        except _NETWORK as exc:
+            raise TerminalError(
+                f"batch unavailable: {self._describe(exc)}", terminal_id=self._terminal_id
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the session if this driver owns it (idempotent)."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._own_session:
+            await session.close()
+
+
+def _tag(outcome: object) -> str:
+    return type(outcome).__name__
