@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS orders (
     loyalty_points      bigint      NOT NULL DEFAULT 0 CHECK (loyalty_points >= 0),
     failure_code        text,
     failure_reason      text,
+    -- Which daemon drives this order until when: recovery by another daemon waits for expiry,
+    -- a restarted daemon takes back its own at once (lease_owner is a stable instance id).
+    lease_owner         text,
+    lease_until         timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     completed_at        timestamptz,

@@ -40,11 +40,12 @@ BEGIN
     v_number := lpad(nextval('order_number_seq')::text, 6, '0');
     INSERT INTO orders (store_id, id, order_number, status, payment_status, idempotency_key,
                         request_hash, card_mode, subtotal, tax, discount, total, change_due,
-                        currency, register_id, customer_id)
+                        currency, register_id, customer_id, lease_owner, lease_until)
     VALUES (p_store, v_id, v_number, 'pending_payment', 'pending', p->>'idempotency_key',
             p->>'request_hash', p->>'card_mode', (p->>'subtotal')::bigint, (p->>'tax')::bigint,
             (p->>'discount')::bigint, (p->>'total')::bigint, (p->>'change_due')::bigint,
-            p->>'currency', p->>'register_id', p->>'customer_id');
+            p->>'currency', p->>'register_id', p->>'customer_id', p->>'lease_owner',
+            now() + make_interval(secs => (p->>'lease_s')::double precision));
 
     INSERT INTO order_items (store_id, order_id, line_no, sku, quantity, unit_price)
     SELECT p_store, v_id, (t.ord - 1)::int, t.l->>'sku', (t.l->>'quantity')::int,
@@ -141,7 +142,7 @@ BEGIN
     UPDATE orders
        SET status = 'completed', payment_status = CASE WHEN v_capture THEN 'authorized' ELSE 'paid' END,
            loyalty_points = v_points, register_session_id = v_session,
-           completed_at = now(), updated_at = now()
+           lease_owner = NULL, lease_until = NULL, completed_at = now(), updated_at = now()
      WHERE store_id = p_store AND id = p_order;
 
     INSERT INTO audit_events (store_id, kind, order_id, detail)
@@ -191,7 +192,8 @@ BEGIN
            payment_status = CASE WHEN EXISTS (
                    SELECT 1 FROM payment_transactions WHERE store_id = p_store AND order_id = p_order
                       AND tender_type = 'card' AND status = 'voided') THEN 'voided' ELSE 'failed' END,
-           failure_code = p_code, failure_reason = p_reason, failed_at = now(), updated_at = now()
+           failure_code = p_code, failure_reason = p_reason, failed_at = now(), updated_at = now(),
+           lease_owner = NULL, lease_until = NULL
      WHERE store_id = p_store AND id = p_order;
 
     INSERT INTO audit_events (store_id, kind, order_id, detail)

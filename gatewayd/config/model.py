@@ -96,6 +96,7 @@ class TerminalConfig(_Section):
     authkey_file: str | None = None
     authkey_credential: str | None = None  # a systemd credential (LoadCredential=) by name
     timeout_s: Annotated[int, Meta(ge=1, le=720)] = 120  # SPInProxyTimeout sent to the terminal
+    http_margin_s: Annotated[float, Meta(ge=0.5, le=120)] = 10.0  # the HTTP timeout is timeout_s plus this
     queue_depth: Annotated[int, Meta(ge=1, le=10_000)] = 32
     is_live: bool = True
 

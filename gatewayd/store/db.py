@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 
 from gatewayd.errors import PermanentStoreError, StoreError, TransientStoreError
 
@@ -46,6 +47,16 @@ def classify(exc: BaseException) -> StoreError:
     return PermanentStoreError(f"database refused: {type(exc).__name__}: {exc}")
 
 
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python values, through msgspec."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 def retry_delay_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
     """Capped exponential backoff with full jitter."""
     return random.uniform(0, min(cap_s, base_s * 2**attempt))
@@ -78,6 +89,7 @@ class Database:
                 # Behind a transaction pooler a prepared statement may land on another backend.
                 statement_cache_size=100 if self._statement_cache else 0,
                 max_inactive_connection_lifetime=300,
+                init=_init_connection,
             )
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):

@@ -15,7 +15,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-
 _BRANDS = ("VISA", "MASTERCARD", "AMEX", "DISCOVER")
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 

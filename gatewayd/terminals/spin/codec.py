@@ -1,16 +1,15 @@
-"""SPIn REST (v2) encoding and decoding: pure functions over bytes, no I/O.
+"""SPIn REST (v2) answers: pure decoding and status-code classification, no I/O.
 
-Requests are built from `Credentials` (whose repr hides the auth key); answers are
-parsed loosely (both `ResultCode` spellings, `DelayBeforeNextRequest` as number,
-string or null) into the typed outcomes. Anything that cannot be understood
-raises `ProtocolError`; the driver turns that into `Unknown` for money ops.
-Card data is reduced to brand and last four digits at once.
+Request bodies live in `spin.requests` (re-exported here). Answers are parsed
+loosely (both `ResultCode` spellings, `DelayBeforeNextRequest` as number, string
+or null) into the typed outcomes. Anything that cannot be understood raises
+`ProtocolError`; the driver turns that into `Unknown` for money ops. Card data is
+reduced to brand and last four digits at once.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
@@ -31,22 +30,55 @@ from gatewayd.terminals.outcomes import (
     SettleResult,
     Unknown,
 )
+from gatewayd.terminals.spin.requests import (
+    MAX_DOLLARS,
+    Credentials,
+    auth_body,
+    capture_body,
+    return_body,
+    sale_body,
+    settle_body,
+    status_body,
+    status_list_body,
+    terminal_status_params,
+    to_cents,
+    to_dollars,
+    void_body,
+)
+
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "MAX_DOLLARS",
+    "CodeClass",
+    "Credentials",
+    "General",
+    "auth_body",
+    "capture_body",
+    "classify",
+    "decode",
+    "outcome_of",
+    "parse_general",
+    "parse_payment",
+    "parse_settle",
+    "parse_status",
+    "parse_status_list",
+    "parse_terminal_status",
+    "return_body",
+    "sale_body",
+    "settle_body",
+    "status_body",
+    "status_list_body",
+    "terminal_status_params",
+    "to_cents",
+    "to_dollars",
+    "void_body",
+]
 
 MAX_ANSWER_BYTES = 256 * 1024
-MAX_DOLLARS = Decimal(10) ** 9
 DEFAULT_BUSY_DELAY_S = 2.0
 MAX_BUSY_DELAY_S = 300.0
 
-_encoder = msgspec.json.Encoder(decimal_format="number")
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A terminal's SPIn credentials; the auth key never shows in repr or str."""
-
-    tpn: str
-    authkey: str = field(repr=False)
 
 
 class CodeClass(Enum):
@@ -83,116 +115,6 @@ _CODE_CLASSES: dict[str, CodeClass] = {
 def classify(status_code: str) -> CodeClass:
     """Class of a 4-digit StatusCode; anything unrecognised is UNKNOWN (never declined)."""
     return _CODE_CLASSES.get(status_code, CodeClass.UNKNOWN)
-
-
-# ---------------------------------------------------------------- money on the wire
-
-
-def to_dollars(cents: int) -> Decimal:
-    """Exact decimal dollars for an int of cents (1230 -> Decimal('12.30'))."""
-    if isinstance(cents, bool) or not isinstance(cents, int):
-        raise TypeError("amount must be an int of cents")
-    return Decimal(cents).scaleb(-2)
-
-
-def to_cents(value: object) -> int:
-    """Exact cents from a wire amount (Decimal, int or numeric string); ProtocolError otherwise."""
-    if isinstance(value, bool):
-        raise ProtocolError("amount is a boolean")
-    try:
-        if isinstance(value, Decimal | int):
-            dollars = Decimal(value)
-        elif isinstance(value, str):
-            dollars = Decimal(value.strip())
-        else:
-            raise ProtocolError(f"amount has type {type(value).__name__}")
-        if not dollars.is_finite() or abs(dollars) > MAX_DOLLARS:
-            raise ProtocolError("amount out of range")
-        scaled = dollars.scaleb(2)
-        if scaled != scaled.to_integral_value():
-            raise ProtocolError("amount is not a whole number of cents")
-        return int(scaled)
-    except (InvalidOperation, ValueError, ArithmeticError) as exc:
-        raise ProtocolError("amount is not a number") from exc
-
-
-# ---------------------------------------------------------------- requests
-
-
-def _body(cred: Credentials, timeout_s: float, fields: dict[str, Any]) -> bytes:
-    payload: dict[str, Any] = {
-        "Tpn": cred.tpn,
-        "Authkey": cred.authkey,
-        "SPInProxyTimeout": max(1, min(720, math.ceil(timeout_s))),
-        **fields,
-    }
-    return _encoder.encode(payload)
-
-
-def _money_fields(ref: str, amount: int, invoice: str | None) -> dict[str, Any]:
-    return {
-        "Amount": to_dollars(amount),
-        "PaymentType": "Credit",
-        "ReferenceId": ref,
-        "InvoiceNumber": invoice or ref[:50],
-        "PrintReceipt": "No",
-        "GetReceipt": "No",
-    }
-
-
-def sale_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
-    """Body of `POST /v2/Payment/Sale`."""
-    return _body(cred, timeout_s, {**_money_fields(ref, amount, invoice), "TipAmount": 0})
-
-
-def auth_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
-    """Body of `POST /v2/Payment/Auth` (no tip: SPIn refuses tips in an Auth)."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
-
-
-def capture_body(cred: Credentials, ref: str, amount: int, timeout_s: float) -> bytes:
-    """Body of `POST /v2/Payment/Capture` for the Auth with reference id `ref`."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, None))
-
-
-def return_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
-    """Body of `POST /v2/Payment/Return`; `ref` must be a new reference id."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
-
-
-def void_body(cred: Credentials, ref: str, timeout_s: float, amount: int | None = None) -> bytes:
-    """Body of `POST /v2/Payment/Void` naming the original reference id."""
-    fields: dict[str, Any] = {"PaymentType": "Credit", "ReferenceId": ref, "PrintReceipt": "No"}
-    if amount is not None:
-        fields["Amount"] = to_dollars(amount)
-    return _body(cred, timeout_s, fields)
-
-
-def status_body(cred: Credentials, ref: str, timeout_s: float) -> bytes:
-    """Body of `POST /v2/Payment/Status` (inquiry by reference id)."""
-    return _body(cred, timeout_s, {"PaymentType": "Credit", "ReferenceId": ref})
-
-
-def status_list_body(cred: Credentials, timeout_s: float, first: int = 1, last: int = 5000) -> bytes:
-    """Body of `POST /v2/Payment/StatusList` (the open batch)."""
-    fields = {"PaymentType": "Credit", "TransactionFromIndex": first, "TransactionToIndex": last}
-    return _body(cred, timeout_s, fields)
-
-
-def settle_body(cred: Credentials, ref: str, timeout_s: float) -> bytes:
-    """Body of `POST /v2/Payment/Settle`."""
-    return _body(cred, timeout_s, {"ReferenceId": ref, "SettlementType": "Close", "GetReceipt": "No"})
-
-
-def terminal_status_params(cred: Credentials) -> dict[str, str]:
-    """Query parameters of `GET /v2/Common/TerminalStatus`."""
-    return {"request.tpn": cred.tpn, "request.authkey": cred.authkey}
 
 
 # ---------------------------------------------------------------- answers: generic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 import uuid
 
 import aiohttp
@@ -87,7 +88,10 @@ class SpinDriver:
     # ------------------------------------------------------------ transport
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._cred.authkey, "***") if self._cred.authkey else text
+        key = self._cred.authkey
+        if not key:
+            return text
+        return text.replace(key, "***").replace(urllib.parse.quote(key, safe=""), "***")
 
     def _describe(self, exc: BaseException) -> str:
         return self._redact(f"{type(exc).__name__}: {exc}")[:300]

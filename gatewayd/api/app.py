@@ -1,0 +1,277 @@
+"""The local HTTP/JSON API (aiohttp): routes, validation, error bodies, the TCP bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from gatewayd import __version__
+from gatewayd.api import openapi
+from gatewayd.api.errors import FAILED_CHECKOUT_STATUS, http_status
+from gatewayd.api.wire import (
+    CheckoutWithError,
+    CleanupRequest,
+    CleanupView,
+    ErrorBody,
+    ErrorInfo,
+    HealthView,
+    ReconcileRequest,
+    SettleView,
+    TerminalCounts,
+    TerminalList,
+    TerminalView,
+)
+from gatewayd.checkout.coordinator import Coordinator
+from gatewayd.checkout.errors import CheckoutError, InvalidRequest, NotFound
+from gatewayd.checkout.model import CheckoutRequest, CheckoutView, RefundRequest
+from gatewayd.store.db import Database
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Terminals(Protocol):
+    """What the API reads and asks of the store's terminals."""
+
+    def views(self) -> list[TerminalView]: ...
+    def view(self, terminal_id: str) -> TerminalView | None: ...
+    async def settle(self, terminal_id: str) -> SettleView: ...
+
+
+class Operations(Protocol):
+    """Operator work: orphans, reconciliation, cleanup (answers are plain JSON-able objects)."""
+
+    async def orphans(self) -> Any: ...
+    async def reconcile(self, terminal_id: str | None) -> Any: ...
+    async def cleanup(self, older_than_minutes: int) -> int: ...
+
+
+@dataclass
+class ApiContext:
+    coordinator: Coordinator
+    terminals: Terminals
+    db: Database
+    operations: Operations | None = None
+    checkout_wait_s: float = 90.0
+    tcp_token: str | None = None
+
+
+CONTEXT = web.AppKey("context", ApiContext)
+MAX_BODY = web.AppKey("max_body_bytes", int)
+_ENCODER = msgspec.json.Encoder()
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    """Encode a Struct (or builtins) with msgspec."""
+    return web.Response(body=_ENCODER.encode(value), status=status, content_type="application/json")
+
+
+def error_response(code: str, message: str, details: dict[str, Any] | None = None,
+                   status: int | None = None) -> web.Response:
+    body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or {}))
+    return json_response(body, status or http_status(code))
+
+
+def _decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> web.Response:
+    text = str(exc)
+    field = "(body)"
+    if " - at `$" in text:
+        text, _, path = text.partition(" - at `$")
+        field = path.rstrip("`").lstrip(".") or "(body)"
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return error_response("validation_error", f"malformed JSON: {text}", {"field": "(body)"})
+    return error_response("validation_error", f"{field}: {text.replace('`', '')}", {"field": field})
+
+
+async def decode_body(request: web.Request, type_: type[T]) -> T:
+    """Read and strictly decode the body; raises an aiohttp response on bad input."""
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise _as_exception(error_response("unsupported_media_type", "send application/json"))
+    body = await request.read()
+    try:
+        return msgspec.json.decode(body or b"{}", type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _as_exception(_decode_error(exc)) from None
+
+
+class _Answer(web.HTTPException):
+    """Carries a prepared response out of nested code."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _as_exception(response: web.Response) -> _Answer:
+    return _Answer(response)
+
+
+def _is_tcp(request: web.Request) -> bool:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return isinstance(sockname, tuple)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token on TCP, error bodies for everything, and the daemon keeps serving."""
+    ctx = request.app[CONTEXT]
+    if _is_tcp(request):
+        header = request.headers.get("Authorization", "")
+        token = ctx.tcp_token
+        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            return error_response("unauthorized", "a valid bearer token is required")
+    try:
+        return await handler(request)
+    except _Answer as answer:
+        return answer.response
+    except CheckoutError as exc:
+        return error_response(exc.code, exc.message, exc.details)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response("payload_too_large", "the body is over the limit",
+                              {"max_bytes": request.app[MAX_BODY]})
+    except web.HTTPNotFound:
+        return error_response("not_found", f"no such path: {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response("method_not_allowed", f"{request.method} is not allowed on {request.path}",
+                              {"allowed": sorted(exc.allowed_methods)})
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response("internal_error", "internal error; the checkout is left for recovery")
+
+
+def _checkout_response(view: CheckoutView) -> web.Response:
+    """200 for a completed checkout; a failed one answers with its error code beside the checkout."""
+    if view.status != "payment_failed" or view.failure is None:
+        return json_response(view)
+    code = view.failure.code if view.failure.code in FAILED_CHECKOUT_STATUS else "card_declined"
+    status = FAILED_CHECKOUT_STATUS.get(code, 402)
+    body = CheckoutWithError(**msgspec.structs.asdict(view),
+                             error=ErrorInfo(code=code, message=view.failure.message,
+                                             details={"checkout_id": view.id}))
+    return json_response(body, status)
+
+
+def _uuid(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound("no such checkout") from None
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def health(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    terminals = ctx.terminals.views()
+    db_up = await ctx.db.ping()
+    online = sum(1 for t in terminals if t.status == "online")
+    status = "ok" if db_up and online == len(terminals) else "degraded"
+    return json_response(HealthView(status=status, database="up" if db_up else "down",
+                                    terminals=TerminalCounts(total=len(terminals), online=online),
+                                    version=__version__, checkouts_in_flight=ctx.coordinator.in_flight))
+
+
+async def list_terminals(request: web.Request) -> web.Response:
+    return json_response(TerminalList(terminals=request.app[CONTEXT].terminals.views()))
+
+
+async def get_terminal(request: web.Request) -> web.Response:
+    view = request.app[CONTEXT].terminals.view(request.match_info["id"])
+    if view is None:
+        raise NotFound(f"no terminal {request.match_info['id']!r}")
+    return json_response(view)
+
+
+async def settle_terminal(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if ctx.terminals.view(request.match_info["id"]) is None:
+        raise NotFound(f"no terminal {request.match_info['id']!r}")
+    return json_response(await ctx.terminals.settle(request.match_info["id"]))
+
+
+async def create_checkout(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    checkout = await decode_body(request, CheckoutRequest)
+    view = await ctx.coordinator.checkout(checkout, ctx.checkout_wait_s)
+    return _checkout_response(view)
+
+
+async def get_checkout(request: web.Request) -> web.Response:
+    return json_response(await request.app[CONTEXT].coordinator.get(_uuid(request)))
+
+
+async def find_checkout(request: web.Request) -> web.Response:
+    key = request.query.get("idempotency_key")
+    if not key:
+        raise InvalidRequest("idempotency_key", "query parameter idempotency_key is required")
+    return json_response(await request.app[CONTEXT].coordinator.get(key=key))
+
+
+async def void_checkout(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    return json_response(await ctx.coordinator.void(_uuid(request), ctx.checkout_wait_s))
+
+
+async def refund_checkout(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    refund = await decode_body(request, RefundRequest)
+    return json_response(await ctx.coordinator.refund(_uuid(request), refund, ctx.checkout_wait_s))
+
+
+def _operations(request: web.Request) -> Operations:
+    ops = request.app[CONTEXT].operations
+    if ops is None:
+        raise NotFound("operator endpoints are not enabled")
+    return ops
+
+
+async def orphans(request: web.Request) -> web.Response:
+    return json_response(await _operations(request).orphans())
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    body = await decode_body(request, ReconcileRequest)
+    return json_response(await _operations(request).reconcile(body.terminal_id))
+
+
+async def cleanup(request: web.Request) -> web.Response:
+    body = await decode_body(request, CleanupRequest)
+    if body.older_than_minutes < 1:
+        raise InvalidRequest("older_than_minutes", "must be at least 1")
+    return json_response(CleanupView(cancelled=await _operations(request).cleanup(body.older_than_minutes)))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=openapi.document_bytes(), content_type="application/json")
+
+
+def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Application:
+    """The API application; serve it on the unix socket (and the optional TCP listener)."""
+    app = web.Application(middlewares=[guard], client_max_size=max_body_bytes)
+    app[CONTEXT] = ctx
+    app[MAX_BODY] = max_body_bytes
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/terminals", list_terminals)
+    app.router.add_get("/v1/terminals/{id}", get_terminal)
+    app.router.add_post("/v1/terminals/{id}/settle", settle_terminal)
+    app.router.add_post("/v1/checkouts", create_checkout)
+    app.router.add_get("/v1/checkouts", find_checkout)
+    app.router.add_get("/v1/checkouts/{id}", get_checkout)
+    app.router.add_post("/v1/checkouts/{id}/void", void_checkout)
+    app.router.add_post("/v1/checkouts/{id}/refunds", refund_checkout)
+    app.router.add_get("/v1/orphans", orphans)
+    app.router.add_post("/v1/reconcile", reconcile)
+    app.router.add_post("/v1/maintenance/cleanup", cleanup)
+    app.router.add_get("/v1/openapi.json", openapi_document)
+    return app

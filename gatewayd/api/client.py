@@ -1,0 +1,121 @@
+"""A Python client for the local API (used by the CLI, the tests, and POS developers).
+
+    async with GatewayClient("/run/gatewayd/gatewayd.sock") as gw:
+        answer = await gw.checkout({...})
+        if answer.status == 200: ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One API answer: HTTP status and decoded JSON body."""
+
+    status: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def error_code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return str(self.body["error"].get("code"))
+        return None
+
+
+class ApiError(Exception):
+    """A non-2xx answer, for callers that prefer exceptions (`Answer.raise_for_error`)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"{answer.status} {answer.error_code}: {answer.body}")
+        self.answer = answer
+
+
+class GatewayClient:
+    """HTTP/JSON over the daemon's unix socket (or a TCP URL with a bearer token)."""
+
+    def __init__(self, socket_path: str | None = None, *, base_url: str | None = None,
+                 token: str | None = None, timeout_s: float = 150.0) -> None:
+        if socket_path is None and base_url is None:
+            raise ValueError("give socket_path or base_url")
+        self._socket_path = socket_path
+        self._base = (base_url or "http://gatewayd").rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        connector = aiohttp.UnixConnector(path=self._socket_path) if self._socket_path else None
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                      params: dict[str, str] | None = None) -> Answer:
+        """Send one request; the body is JSON-encoded with msgspec (or sent as `raw` bytes)."""
+        if self._session is None:
+            await self.__aenter__()
+        assert self._session is not None
+        data = raw if raw is not None else (None if body is None else msgspec.json.encode(body))
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        async with self._session.request(method, self._base + path, data=data, params=params,
+                                         headers=headers) as resp:
+            payload = await resp.read()
+            try:
+                decoded = msgspec.json.decode(payload) if payload else None
+            except msgspec.DecodeError:
+                decoded = payload.decode(errors="replace")
+            return Answer(resp.status, decoded)
+
+    async def health(self) -> Answer:
+        return await self.request("GET", "/v1/health")
+
+    async def terminals(self) -> Answer:
+        return await self.request("GET", "/v1/terminals")
+
+    async def terminal(self, terminal_id: str) -> Answer:
+        return await self.request("GET", f"/v1/terminals/{terminal_id}")
+
+    async def settle(self, terminal_id: str) -> Answer:
+        return await self.request("POST", f"/v1/terminals/{terminal_id}/settle")
+
+    async def checkout(self, body: dict[str, Any]) -> Answer:
+        return await self.request("POST", "/v1/checkouts", body)
+
+    async def get_checkout(self, checkout_id: str) -> Answer:
+        return await self.request("GET", f"/v1/checkouts/{checkout_id}")
+
+    async def find_checkout(self, idempotency_key: str) -> Answer:
+        return await self.request("GET", "/v1/checkouts", params={"idempotency_key": idempotency_key})
+
+    async def void(self, checkout_id: str) -> Answer:
+        return await self.request("POST", f"/v1/checkouts/{checkout_id}/void")
+
+    async def refund(self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False) -> Answer:
+        return await self.request("POST", f"/v1/checkouts/{checkout_id}/refunds",
+                                  {"idempotency_key": idempotency_key, "amount": amount, "restock": restock})
+
+    async def orphans(self) -> Answer:
+        return await self.request("GET", "/v1/orphans")
+
+    async def reconcile(self, terminal_id: str | None = None) -> Answer:
+        return await self.request("POST", "/v1/reconcile", {"terminal_id": terminal_id} if terminal_id else {})
+
+    async def cleanup(self, older_than_minutes: int) -> Answer:
+        return await self.request("POST", "/v1/maintenance/cleanup", {"older_than_minutes": older_than_minutes})

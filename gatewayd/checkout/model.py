@@ -1,0 +1,151 @@
+"""Checkout requests and answers: the Structs the API validates with and answers in.
+
+Money is an int of minor units everywhere; a float, a negative or a missing field is refused
+by the decoder itself, before any code of ours runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Money = Annotated[int, Meta(ge=0, le=2**53)]
+PositiveMoney = Annotated[int, Meta(gt=0, le=2**53)]
+Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+ShortId = Annotated[str, Meta(min_length=1, max_length=100)]
+
+CheckoutStatus = Literal[
+    "pending_payment", "payment_processing", "payment_authorized", "completed", "payment_failed",
+    "cancelled", "voided", "refunded", "partially_refunded",
+]
+TenderStatus = Literal["pending", "processing", "approved", "declined", "failed", "unknown", "voided", "refunded"]
+FINAL_STATUSES = frozenset({"completed", "payment_failed", "cancelled", "voided", "refunded", "partially_refunded"})
+
+
+class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Line(_In):
+    """One order line."""
+
+    sku: Annotated[str, Meta(min_length=1, max_length=100)]
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
+    unit_price: Money
+
+
+class CashTender(_In, tag="cash", tag_field="type"):
+    """Cash: approved at once; `tendered` (optional, >= amount) gives change."""
+
+    amount: Money
+    tendered: Money | None = None
+
+
+class CardTender(_In, tag="card", tag_field="type"):
+    """A card charge on one of the store's terminals."""
+
+    amount: PositiveMoney
+    terminal_id: ShortId
+
+
+Tender = CashTender | CardTender
+
+
+class CheckoutRequest(_In):
+    """POST /v1/checkouts: take payment for an order."""
+
+    idempotency_key: Key
+    lines: Annotated[list[Line], Meta(min_length=1)]
+    tenders: Annotated[list[Tender], Meta(min_length=1)]
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    tax: Money = 0
+    discount: Money = 0
+    register_id: ShortId | None = None
+    customer_id: ShortId | None = None
+
+    @property
+    def subtotal(self) -> int:
+        return sum(line.quantity * line.unit_price for line in self.lines)
+
+    @property
+    def total(self) -> int:
+        return self.subtotal + self.tax - self.discount
+
+
+class RefundRequest(_In):
+    """POST /v1/checkouts/{id}/refunds."""
+
+    idempotency_key: Key
+    amount: PositiveMoney
+    restock: bool = False
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class TenderView(_Out):
+    """One tender of a checkout, as the POS sees it."""
+
+    type: Literal["cash", "card"]
+    amount: int
+    status: TenderStatus
+    terminal_id: str | None = None
+    reference_id: str | None = None
+    approved_amount: int | None = None
+    tendered: int | None = None
+    auth_code: str | None = None
+    card_brand: str | None = None
+    last4: str | None = None
+    status_code: str | None = None
+    message: str | None = None
+
+
+class RefundView(_Out):
+    """One refund of a checkout."""
+
+    id: str
+    amount: int
+    status: Literal["pending", "completed", "failed"]
+    restock: bool = False
+    reference_id: str | None = None
+    message: str | None = None
+
+
+class Failure(_Out):
+    """Why a checkout did not complete."""
+
+    code: str
+    message: str = ""
+
+
+class CheckoutView(_Out):
+    """A checkout in whatever state it is (the answer of POST and GET /v1/checkouts)."""
+
+    id: str
+    order_id: str
+    order_number: str
+    idempotency_key: str
+    status: CheckoutStatus
+    payment_status: str
+    currency: str
+    subtotal: int
+    tax: int
+    discount: int
+    total: int
+    change: int
+    tenders: list[TenderView]
+    created_at: str
+    register_id: str | None = None
+    customer_id: str | None = None
+    loyalty_points: int = 0
+    refunded_amount: int = 0
+    refunds: list[RefundView] = []
+    failure: Failure | None = None
+    completed_at: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES

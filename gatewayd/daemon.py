@@ -1,0 +1,258 @@
+"""The daemon: wires config, store, terminals, checkout, API and observability; ordered start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import asyncpg
+from aiohttp import web
+
+from gatewayd import __version__
+from gatewayd.api.app import ApiContext, build_app
+from gatewayd.api.listen import systemd_sockets, tcp_socket, unix_socket
+from gatewayd.api.wire import SettleView, TerminalView
+from gatewayd.checkout.coordinator import Coordinator
+from gatewayd.config import Config, load
+from gatewayd.errors import ConfigError, GatewayError, StoreError
+from gatewayd.observe import logs
+from gatewayd.observe.systemd import Notifier, watchdog_interval_s
+from gatewayd.store import migrate
+from gatewayd.store.checkouts import CheckoutStore
+from gatewayd.store.connect import database_for, resolve_dsn
+from gatewayd.store.db import Database
+from gatewayd.store.terminals import TerminalStore
+from gatewayd.terminals.fleet import Fleet
+
+log = logging.getLogger("gatewayd")
+
+DRAIN_DEADLINE_S = 25.0
+
+
+def instance_id(config: Config) -> str:
+    """A stable name for this daemon: the same after a restart, different for a second daemon."""
+    where = hashlib.sha256(f"{config.state_dir}|{config.api.socket}".encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}:{config.store_id}:{where}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class FleetApi:
+    """The API's view of the fleet."""
+
+    def __init__(self, fleet: Fleet, settle_guard: Callable[[str], Any] | None = None) -> None:
+        self.fleet = fleet
+        self.settle_guard = settle_guard
+
+    def view(self, terminal_id: str) -> TerminalView | None:
+        lane = self.fleet.get(terminal_id)
+        config = self.fleet.configs.get(terminal_id)
+        if lane is None or config is None:
+            return None
+        return TerminalView(id=terminal_id, name=config.display_name, driver=config.driver, status=lane.state,
+                            last_health_check=_iso(lane.last_health_check),
+                            last_health_error=lane.last_health_error, queue_depth=lane.queue_depth,
+                            in_flight=lane.in_flight)
+
+    def views(self) -> list[TerminalView]:
+        return [v for tid in self.fleet if (v := self.view(tid)) is not None]
+
+    async def settle(self, terminal_id: str) -> SettleView:
+        if self.settle_guard is not None:
+            await self.settle_guard(terminal_id)
+        result = await self.fleet.settle(terminal_id)
+        return SettleView(terminal_id=terminal_id, ok=result.ok, batch=result.batch, count=result.count,
+                          total=result.total, message=result.message)
+
+
+@dataclass
+class Daemon:
+    """Everything one running gatewayd owns, in start order."""
+
+    config: Config
+    config_path: str | None = None
+    apply_migrations: bool = False
+    notifier: Notifier = field(default_factory=Notifier)
+    db: Database | None = None
+    fleet: Fleet | None = None
+    coordinator: Coordinator | None = None
+    runner: web.AppRunner | None = None
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    reload_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+
+    async def start(self) -> None:
+        """Database, migrations check, terminals, coordinator, API; READY=1 at the end."""
+        config = self.config
+        logs.register_secrets(self._secrets(config))
+        dsn = await resolve_dsn(config)
+        logs.register_secrets([p for p in [_dsn_password(dsn)] if p])
+        self.db = database_for(config, dsn)
+        await self.db.open()
+        await self._check_migrations()
+        terminals = TerminalStore(self.db, config.store_id)
+        await terminals.sync([(t.id, t.display_name, t.driver, t.is_live) for t in config.terminals])
+        self.fleet = Fleet(config.health, write_health=terminals.write_health)
+        self.fleet.start(config.terminals)
+        store = CheckoutStore(self.db, config.store_id)
+        self.coordinator = Coordinator(store, self.fleet, config.checkout, instance_id=instance_id(config))
+        await self._serve_api()
+        self.ready = True
+        self.notifier.ready(self.status_line())
+        log.info("gatewayd %s ready: store %s, %d terminal(s), api %s", __version__, config.store_id,
+                 len(config.terminals), config.api.socket)
+
+    @staticmethod
+    def _secrets(config: Config) -> list[str]:
+        values = [t.authkey.reveal() for t in config.terminals if t.authkey is not None]
+        if config.api.tcp_token is not None:
+            values.append(config.api.tcp_token.reveal())
+        return values
+
+    async def _check_migrations(self) -> None:
+        assert self.db is not None
+        async with self.db.connection() as conn:
+            if self.apply_migrations:
+                await migrate.apply(conn)
+                return
+            missing = await migrate.pending(conn)
+        if missing:
+            names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
+            raise ConfigError(f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate")
+
+    async def _serve_api(self) -> None:
+        assert self.db is not None and self.fleet is not None and self.coordinator is not None
+        api = self.config.api
+        token = api.tcp_token.reveal() if api.tcp_token is not None else None
+        ctx = ApiContext(coordinator=self.coordinator, terminals=FleetApi(self.fleet), db=self.db,
+                         checkout_wait_s=api.checkout_wait_s, tcp_token=token)
+        app = build_app(ctx, max_body_bytes=api.max_body_bytes)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await self.runner.setup()
+        passed = systemd_sockets()
+        sock = passed.pop("api", None) or unix_socket(api.socket, api.socket_mode, api.socket_group)
+        await web.SockSite(self.runner, sock).start()
+        if api.tcp_listen:
+            await web.SockSite(self.runner, passed.pop("api-tcp", None) or tcp_socket(api.tcp_listen)).start()
+
+    def status_line(self) -> str:
+        fleet = self.fleet
+        online = sum(1 for lane in fleet.values() if lane.state == "online") if fleet else 0
+        total = len(fleet) if fleet else 0
+        in_flight = self.coordinator.in_flight if self.coordinator else 0
+        return f"terminals {online}/{total} online, {in_flight} checkout(s) in flight"
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the config; terminals added, removed or changed; an invalid file changes nothing."""
+        if self.config_path is None or self.fleet is None or self.db is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc.message)
+            self.notifier.ready(self.status_line())
+            return False
+        logs.register_secrets(self._secrets(new))
+        await TerminalStore(self.db, new.store_id).sync(
+            [(t.id, t.display_name, t.driver, t.is_live) for t in new.terminals])
+        added, removed, changed = await self.fleet.reload(new.terminals)
+        self.config = new
+        log.info("reloaded %s: terminals added %s, removed %s, changed %s", self.config_path,
+                 added or "-", removed or "-", changed or "-")
+        self.notifier.ready(self.status_line())
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting checkouts, drain within the deadline, then close in reverse order."""
+        self.notifier.stopping()
+        if self.coordinator is not None:
+            left = await self.coordinator.drain(DRAIN_DEADLINE_S)
+            if left:
+                log.warning("%d checkout(s) still running at shutdown: left to recovery", left)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.fleet is not None:
+            await self.fleet.close()
+        if self.db is not None:
+            await self.db.close()
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval_s()
+        if interval is None or self.db is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            if await self.db.ping():
+                self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+
+    async def run_until_stopped(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_event.set)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watchdog)
+            tg.start_soon(self._reloader)
+            await self.stop_event.wait()
+            log.info("stopping: no new checkouts; draining")
+            if self.coordinator is not None:
+                self.coordinator.accepting = False
+            tg.cancel_scope.cancel()
+
+    async def _reloader(self) -> None:
+        while True:
+            await self.reload_event.wait()
+            self.reload_event.clear()
+            await self.reload()
+
+
+def _dsn_password(dsn: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(dsn).password
+    except ValueError:
+        return None
+
+
+async def serve(config: Config, *, config_path: str | None = None, apply_migrations: bool = False,
+                on_ready: Callable[[Daemon], Any] | None = None) -> int:
+    """Run one daemon to the end; the exit code."""
+    daemon = Daemon(config, config_path=config_path, apply_migrations=apply_migrations)
+    try:
+        await daemon.start()
+    except (GatewayError, OSError, asyncpg.PostgresError) as exc:
+        message = exc.message if isinstance(exc, GatewayError) else str(exc)
+        log.error("cannot start: %s", message)
+        await daemon.stop()
+        return 1 if isinstance(exc, StoreError) or not isinstance(exc, ConfigError) else 2
+    if on_ready is not None:
+        on_ready(daemon)
+    try:
+        await daemon.run_until_stopped()
+    finally:
+        await daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+def run(config: Config, *, config_path: str | None = None, apply_migrations: bool = False) -> int:
+    """Run on uvloop."""
+    import uvloop
+
+    logs.setup(config.log.level, config.log.format)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(config, config_path=config_path, apply_migrations=apply_migrations))

@@ -1,0 +1,442 @@
+"""A terminal lane: one owner task per terminal, a bounded queue, one operation at a time.
+
+Policy lives here, mechanism in the driver: a busy terminal is waited for and
+the SAME request resent; an ambiguous outcome (Unknown, 1012 after a timeout,
+1011 duplicate reference) is resolved with `status` inquiries (capped
+exponential backoff with full jitter) until it is definite. A NotFound only
+counts once the operation's own transaction timeout has passed. An operation
+that was sent always runs to its end, whatever happens to its caller; its
+result is kept by reference id for whoever asks next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, overload
+
+import msgspec
+
+from gatewayd.errors import TerminalBusy, TerminalError
+from gatewayd.terminals.backoff import backoff_s
+from gatewayd.terminals.driver import TerminalDriver
+from gatewayd.terminals.ops import (
+    MONEY_OPS,
+    Auth,
+    Batch,
+    Capture,
+    HealthCheck,
+    Inquire,
+    MoneyOp,
+    Op,
+    Refund,
+    Sale,
+    Settle,
+    Void,
+    op_name,
+)
+from gatewayd.terminals.outcomes import (
+    Approved,
+    BatchEntry,
+    Busy,
+    Declined,
+    Health,
+    HealthState,
+    NotFound,
+    Offline,
+    Outcome,
+    SettleResult,
+    Unknown,
+)
+
+__all__ = ["Auth", "Batch", "Capture", "HealthCheck", "Inquire", "Lane", "Refund", "Sale", "Settle", "Void"]
+
+log = logging.getLogger("gatewayd.terminals.lane")
+
+OnResult = Callable[[str, str, float], None]
+Result = Outcome | SettleResult | list[BatchEntry] | Health
+
+
+@dataclass(slots=True)
+class _Job:
+    op: Op
+    future: asyncio.Future[Any]
+    key: tuple[str, str] | None
+
+
+def _key(op: Op) -> tuple[str, str] | None:
+    ref = getattr(op, "ref", None)
+    return (op_name(op), ref) if ref is not None else None
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # mark retrieved: callers may have gone away
+
+
+def result_tag(result: object) -> str:
+    """A short tag for metrics: the outcome's tag, `ok`/`failed` for settle, etc."""
+    if isinstance(result, msgspec.Struct) and isinstance(result.__struct_config__.tag, str):
+        return result.__struct_config__.tag
+    if isinstance(result, SettleResult):
+        return "ok" if result.ok else "failed"
+    if isinstance(result, Health):
+        return result.state
+    return "ok" if isinstance(result, list) else "error"
+
+
+class Lane:
+    """The only way to talk to one terminal: `execute(op)` queues, `run()` is the owner task."""
+
+    def __init__(
+        self,
+        terminal_id: str,
+        driver: TerminalDriver,
+        *,
+        queue_depth: int = 32,
+        inquiry_base_s: float = 0.5,
+        inquiry_cap_s: float = 30.0,
+        busy_budget_s: float = 120.0,
+        results_kept: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        on_result: OnResult | None = None,
+    ) -> None:
+        self.terminal_id = terminal_id
+        self.driver = driver
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_depth)
+        self._inquiry_base_s = inquiry_base_s
+        self._inquiry_cap_s = inquiry_cap_s
+        self._busy_budget_s = busy_budget_s
+        self._results_kept = results_kept
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._on_result = on_result
+        self._pending: dict[tuple[str, str], _Job] = {}
+        self._pending_by_ref: dict[str, _Job] = {}
+        self._replay: OrderedDict[tuple[str, str], tuple[Op, Outcome]] = OrderedDict()
+        self._known: OrderedDict[str, Outcome] = OrderedDict()
+        self._current: _Job | None = None
+        self._closed = False
+        self.state: HealthState = "unknown"
+        self.last_health_check: datetime | None = None
+        self.last_health_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Lane(terminal_id={self.terminal_id!r}, state={self.state!r}, queue_depth={self.queue_depth})"
+
+    # ------------------------------------------------------------ observation
+
+    @property
+    def queue_depth(self) -> int:
+        """Operations waiting (not counting the one in flight)."""
+        return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> bool:
+        """True while an operation is running on the terminal."""
+        return self._current is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight."""
+        return self._current is None and self._queue.empty()
+
+    def record_health(self, state: HealthState, checked_at: datetime, error: str | None) -> None:
+        """Set the state decided by the health monitor."""
+        self.state = state
+        self.last_health_check = checked_at
+        self.last_health_error = error
+
+    def _observe(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Approved | Declined | NotFound):
+            new: HealthState = "online"
+        elif isinstance(outcome, Offline):
+            new = "offline"
+        elif isinstance(outcome, Busy):
+            new = "busy"
+        elif isinstance(outcome, Unknown):
+            new = "unknown"
+        else:
+            return
+        if new != self.state:
+            log.debug("terminal %s: state %s -> %s", self.terminal_id, self.state, new)
+            self.state = new
+
+    # ------------------------------------------------------------ callers
+
+    @overload
+    async def execute(self, op: Settle) -> SettleResult: ...
+    @overload
+    async def execute(self, op: Batch) -> list[BatchEntry]: ...
+    @overload
+    async def execute(self, op: HealthCheck) -> Health: ...
+    @overload
+    async def execute(self, op: MoneyOp | Inquire) -> Outcome: ...
+
+    async def execute(self, op: Op) -> Result:
+        """Run `op` on the terminal (or join the same operation already queued or running)."""
+        if self._closed:
+            raise TerminalError("lane is stopped", terminal_id=self.terminal_id)
+        joined = self._join(op)
+        if joined is not None:
+            result: Result = await joined
+            return result
+        job = _Job(op=op, future=asyncio.get_running_loop().create_future(), key=_key(op))
+        job.future.add_done_callback(_consume)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise TerminalBusy(
+                "terminal queue is full", terminal_id=self.terminal_id, queue_depth=self._queue.maxsize
+            ) from None
+        if job.key is not None:
+            self._pending[job.key] = job
+            if isinstance(op, MONEY_OPS):
+                self._pending_by_ref[job.key[1]] = job
+        return await asyncio.shield(job.future)  # type: ignore[no-any-return]
+
+    def _join(self, op: Op) -> Awaitable[Any] | None:
+        """A future or kept result for an operation already known, else None."""
+        key = _key(op)
+        if key is None:
+            return None
+        if isinstance(op, Inquire):
+            job = self._pending_by_ref.get(op.ref) or self._pending.get(key)
+            if job is not None:
+                return asyncio.shield(job.future)
+            known = self._known.get(op.ref)
+            return _ready(known) if known is not None else None
+        job = self._pending.get(key)
+        if job is not None:
+            self._check_same(job.op, op)
+            return asyncio.shield(job.future)
+        kept = self._replay.get(key)
+        if kept is not None:
+            self._check_same(kept[0], op)
+            return _ready(kept[1])
+        return None
+
+    def _check_same(self, earlier: Op, op: Op) -> None:
+        if isinstance(earlier, Void) and isinstance(op, Void):
+            return  # a void's amount is informational: the reference id names the transaction
+        if earlier != op:
+            raise TerminalError(
+                "another operation with this reference id is known",
+                terminal_id=self.terminal_id,
+                reference_id=getattr(op, "ref", ""),
+            )
+
+    # ------------------------------------------------------------ the owner task
+
+    async def run(self) -> None:
+        """The owner task: take one job at a time and run it to a definite end."""
+        try:
+            while True:
+                job = await self._queue.get()
+                self._current = job
+                started = self._clock()
+                result: Result | BaseException
+                try:
+                    result = await self._perform(job.op)
+                except asyncio.CancelledError:
+                    _settle_future(job.future, _stopped(job.op, sent=True))
+                    raise
+                except TerminalError as exc:
+                    result = _failed(job.op, exc, self.terminal_id)
+                except Exception as exc:
+                    log.exception("terminal %s: %s failed", self.terminal_id, op_name(job.op))
+                    result = _failed(job.op, exc, self.terminal_id)
+                finally:
+                    self._current = None
+                self._finish(job, result, self._clock() - started)
+        finally:
+            self._closed = True
+            self._drain()
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            _settle_future(job.future, _stopped(job.op, sent=False))
+        self._pending.clear()
+        self._pending_by_ref.clear()
+
+    def _finish(self, job: _Job, result: Result | BaseException, seconds: float) -> None:
+        if job.key is not None:
+            self._pending.pop(job.key, None)
+            if self._pending_by_ref.get(job.key[1]) is job:
+                del self._pending_by_ref[job.key[1]]
+        if isinstance(job.op, MONEY_OPS) and isinstance(result, Approved | Declined | NotFound):
+            _keep(self._known, job.op.ref, result, self._results_kept)
+            if job.key is not None and isinstance(result, Approved | Declined):
+                _keep(self._replay, job.key, (job.op, result), self._results_kept)
+        _settle_future(job.future, result)
+        if self._on_result is not None:
+            try:
+                self._on_result(op_name(job.op), result_tag(result), seconds)
+            except Exception:
+                log.exception("terminal %s: on_result hook failed", self.terminal_id)
+
+    async def _perform(self, op: Op) -> Result:
+        d = self.driver
+        if isinstance(op, Sale):
+            return await self._transact(op, lambda: d.sale(op.ref, op.amount))
+        if isinstance(op, Auth):
+            return await self._transact(op, lambda: d.auth(op.ref, op.amount))
+        if isinstance(op, Capture):
+            return await self._transact(op, lambda: d.capture(op.ref, op.amount))
+        if isinstance(op, Void):
+            return await self._transact(op, lambda: d.void(op.ref, op.amount))
+        if isinstance(op, Refund):
+            return await self._transact(op, lambda: d.refund(op.ref, op.amount))
+        if isinstance(op, Inquire):
+            outcome = await d.status(op.ref)
+            self._observe(outcome)
+            return outcome
+        if isinstance(op, Settle):
+            return await d.settle()
+        if isinstance(op, Batch):
+            return await d.batch()
+        return await d.health()
+
+    # ------------------------------------------------------------ money policy
+
+    async def _transact(self, op: MoneyOp, send: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        busy_until = self._clock() + self._busy_budget_s
+        while True:
+            sent_at = self._clock()
+            outcome = await send()
+            self._observe(outcome)
+            if isinstance(outcome, Busy):
+                if self._clock() + outcome.retry_after_s > busy_until:
+                    return outcome
+                log.debug(
+                    "terminal %s: busy, resending %s in %.1fs",
+                    self.terminal_id,
+                    op.ref,
+                    outcome.retry_after_s,
+                )
+                await self._sleep(outcome.retry_after_s)
+                continue
+            if self._ambiguous(outcome, sent_at):
+                log.info(
+                    "terminal %s: %s %s outcome unknown (%s), inquiring",
+                    self.terminal_id,
+                    op_name(op),
+                    op.ref,
+                    getattr(outcome, "reason", getattr(outcome, "status_code", "")),
+                )
+                return await self._resolve(op, sent_at)
+            return _fit(op, outcome)
+
+    def _ambiguous(self, outcome: Outcome, sent_at: float) -> bool:
+        if isinstance(outcome, Unknown):
+            return True
+        # A cancel (1012) that arrives once the terminal's own timeout has run out may
+        # be the proxy interrupting a card flow whose authorization still went through.
+        late = self._clock() - sent_at >= self.driver.timeout_s
+        return isinstance(outcome, Declined) and outcome.status_code == "1012" and late
+
+    async def _resolve(self, op: MoneyOp, sent_at: float) -> Outcome:
+        deadline = sent_at + self.driver.transaction_timeout_s
+        self.state = "unknown"
+        attempt = 0
+        while True:
+            answer = await self.driver.status(op.ref)
+            self._observe(answer)
+            now = self._clock()
+            verdict = _verdict(op, answer, now >= deadline)
+            if verdict is not None:
+                log.info(
+                    "terminal %s: %s %s resolved: %s",
+                    self.terminal_id,
+                    op_name(op),
+                    op.ref,
+                    result_tag(verdict),
+                )
+                return _fit(op, verdict)
+            delay = backoff_s(attempt, self._inquiry_base_s, self._inquiry_cap_s, self._rand)
+            if isinstance(answer, Busy):
+                delay = max(delay, min(answer.retry_after_s, self._inquiry_cap_s))
+            elif isinstance(answer, NotFound | Approved):
+                delay = max(delay, min(deadline - now, self._inquiry_cap_s))
+            attempt += 1
+            await self._sleep(delay)
+
+
+def _verdict(op: MoneyOp, answer: Outcome, past_deadline: bool) -> Outcome | None:
+    """The definite outcome of `op` given a Status answer, or None to keep inquiring."""
+    if isinstance(answer, Declined):
+        return answer
+    if isinstance(answer, NotFound):
+        return answer if past_deadline else None
+    if not isinstance(answer, Approved):
+        return None
+    if isinstance(op, Void) and not answer.voided:
+        return _not_applied(op, "void") if past_deadline else None
+    if isinstance(op, Capture) and answer.transaction_type == "auth":
+        return _not_applied(op, "capture") if past_deadline else None
+    return answer
+
+
+def _not_applied(op: MoneyOp, what: str) -> Declined:
+    return Declined(reference_id=op.ref, status_code="", message=f"{what} not applied")
+
+
+def _fit(op: MoneyOp, outcome: Outcome) -> Outcome:
+    """Name the requested amount on an approval of a charge (Status answers do not carry it)."""
+    if isinstance(outcome, Approved) and not isinstance(op, Void) and outcome.requested_amount != op.amount:
+        return msgspec.structs.replace(outcome, requested_amount=op.amount)
+    return outcome
+
+
+def _stopped(op: Op, *, sent: bool) -> Result | BaseException:
+    if isinstance(op, Settle):
+        return SettleResult(ok=False, message="lane stopped")
+    if isinstance(op, HealthCheck):
+        return Health(state="unknown", message="lane stopped")
+    if isinstance(op, Batch):
+        return TerminalError("lane stopped")
+    if sent:
+        return Unknown(reason="lane stopped while the operation was in flight")
+    return Offline(message="lane stopped before sending")
+
+
+def _failed(op: Op, exc: Exception, terminal_id: str) -> Result | BaseException:
+    if isinstance(op, Batch):
+        return (
+            exc if isinstance(exc, TerminalError) else TerminalError("batch failed", terminal_id=terminal_id)
+        )
+    if isinstance(op, Settle):
+        return SettleResult(ok=False, message=f"outcome unknown: {type(exc).__name__}")
+    if isinstance(op, HealthCheck):
+        return Health(state="unknown", message=type(exc).__name__)
+    return Unknown(reason=f"internal error: {type(exc).__name__}")
+
+
+def _settle_future(future: asyncio.Future[Any], result: Result | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _keep(store: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > limit:
+        store.popitem(last=False)
+
+
+async def _ready(value: Outcome) -> Outcome:
+    return value

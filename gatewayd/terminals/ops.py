@@ -1,0 +1,68 @@
+"""Operations a lane runs on its terminal: small frozen Structs, compared by value."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Sale(msgspec.Struct, frozen=True):
+    """Charge `amount` cents under reference id `ref`."""
+
+    ref: str
+    amount: int
+
+
+class Auth(msgspec.Struct, frozen=True):
+    """Authorize (hold) `amount` cents under reference id `ref`."""
+
+    ref: str
+    amount: int
+
+
+class Capture(msgspec.Struct, frozen=True):
+    """Capture `amount` cents of the authorization `ref`."""
+
+    ref: str
+    amount: int
+
+
+class Void(msgspec.Struct, frozen=True):
+    """Void transaction `ref` (open batch only); `amount` is the original's, when known."""
+
+    ref: str
+    amount: int | None = None
+
+
+class Refund(msgspec.Struct, frozen=True):
+    """Refund `amount` cents as a new transaction with the NEW reference id `ref`."""
+
+    ref: str
+    amount: int
+
+
+class Inquire(msgspec.Struct, frozen=True):
+    """Ask what became of `ref` (joins the operation on `ref` if one is queued or running)."""
+
+    ref: str
+
+
+class Settle(msgspec.Struct, frozen=True):
+    """Close the open batch."""
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """List the open batch."""
+
+
+class HealthCheck(msgspec.Struct, frozen=True):
+    """Ask whether the terminal is reachable."""
+
+
+MoneyOp = Sale | Auth | Capture | Void | Refund
+Op = MoneyOp | Inquire | Settle | Batch | HealthCheck
+MONEY_OPS = (Sale, Auth, Capture, Void, Refund)
+
+
+def op_name(op: Op) -> str:
+    """Lower-case name of an operation, for logs and metrics."""
+    return type(op).__name__.lower()

@@ -1,0 +1,138 @@
+"""An in-process gatewayd on a real unix socket, a real PostgreSQL and the SPIn simulator over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+
+from gatewayd.api.client import Answer, GatewayClient
+from gatewayd.config import parse
+from gatewayd.daemon import Daemon
+from gatewayd.observe.systemd import Notifier
+from gatewayd.terminals.simulator.server import Simulator, running_simulator
+from tests.invariants import check_money_invariants
+
+STOCK = {"COFFEE-1KG": 50, "MUG": 10, "LAST-ONE": 1}
+
+
+@dataclass
+class Gateway:
+    daemon: Daemon
+    client: GatewayClient
+    sim: Simulator
+    store_id: str
+    dsn: str
+    tpns: dict[str, str]
+    stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
+
+    async def ledger(self) -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as s, s.get(self.sim.url + "/_sim/ledger") as resp:
+            data = await resp.json()
+        return [t for t in data["transactions"] if t["tpn"] in set(self.tpns.values())]
+
+    async def max_concurrency(self) -> dict[str, int]:
+        async with aiohttp.ClientSession() as s, s.get(self.sim.url + "/_sim/ledger") as resp:
+            data = await resp.json()
+        return {k: v for k, v in data["max_concurrency"].items() if k in set(self.tpns.values())}
+
+    async def sim_post(self, path: str) -> None:
+        async with aiohttp.ClientSession() as s, s.post(self.sim.url + path) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def check_invariants(self) -> dict[str, int]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await check_money_invariants(conn, self.store_id, await self.ledger(), self.tpns, self.stock)
+        finally:
+            await conn.close()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        rows = await self.fetch(query, *args)
+        return rows[0][0] if rows else None
+
+    async def checkout(self, *tenders: dict[str, Any], lines: list[dict[str, Any]] | None = None,
+                       key: str | None = None, **extra: Any) -> Answer:
+        return await self.client.checkout(order(*tenders, lines=lines, key=key, **extra))
+
+
+def order(*tenders: dict[str, Any], lines: list[dict[str, Any]] | None = None, key: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    """A checkout body whose single line costs exactly the sum of the tenders."""
+    total = sum(t["amount"] for t in tenders)
+    return {"idempotency_key": key or uuid.uuid4().hex,
+            "lines": lines or [{"sku": "SERVICE", "quantity": 1, "unit_price": total}],
+            "tenders": list(tenders), **extra}
+
+
+def card(amount: int, terminal: str = "lane-1") -> dict[str, Any]:
+    return {"type": "card", "amount": amount, "terminal_id": terminal}
+
+
+def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
+    return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
+
+
+def config_text(store_id: str, socket_path: Path, state_dir: Path, dsn: str, sim_url: str,
+                tpns: dict[str, str], *, timeout_s: int = 2, extra: str = "") -> str:
+    terminals = "".join(
+        f'[[terminals]]\nid = "{tid}"\nname = "Lane {tid}"\nbase_url = "{sim_url}"\ntpn = "{tpn}"\n'
+        f'authkey = "KEY{tpn[-7:]}"\ntimeout_s = {timeout_s}\nhttp_margin_s = 1.0\nis_live = false\n'
+        for tid, tpn in tpns.items())
+    return (f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n'
+            f'[database]\ndsn = "{dsn}"\npool_min = 1\npool_max = 8\n'
+            f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = 30\n'
+            f'[metrics]\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}')
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(dsn: str, tmp: Path, *, terminals: int = 4, timeout_s: int = 2,
+                          extra: str = "", stock: dict[str, int] | None = None,
+                          slow_s: float = 3.0) -> AsyncIterator[Gateway]:
+    """A daemon with `terminals` lanes on a fresh simulator, its own store and stock."""
+    store_id = "t" + uuid.uuid4().hex[:10]
+    tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in range(1, terminals + 1)}
+    stock = dict(STOCK if stock is None else stock)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
+                               [(store_id, sku, n) for sku, n in stock.items()])
+    finally:
+        await conn.close()
+    async with running_simulator(slow_s=slow_s) as sim:
+        socket_path = tmp / f"{store_id}.sock"
+        text = config_text(store_id, socket_path, tmp, dsn, sim.url, tpns, timeout_s=timeout_s, extra=extra)
+        config_file = tmp / f"{store_id}.toml"
+        config_file.write_text(text)
+        daemon = Daemon(parse(text, str(config_file)), config_path=str(config_file), notifier=Notifier(""))
+        await daemon.start()
+        client = GatewayClient(str(socket_path), timeout_s=60)
+        gw = Gateway(daemon, client, sim, store_id, dsn, tpns, stock)
+        try:
+            async with client:
+                yield gw
+        finally:
+            await daemon.stop()
+
+
+def body_of(answer: Answer) -> dict[str, Any]:
+    assert isinstance(answer.body, dict), answer
+    return answer.body
+
+
+def decode(data: bytes) -> Any:
+    return msgspec.json.decode(data)
