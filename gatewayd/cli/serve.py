@@ -1,0 +1,55 @@
+"""`gatewayd run`, `gatewayd demo` and `gatewayd simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from gatewayd.config import load
+from gatewayd.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", required=True, help="config file")
+    p.add_argument("--migrate", action="store_true", help="apply pending migrations at start")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("demo", help="embedded PostgreSQL + SPIn simulator + the daemon, in the foreground")
+    p.add_argument("--state-dir", default="./state", help="where the demo keeps its data (default ./state)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("simulate", help="serve simulated SPIn terminals", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_simulate)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd import daemon
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return daemon.run(config, config_path=args.config, apply_migrations=args.migrate)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from gatewayd.demo import run_demo
+    from gatewayd.observe import logs
+
+    logs.setup("INFO", "plain")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run_demo(Path(args.state_dir)))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gatewayd.terminals.simulator.server import main
+
+    return main(args.args)
