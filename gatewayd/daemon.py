@@ -21,6 +21,8 @@ from gatewayd.api.app import ApiContext, build_app
 from gatewayd.api.listen import systemd_sockets, tcp_socket, unix_socket
 from gatewayd.api.wire import SettleView, TerminalView
 from gatewayd.checkout.coordinator import Coordinator
+from gatewayd.checkout.operations import Operations
+from gatewayd.checkout.recovery import Recovery
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.observe import logs
@@ -29,6 +31,7 @@ from gatewayd.store import migrate
 from gatewayd.store.checkouts import CheckoutStore
 from gatewayd.store.connect import database_for, resolve_dsn
 from gatewayd.store.db import Database
+from gatewayd.store.maintenance import MaintenanceStore
 from gatewayd.store.terminals import TerminalStore
 from gatewayd.terminals.fleet import Fleet
 
@@ -50,9 +53,9 @@ def _iso(value: datetime | None) -> str | None:
 class FleetApi:
     """The API's view of the fleet."""
 
-    def __init__(self, fleet: Fleet, settle_guard: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, fleet: Fleet, operations: Operations) -> None:
         self.fleet = fleet
-        self.settle_guard = settle_guard
+        self.operations = operations
 
     def view(self, terminal_id: str) -> TerminalView | None:
         lane = self.fleet.get(terminal_id)
@@ -68,9 +71,7 @@ class FleetApi:
         return [v for tid in self.fleet if (v := self.view(tid)) is not None]
 
     async def settle(self, terminal_id: str) -> SettleView:
-        if self.settle_guard is not None:
-            await self.settle_guard(terminal_id)
-        result = await self.fleet.settle(terminal_id)
+        result = await self.operations.settle(terminal_id)
         return SettleView(terminal_id=terminal_id, ok=result.ok, batch=result.batch, count=result.count,
                           total=result.total, message=result.message)
 
@@ -86,6 +87,9 @@ class Daemon:
     db: Database | None = None
     fleet: Fleet | None = None
     coordinator: Coordinator | None = None
+    operations: Operations | None = None
+    recovery: Recovery | None = None
+    startup_recovery: asyncio.Task[Any] | None = None
     runner: web.AppRunner | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reload_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -105,12 +109,36 @@ class Daemon:
         self.fleet = Fleet(config.health, write_health=terminals.write_health)
         self.fleet.start(config.terminals)
         store = CheckoutStore(self.db, config.store_id)
-        self.coordinator = Coordinator(store, self.fleet, config.checkout, instance_id=instance_id(config))
+        self.coordinator = Coordinator(store, self.fleet, config.checkout, instance_id=instance_id(config),
+                                       lease_s=config.recovery.lease_s)
+        maintenance = MaintenanceStore(self.db, config.store_id)
+        self.operations = Operations(maintenance, self.fleet)
+        self.recovery = Recovery(self.coordinator, maintenance)
+        await self._recover_at_startup()
         await self._serve_api()
         self.ready = True
         self.notifier.ready(self.status_line())
         log.info("gatewayd %s ready: store %s, %d terminal(s), api %s", __version__, config.store_id,
                  len(config.terminals), config.api.socket)
+
+    async def _recover_at_startup(self, wait_s: float = 5.0) -> None:
+        """Resolve what a previous run left unfinished before the API takes new work.
+
+        Inquiries queue on the lanes ahead of anything new; a terminal that is offline does not
+        hold the daemon back: what is not done within `wait_s` goes on in the background.
+        """
+        assert self.recovery is not None
+        self.startup_recovery = asyncio.ensure_future(self.recovery.run_once(startup=True))
+        done, _ = await asyncio.wait({self.startup_recovery}, timeout=wait_s)
+        if done and self.startup_recovery.exception() is None:
+            report = self.startup_recovery.result()
+            if report.claimed:
+                log.info("start-up recovery: %d order(s) in %.2fs: %s", report.claimed, report.seconds,
+                         report.finished)
+        elif done:
+            log.error("start-up recovery failed: %s", self.startup_recovery.exception())
+        else:
+            log.warning("start-up recovery still running after %.0fs; continuing in the background", wait_s)
 
     @staticmethod
     def _secrets(config: Config) -> list[str]:
@@ -134,8 +162,9 @@ class Daemon:
         assert self.db is not None and self.fleet is not None and self.coordinator is not None
         api = self.config.api
         token = api.tcp_token.reveal() if api.tcp_token is not None else None
-        ctx = ApiContext(coordinator=self.coordinator, terminals=FleetApi(self.fleet), db=self.db,
-                         checkout_wait_s=api.checkout_wait_s, tcp_token=token)
+        assert self.operations is not None
+        ctx = ApiContext(coordinator=self.coordinator, terminals=FleetApi(self.fleet, self.operations), db=self.db,
+                         operations=self.operations, checkout_wait_s=api.checkout_wait_s, tcp_token=token)
         app = build_app(ctx, max_body_bytes=api.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self.runner.setup()
@@ -180,6 +209,9 @@ class Daemon:
             left = await self.coordinator.drain(DRAIN_DEADLINE_S)
             if left:
                 log.warning("%d checkout(s) still running at shutdown: left to recovery", left)
+        if self.startup_recovery is not None and not self.startup_recovery.done():
+            self.startup_recovery.cancel()
+            await asyncio.gather(self.startup_recovery, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
         if self.fleet is not None:
@@ -206,6 +238,11 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watchdog)
             tg.start_soon(self._reloader)
+            rec = self.config.recovery
+            if self.recovery is not None and self.operations is not None:
+                tg.start_soon(self.recovery.run_forever, rec.interval_s)
+                tg.start_soon(self.operations.maintain_forever, rec.maintenance_interval_s,
+                              rec.stale_pending_minutes, rec.unresolved_alert_minutes)
             await self.stop_event.wait()
             log.info("stopping: no new checkouts; draining")
             if self.coordinator is not None:

@@ -2,7 +2,7 @@
 
 Enabled by the environment only: GATEWAYD_FAILPOINTS="after_intent_commit=kill,during_void=raise,
 after_sale_sent=stall:5". An action may carry a hit count: "inside_commit=kill@2" acts on the
-second hit. With the variable unset, `hit` is one dict lookup on an empty dict.
+second hit, "=stall:60@*" on every hit. With the variable unset, `hit` is one dict lookup on an empty dict.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _parse(spec: str) -> dict[str, tuple[str, float, int]]:
         kind, _, arg = action.partition(":")
         if name not in NAMES or kind not in ("kill", "raise", "stall"):
             raise ValueError(f"GATEWAYD_FAILPOINTS: bad failpoint {item!r}")
-        points[name] = (kind, float(arg or 3600), int(nth or 1))
+        points[name] = (kind, float(arg or 3600), 0 if nth == "*" else int(nth or 1))
     return points
 
 
@@ -73,7 +73,7 @@ async def hit(name: str) -> None:
         return
     kind, arg, nth = armed
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] != nth:
+    if nth and _hits[name] != nth:
         return
     log.warning("failpoint %s: %s", name, kind)
     if kind == "kill":

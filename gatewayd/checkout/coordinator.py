@@ -255,7 +255,7 @@ class Coordinator:
             return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest)
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
         await failpoints.hit("after_intent_commit")
-        await self._drive(order_id, charge_pending=True)
+        await self.drive(order_id, charge_pending=True)
         return await self._view(order_id)
 
     def _preflight(self, request: CheckoutRequest) -> CheckoutError | None:
@@ -311,7 +311,7 @@ class Coordinator:
                 self.instance_id, self.lease_s, take_own=True, limit=1, only=order_id))
             if claimed:
                 charge = view.status == "pending_payment"
-                await self._drive(order_id, charge_pending=charge)
+                await self.drive(order_id, charge_pending=charge)
                 continue
             if time.monotonic() > deadline:
                 raise OutcomePending("another process is finishing this checkout; poll it",
@@ -321,7 +321,12 @@ class Coordinator:
 
     # ---------------------------------------------------------------- driving an order to its end
 
-    async def _drive(self, order_id: uuid.UUID, *, charge_pending: bool) -> None:
+    @property
+    def driving(self) -> set[uuid.UUID]:
+        """Orders this process is driving right now."""
+        return set(self._driving)
+
+    async def drive(self, order_id: uuid.UUID, *, charge_pending: bool) -> None:
         """Settle the order once at a time in this process (recovery and retries join)."""
         running = self._driving.get(order_id)
         if running is None:
@@ -436,7 +441,7 @@ class Coordinator:
         return status, failure
 
     async def _void_partial(self, tender: Any) -> TenderFailure:
-        voided = await self._void(tender)
+        voided = await self.void_tender(tender)
         amount = tender["approved_amount"]
         message = f"partial approval ({amount} of {tender['amount']}) voided"
         if not voided:
@@ -464,7 +469,7 @@ class Coordinator:
         await self._persist(lambda: self.store.record_tender(
             tender["id"], status, from_statuses=from_, raw=raw, last_error=last_error, audit=audit, **fields))
 
-    async def _void(self, tender: Any) -> bool:
+    async def void_tender(self, tender: Any) -> bool:
         """Void an approved charge, retrying with inquiry; False if it could not be done for now."""
         lane = self.lanes.get(tender["payment_processor_id"])
         if lane is None:
@@ -523,7 +528,7 @@ class Coordinator:
         rows = await self._persist(lambda: self.store.load(order_id=order_id))
         for tender in rows.tenders:
             if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
-                if not await self._void(tender):
+                if not await self.void_tender(tender):
                     log.error("checkout %s: void of %s failed; recovery will retry", order_id,
                               tender["reference_id"])
                     await self._maybe(self.store.release_lease(order_id, self.instance_id))

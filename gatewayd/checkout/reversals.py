@@ -32,7 +32,7 @@ async def void_checkout(coord: Coordinator, order_id: uuid.UUID) -> CheckoutView
                          details={"status": status, "checkout_id": str(order_id)})
     for tender in rows.tenders:
         if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
-            if not await coord._void(tender):
+            if not await coord.void_tender(tender):
                 raise OutcomePending("the terminal did not confirm the void yet; ask again",
                                      details={"checkout_id": str(order_id), "reference_id": tender["reference_id"]})
     result = await coord._persist(lambda: coord.store.void_order(order_id))

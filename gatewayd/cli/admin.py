@@ -76,7 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.dsn:
             dsn = args.dsn
         else:
-            dsn = asyncio.run(resolve_dsn(load(args.config)))
+            dsn = asyncio.run(resolve_dsn(load(args.config, resolve_secrets=False)))
         applied = asyncio.run(_migrate(dsn))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -22,9 +22,8 @@ def register(sub: Any) -> None:
     p.add_argument("--state-dir", default="./state", help="where the demo keeps its data (default ./state)")
     p.set_defaults(handler=cmd_demo)
 
-    p = sub.add_parser("simulate", help="serve simulated SPIn terminals", add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(handler=cmd_simulate)
+    sub.add_parser("simulate", help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N]"
+                                    " [--slow-s S] [--tpns A,B])")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -47,9 +46,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs.setup("INFO", "plain")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run_demo(Path(args.state_dir)))
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from gatewayd.terminals.simulator.server import main
-
-    return main(args.args)

@@ -74,6 +74,8 @@ class RecoveryConfig(_Section):
     stale_pending_minutes: Annotated[int, Meta(ge=1)] = 15
     maintenance_interval_s: PositiveSeconds = 300.0
     unresolved_alert_minutes: Annotated[int, Meta(ge=1)] = 10
+    # How long a daemon owns an order it drives; another daemon of the store takes over after it.
+    lease_s: Annotated[float, Meta(ge=2, le=86_400)] = 600.0
 
 
 class LogConfig(_Section):

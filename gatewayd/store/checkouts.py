@@ -180,7 +180,8 @@ class CheckoutStore:
                        AND updated_at < now() - make_interval(secs => $6)
                        AND (lease_until IS NULL OR lease_until < now() OR ($4 AND lease_owner = $2))
                        AND ($7::uuid IS NULL OR id = $7)
-                       AND ($7::uuid IS NOT NULL OR status <> 'pending_payment' OR EXISTS (
+                       AND ($7::uuid IS NOT NULL OR status <> 'pending_payment'
+                            OR ($4 AND lease_owner = $2) OR EXISTS (
                             SELECT 1 FROM payment_transactions pt
                              WHERE pt.store_id = orders.store_id AND pt.order_id = orders.id
                                AND pt.status IN ('processing', 'unknown', 'approved')))
@@ -235,3 +236,9 @@ class CheckoutStore:
                       attempts = attempts + 1, updated_at = now()
                 WHERE store_id = $1 AND id = $2 AND status = 'pending'""", self.store_id, transaction_id),
             what="mark refund sent")
+
+    async def tender(self, transaction_id: uuid.UUID) -> asyncpg.Record | None:
+        """One payment transaction, as the coordinator reads tenders."""
+        rows = await self.db.run(lambda c: c.fetch(
+            _LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id), what="tender")
+        return rows[0] if rows else None

@@ -107,7 +107,17 @@ async def _hold() -> web.Response:
 # ------------------------------------------------------------------ card operations
 
 
-async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amount: int) -> web.Response:
+def _proxy_timeout_s(body: dict[str, Any]) -> float:
+    try:
+        return min(720.0, max(1.0, float(body.get("SPInProxyTimeout") or 120)))
+    except (TypeError, ValueError):
+        return 120.0
+
+
+async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amount: int,
+                   proxy_timeout_s: float = 120.0) -> web.Response:
+    """One card transaction. Like the real proxy, its outcome is decided by SPInProxyTimeout:
+    a terminal slower than that is answered 2007 with the transaction recorded as it ended."""
     config = request.app[CONFIG_KEY]
     kind = op.lower()
     cents = amount % 100
@@ -118,10 +128,10 @@ async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amou
         return _error("2008", ref, delay=1)
     if cents == 57:
         return await _hold()
-    if cents == 55:
-        await asyncio.sleep(config.slow_s)
-    elif cents not in range(51, 60) and config.latency_s > 0:
-        await asyncio.sleep(config.latency_s)
+    delay_s = config.slow_s if cents == 55 else config.latency_s if cents not in range(51, 60) else 0.0
+    proxy_gave_up = delay_s >= proxy_timeout_s
+    if delay_s > 0:
+        await asyncio.sleep(min(delay_s, proxy_timeout_s))
     approved_status = "returned" if kind == "return" else "approved"
     if cents in (51, 59):
         code = "1015" if cents == 51 else "1012"
@@ -135,7 +145,7 @@ async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amou
         if request.transport is not None:
             request.transport.abort()
         return await _hold()
-    if cents == 58:
+    if cents == 58 or proxy_gave_up:
         return _error("2007", ref)
     return _json(answer_of(txn))
 
@@ -201,7 +211,7 @@ async def _transaction(request: web.Request, term: Terminal, op: str, body: dict
         return _error("1013", ref)
     if op == "Capture":
         return _capture(term, ref, amount)
-    return await _card_op(request, term, op, ref, amount)
+    return await _card_op(request, term, op, ref, amount, _proxy_timeout_s(body))
 
 
 def _inquiry(term: Terminal, op: str, body: dict[str, Any]) -> web.Response:

@@ -1,0 +1,119 @@
+"""Operator work behind the API and the CLI: orphans, cleanup, reconciliation, settlement, maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gatewayd.checkout.errors import NotAllowed, NotFound
+from gatewayd.checkout.reconcile import ReconcileReport, compare
+from gatewayd.errors import GatewayError, StoreError
+from gatewayd.store.maintenance import MaintenanceStore
+from gatewayd.terminals import ops
+from gatewayd.terminals.outcomes import BatchEntry, SettleResult
+
+log = logging.getLogger(__name__)
+
+
+class Orphan(msgspec.Struct, frozen=True, kw_only=True):
+    """An approved card charge whose order is not completed."""
+
+    transaction_id: str
+    order_id: str
+    order_number: str
+    order_status: str
+    reference_id: str
+    terminal_id: str | None
+    amount: int
+    age_s: float
+
+
+class OrphanList(msgspec.Struct, frozen=True, kw_only=True):
+    count: int
+    orphans: list[Orphan]
+
+
+def _orphan(row: Any) -> Orphan:
+    return Orphan(transaction_id=str(row["transaction_id"]), order_id=str(row["order_id"]),
+                  order_number=row["order_number"], order_status=row["order_status"],
+                  reference_id=row["reference_id"], terminal_id=row["terminal_id"],
+                  amount=row["approved_amount"] or row["amount"], age_s=row["age"].total_seconds())
+
+
+class Operations:
+    """Orphans, cleanup, reconciliation and settlement for one store."""
+
+    def __init__(self, maintenance: MaintenanceStore, lanes: Mapping[str, Any]) -> None:
+        self.maintenance = maintenance
+        self.lanes = lanes
+
+    async def orphans(self) -> OrphanList:
+        rows = [_orphan(r) for r in await self.maintenance.orphans()]
+        return OrphanList(count=len(rows), orphans=rows)
+
+    async def cleanup(self, older_than_minutes: int) -> int:
+        cancelled = await self.maintenance.cleanup(older_than_minutes)
+        if cancelled:
+            log.info("cleanup: %d stale pending order(s) cancelled", cancelled)
+        return cancelled
+
+    async def reconcile(self, terminal_id: str | None) -> ReconcileReport:
+        """Each named (or every) terminal's open batch against the database."""
+        if terminal_id is not None and terminal_id not in self.lanes:
+            raise NotFound(f"no terminal {terminal_id!r}")
+        ids = [terminal_id] if terminal_id else sorted(self.lanes)
+        report = ReconcileReport(terminals=ids)
+        for tid in ids:
+            try:
+                batch = await self.lanes[tid].execute(ops.Batch())
+            except GatewayError as exc:
+                report.errors[tid] = exc.message
+                continue
+            await self.fold(tid, batch, report)
+        return report
+
+    async def fold(self, terminal_id: str, batch: list[BatchEntry], report: ReconcileReport) -> None:
+        """Compare one terminal's batch (however it was fetched) into the report."""
+        rows = await self.maintenance.by_references([e.reference_id for e in batch])
+        since = await self.maintenance.last_settled(terminal_id)
+        recent = await self.maintenance.terminal_transactions(terminal_id, since)
+        compare(terminal_id, batch, rows, recent, report)
+
+    async def settle(self, terminal_id: str) -> SettleResult:
+        """Close the terminal's batch, refused while any of its tenders is in doubt."""
+        open_count = await self.maintenance.open_on_terminal(terminal_id)
+        if open_count:
+            raise NotAllowed(f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
+                             details={"terminal_id": terminal_id, "unresolved": open_count})
+        result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle())
+        if result.ok:
+            await self.maintenance.record_settlement(terminal_id, {"batch": result.batch, "count": result.count,
+                                                                   "total": result.total})
+        return result
+
+    async def maintain_forever(self, interval_s: float, stale_minutes: int, alert_minutes: int,
+                               on_orphans: Any = None) -> None:
+        """The schedule: stale orders cleaned up, orphans counted, long-unresolved tenders alerted."""
+        while True:
+            try:
+                await self.maintain_once(stale_minutes, alert_minutes, on_orphans)
+            except StoreError as exc:
+                log.warning("maintenance pass failed: %s", exc.message)
+            await asyncio.sleep(interval_s)
+
+    async def maintain_once(self, stale_minutes: int, alert_minutes: int, on_orphans: Any = None) -> None:
+        await self.cleanup(stale_minutes)
+        orphans = await self.maintenance.orphans()
+        if on_orphans is not None:
+            on_orphans(len(orphans))
+        old = [o for o in orphans if o["age"].total_seconds() > alert_minutes * 60]
+        if old:
+            log.error("ALERT: %d orphaned payment(s) (charged, order not completed), oldest %s: %s",
+                      len(old), old[0]["reference_id"], ", ".join(o["reference_id"] for o in old[:10]))
+        for row in await self.maintenance.unresolved(alert_minutes * 60):
+            log.error("ALERT: tender %s on terminal %s unresolved for %.0f minutes (checkout %s)",
+                      row["reference_id"], row["payment_processor_id"], row["age_s"] / 60, row["order_id"])

@@ -1,0 +1,80 @@
+"""Operator and maintenance queries: orphans, stale orders, unresolved tenders, reconciliation, reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gatewayd.store.db import Database
+
+
+class MaintenanceStore:
+    """Read-mostly queries over one store's payments."""
+
+    def __init__(self, db: Database, store_id: str) -> None:
+        self.db = db
+        self.store_id = store_id
+
+    async def orphans(self) -> list[asyncpg.Record]:
+        """find_orphaned_payments() for this store."""
+        return await self.db.fetch("SELECT * FROM find_orphaned_payments($1)", self.store_id)
+
+    async def cleanup(self, minutes: int) -> int:
+        """cleanup_stale_pending_orders(minutes) for this store."""
+        return int(await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id))
+
+    async def unresolved(self, older_than_s: float = 0.0) -> list[asyncpg.Record]:
+        """Tenders still processing/unknown, oldest first."""
+        return await self.db.fetch(
+            """SELECT t.id, t.order_id, t.reference_id, t.payment_processor_id, t.status, t.amount, t.kind,
+                      extract(epoch FROM now() - coalesce(t.sent_at, t.created_at))::float8 AS age_s
+                 FROM payment_transactions t
+                WHERE t.store_id = $1 AND t.status IN ('processing', 'unknown')
+                  AND coalesce(t.sent_at, t.created_at) < now() - make_interval(secs => $2)
+                ORDER BY coalesce(t.sent_at, t.created_at)""", self.store_id, older_than_s)
+
+    async def open_on_terminal(self, terminal_id: str) -> int:
+        """Tenders on a terminal that are in doubt or charged for an order not yet final."""
+        return int(await self.db.fetchval(
+            """SELECT count(*) FROM payment_transactions t JOIN orders o
+                   ON o.store_id = t.store_id AND o.id = t.order_id
+                WHERE t.store_id = $1 AND t.payment_processor_id = $2
+                  AND (t.status IN ('processing', 'unknown')
+                       OR (t.status = 'approved' AND o.status IN
+                           ('pending_payment', 'payment_processing', 'payment_authorized')))""",
+            self.store_id, terminal_id))
+
+    async def terminal_transactions(self, terminal_id: str, since: datetime | None) -> list[asyncpg.Record]:
+        """Every card transaction gatewayd sent to a terminal since its last settlement."""
+        return await self.db.fetch(
+            """SELECT t.id, t.reference_id, t.kind, t.operation, t.amount, t.approved_amount, t.status,
+                      t.capture_status, t.order_id, o.status AS order_status, o.order_number, t.created_at
+                 FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
+                WHERE t.store_id = $1 AND t.payment_processor_id = $2 AND t.tender_type = 'card'
+                  AND ($3::timestamptz IS NULL OR t.created_at > $3)""", self.store_id, terminal_id, since)
+
+    async def by_references(self, refs: list[str]) -> dict[str, asyncpg.Record]:
+        rows = await self.db.fetch(
+            """SELECT t.reference_id, t.amount, t.approved_amount, t.status, t.kind, t.order_id,
+                      o.status AS order_status,
+                      t.payment_processor_id
+                 FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
+                WHERE t.store_id = $1 AND t.reference_id = ANY($2::text[])""", self.store_id, refs)
+        return {r["reference_id"]: r for r in rows}
+
+    async def last_settled(self, terminal_id: str) -> datetime | None:
+        value: datetime | None = await self.db.fetchval(
+            "SELECT max(at) FROM audit_events WHERE store_id = $1 AND kind = 'terminal.settled'"
+            " AND detail->>'terminal_id' = $2", self.store_id, terminal_id)
+        return value
+
+    async def record_settlement(self, terminal_id: str, detail: dict[str, Any]) -> None:
+        await self.db.execute(
+            "INSERT INTO audit_events (store_id, kind, detail) VALUES ($1, 'terminal.settled', $2::jsonb)",
+            self.store_id, {"terminal_id": terminal_id, **detail})
+
+    async def report(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of one of the monitoring views (named by the caller from a fixed list)."""
+        return await self.db.fetch(query, self.store_id, *args)
