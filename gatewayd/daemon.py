@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from gatewayd import __version__
@@ -26,6 +27,8 @@ from gatewayd.checkout.recovery import Recovery
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.observe import logs
+from gatewayd.observe.http import StatusSource, build_metrics_app
+from gatewayd.observe.metrics import Metrics
 from gatewayd.observe.systemd import Notifier, watchdog_interval_s
 from gatewayd.store import migrate
 from gatewayd.store.checkouts import CheckoutStore
@@ -91,6 +94,10 @@ class Daemon:
     recovery: Recovery | None = None
     startup_recovery: asyncio.Task[Any] | None = None
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    maintenance: MaintenanceStore | None = None
+    passed_sockets: dict[str, socket.socket] = field(default_factory=dict)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reload_event: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
@@ -98,6 +105,7 @@ class Daemon:
     async def start(self) -> None:
         """Database, migrations check, terminals, coordinator, API; READY=1 at the end."""
         config = self.config
+        self.passed_sockets = systemd_sockets()  # once: it consumes LISTEN_FDS
         logs.register_secrets(self._secrets(config))
         dsn = await resolve_dsn(config)
         logs.register_secrets([p for p in [_dsn_password(dsn)] if p])
@@ -106,14 +114,18 @@ class Daemon:
         await self._check_migrations()
         terminals = TerminalStore(self.db, config.store_id)
         await terminals.sync([(t.id, t.display_name, t.driver, t.is_live) for t in config.terminals])
-        self.fleet = Fleet(config.health, write_health=terminals.write_health)
+        self.fleet = Fleet(config.health, write_health=terminals.write_health,
+                           on_result=self.metrics.lane_result, on_event=self.metrics.lane_event)
         self.fleet.start(config.terminals)
         store = CheckoutStore(self.db, config.store_id)
         self.coordinator = Coordinator(store, self.fleet, config.checkout, instance_id=instance_id(config),
-                                       lease_s=config.recovery.lease_s)
-        maintenance = MaintenanceStore(self.db, config.store_id)
+                                       lease_s=config.recovery.lease_s, metrics=self.metrics)
+        self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
         self.operations = Operations(maintenance, self.fleet)
         self.recovery = Recovery(self.coordinator, maintenance)
+        coordinator = self.coordinator
+        self.metrics.watch(lambda: self.fleet or {}, self.db, lambda: coordinator.in_flight)
+        await self._serve_metrics()
         await self._recover_at_startup()
         await self._serve_api()
         self.ready = True
@@ -168,11 +180,48 @@ class Daemon:
         app = build_app(ctx, max_body_bytes=api.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self.runner.setup()
-        passed = systemd_sockets()
+        passed = self.passed_sockets
         sock = passed.pop("api", None) or unix_socket(api.socket, api.socket_mode, api.socket_group)
         await web.SockSite(self.runner, sock).start()
         if api.tcp_listen:
             await web.SockSite(self.runner, passed.pop("api-tcp", None) or tcp_socket(api.tcp_listen)).start()
+
+    async def _serve_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        source = StatusSource(terminals=self._terminal_dicts, recent_checkouts=self._recent_checkouts,
+                              ready=self._is_ready, store_id=self.config.store_id)
+        self.metrics_runner = web.AppRunner(build_metrics_app(self.metrics, source), access_log=None,
+                                            handle_signals=False)
+        await self.metrics_runner.setup()
+        sock = self.passed_sockets.pop("metrics", None) or tcp_socket(listen)
+        await web.SockSite(self.metrics_runner, sock).start()
+
+    def _terminal_dicts(self) -> list[dict[str, Any]]:
+        if self.fleet is None or self.operations is None:
+            return []
+        return [msgspec.structs.asdict(v) for v in FleetApi(self.fleet, self.operations).views()]
+
+    async def _recent_checkouts(self) -> list[dict[str, Any]]:
+        assert self.maintenance is not None
+        rows = await asyncio.wait_for(self.maintenance.recent_orders(), 3.0)
+        return [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]
+
+    async def _is_ready(self) -> bool:
+        return self.ready and self.db is not None and await self.db.ping()
+
+    async def _refresh_snapshot(self, interval_s: float = 5.0) -> None:
+        """Database-derived gauges, refreshed off the scrape path."""
+        assert self.maintenance is not None
+        while True:
+            try:
+                count, age = await self.maintenance.unresolved_summary()
+                self.metrics.snapshot.unresolved, self.metrics.snapshot.oldest_unresolved_age_s = count, age
+                self.metrics.snapshot.orphans = len(await self.maintenance.orphans())
+            except StoreError:
+                pass
+            await asyncio.sleep(interval_s)
 
     def status_line(self) -> str:
         fleet = self.fleet
@@ -214,6 +263,8 @@ class Daemon:
             await asyncio.gather(self.startup_recovery, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.fleet is not None:
             await self.fleet.close()
         if self.db is not None:
@@ -238,16 +289,20 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watchdog)
             tg.start_soon(self._reloader)
+            tg.start_soon(self._refresh_snapshot)
             rec = self.config.recovery
             if self.recovery is not None and self.operations is not None:
                 tg.start_soon(self.recovery.run_forever, rec.interval_s)
                 tg.start_soon(self.operations.maintain_forever, rec.maintenance_interval_s,
-                              rec.stale_pending_minutes, rec.unresolved_alert_minutes)
+                              rec.stale_pending_minutes, rec.unresolved_alert_minutes, self._orphans_seen)
             await self.stop_event.wait()
             log.info("stopping: no new checkouts; draining")
             if self.coordinator is not None:
                 self.coordinator.accepting = False
             tg.cancel_scope.cancel()
+
+    def _orphans_seen(self, count: int) -> None:
+        self.metrics.snapshot.orphans = count
 
     async def _reloader(self) -> None:
         while True:

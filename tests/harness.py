@@ -96,7 +96,7 @@ def config_text(store_id: str, socket_path: Path, state_dir: Path, dsn: str, sim
     return (f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n'
             f'[database]\ndsn = "{dsn}"\npool_min = 1\npool_max = 8\n'
             f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = 30\n'
-            f'[metrics]\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}')
+            f'[metrics]\nlisten = "127.0.0.1:0"\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}')
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -80,14 +81,20 @@ def error_response(code: str, message: str, details: dict[str, Any] | None = Non
     return json_response(body, status or http_status(code))
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<key>[^`]+)`")
+
+
 def _decode_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> web.Response:
     text = str(exc)
-    field = "(body)"
+    path = ""
     if " - at `$" in text:
-        text, _, path = text.partition(" - at `$")
-        field = path.rstrip("`").lstrip(".") or "(body)"
+        text, _, rest = text.partition(" - at `$")
+        path = rest.rstrip("`").lstrip(".")
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return error_response("validation_error", f"malformed JSON: {text}", {"field": "(body)"})
+    if named := _NAMED_FIELD.match(text):
+        path = f"{path}.{named['key']}" if path else named["key"]
+    field = path or "(body)"
     return error_response("validation_error", f"{field}: {text.replace('`', '')}", {"field": field})
 
 
@@ -100,6 +107,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         return msgspec.json.decode(body or b"{}", type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _as_exception(_decode_error(exc)) from None
+    except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a JSON string
+        raise _as_exception(error_response("validation_error", "malformed JSON: not valid UTF-8",
+                                           {"field": "(body)"})) from None
 
 
 class _Answer(web.HTTPException):
@@ -215,6 +225,8 @@ async def find_checkout(request: web.Request) -> web.Response:
     key = request.query.get("idempotency_key")
     if not key:
         raise InvalidRequest("idempotency_key", "query parameter idempotency_key is required")
+    if len(key) > 200 or not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise InvalidRequest("idempotency_key", "1 to 200 printable ASCII characters, no spaces")
     return json_response(await request.app[CONTEXT].coordinator.get(key=key))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from gatewayd.checkout.model import CheckoutView
 
@@ -75,7 +76,7 @@ class ReconcileRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class CleanupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    older_than_minutes: int = 15
+    older_than_minutes: Annotated[int, Meta(ge=1, le=525_600)] = 15  # at most a year
 
 
 class CleanupView(msgspec.Struct, frozen=True, kw_only=True):

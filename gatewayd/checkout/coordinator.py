@@ -227,36 +227,38 @@ class Coordinator:
 
     async def _run(self, request: CheckoutRequest, digest: str) -> CheckoutView:
         started = time.monotonic()
-        outcome = "error"
+        outcome = "internal_error"
         try:
-            view = await self._run_inner(request, digest)
-            outcome = view.status
+            view, fresh = await self._run_inner(request, digest)
+            outcome = view.status if fresh else "replayed"
             return view
         except CheckoutError as exc:
             outcome = exc.code
             raise
         finally:
-            self.metrics.checkout_finished(outcome, time.monotonic() - started)
+            if outcome != "replayed":
+                self.metrics.checkout_finished(outcome, time.monotonic() - started)
 
-    async def _run_inner(self, request: CheckoutRequest, digest: str) -> CheckoutView:
+    async def _run_inner(self, request: CheckoutRequest, digest: str) -> tuple[CheckoutView, bool]:
+        """The checkout's answer, and whether this request drove it (False: a replay of an earlier one)."""
         problem = self._preflight(request)
         if problem is not None:
             # A retry of a checkout that already exists gets its answer even if a terminal is down now.
             found = await self._maybe(self.store.find_key(request.idempotency_key))
             if found is None:
                 raise problem
-            return await self._existing(found[0], found[1], digest)
+            return await self._existing(found[0], found[1], digest), False
         order_id = uuid.uuid4()
         self._inflight[request.idempotency_key].order_id = order_id
         result = await self._db(self.store.prepare(self._intent(order_id, request, digest)))
         if result["outcome"] == "insufficient":
             raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
         if result["outcome"] == "exists" and uuid.UUID(result["id"]) != order_id:
-            return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest)
+            return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest), False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
         await failpoints.hit("after_intent_commit")
         await self.drive(order_id, charge_pending=True)
-        return await self._view(order_id)
+        return await self._view(order_id), True
 
     def _preflight(self, request: CheckoutRequest) -> CheckoutError | None:
         for i, tender in enumerate(request.tenders):

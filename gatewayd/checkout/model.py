@@ -14,7 +14,7 @@ from msgspec import Meta
 Money = Annotated[int, Meta(ge=0, le=2**53)]
 PositiveMoney = Annotated[int, Meta(gt=0, le=2**53)]
 Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
-ShortId = Annotated[str, Meta(min_length=1, max_length=100)]
+ShortId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 CheckoutStatus = Literal[
     "pending_payment", "payment_processing", "payment_authorized", "completed", "payment_failed",
@@ -31,7 +31,7 @@ class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class Line(_In):
     """One order line."""
 
-    sku: Annotated[str, Meta(min_length=1, max_length=100)]
+    sku: ShortId
     quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
     unit_price: Money
 

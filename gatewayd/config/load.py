@@ -49,6 +49,8 @@ def parse(data: bytes | str, source: str = "<config>", *, resolve_secrets: bool 
         raise ConfigError(f"{source}: {key}: {expected}", file=source, key=key) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}", file=source, key="") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not valid UTF-8 at byte {exc.start}", file=source, key="") from None
     return _resolve(config, source, resolve_secrets)
 
 
@@ -98,15 +100,18 @@ def _read_secret(source: str, key_base: str, *, value: Secret | None, env: str |
         key_base += "_file"
     try:
         return Secret(Path(file or "").read_text().strip())
-    except OSError as exc:
-        raise _fail(source, key_base, f"cannot read {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise _fail(source, key_base, f"cannot read {file}: not UTF-8 text") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _fail(source, key_base, f"cannot read {file}: {reason}") from None
 
 
 def _check_listen(source: str, key: str, listen: str | None) -> None:
     if listen is None:
         return
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise _fail(source, key, "expected host:port, e.g. 127.0.0.1:9470")
 
 

@@ -78,3 +78,18 @@ class MaintenanceStore:
     async def report(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of one of the monitoring views (named by the caller from a fixed list)."""
         return await self.db.fetch(query, self.store_id, *args)
+
+    async def recent_orders(self, limit: int = 15) -> list[asyncpg.Record]:
+        """The last checkouts, newest first, for the status page."""
+        return await self.db.fetch(
+            "SELECT order_number, status, total, currency, created_at FROM orders WHERE store_id = $1"
+            " ORDER BY created_at DESC LIMIT $2", self.store_id, limit)
+
+    async def unresolved_summary(self) -> tuple[int, float]:
+        """(count, age of the oldest in seconds) of tenders processing/unknown."""
+        row = await self.db.run(lambda c: c.fetchrow(
+            """SELECT count(*) AS n,
+                      coalesce(extract(epoch FROM now() - min(coalesce(sent_at, created_at))), 0)::float8 AS age
+                 FROM payment_transactions WHERE store_id = $1 AND status IN ('processing', 'unknown')""",
+            self.store_id), attempts=1, what="unresolved summary")
+        return int(row["n"]), float(row["age"])

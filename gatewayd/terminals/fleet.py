@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from gatewayd.config import HealthConfig, TerminalConfig
 from gatewayd.terminals import ops
 from gatewayd.terminals.health import HealthMonitor, Write
-from gatewayd.terminals.lane import Lane, OnResult
+from gatewayd.terminals.lane import Lane
 from gatewayd.terminals.outcomes import SettleResult
 from gatewayd.terminals.spin.driver import SpinDriver
 
 log = logging.getLogger(__name__)
 
 
-def _make_lane(config: TerminalConfig, on_result: OnResult | None) -> Lane:
+ResultHook = Callable[[str, str, str, float], None]  # terminal, operation, outcome, seconds
+EventHook = Callable[[str, str], None]  # terminal, "unknown" | "inquiry"
+
+
+def _make_lane(config: TerminalConfig, on_result: ResultHook | None, on_event: EventHook | None) -> Lane:
     assert config.authkey is not None, "secrets are resolved when the config is loaded"
     driver = SpinDriver(config.id, config.base_url, config.tpn, config.authkey.reveal(), config.timeout_s,
                         http_margin_s=config.http_margin_s)
-    return Lane(config.id, driver, queue_depth=config.queue_depth, on_result=on_result)
+    return Lane(config.id, driver, queue_depth=config.queue_depth,
+                on_result=functools.partial(on_result, config.id) if on_result else None,
+                on_event=functools.partial(on_event, config.id) if on_event else None)
 
 
 class Fleet(Mapping[str, Lane]):
     """Lanes by terminal id (the coordinator reads it as a mapping) plus their supervision."""
 
     def __init__(self, health: HealthConfig, *, write_health: Write | None = None,
-                 on_result: OnResult | None = None) -> None:
+                 on_result: ResultHook | None = None, on_event: EventHook | None = None) -> None:
         self._on_result = on_result
+        self._on_event = on_event
         self.configs: dict[str, TerminalConfig] = {}
         self._lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -56,7 +64,7 @@ class Fleet(Mapping[str, Lane]):
         self._monitor_task = asyncio.create_task(self.monitor.run(), name="health-monitor")
 
     def _add(self, config: TerminalConfig) -> None:
-        lane = _make_lane(config, self._on_result)
+        lane = _make_lane(config, self._on_result, self._on_event)
         self.configs[config.id] = config
         self._lanes[config.id] = lane
         self._tasks[config.id] = asyncio.create_task(lane.run(), name=f"lane-{config.id}")
@@ -70,7 +78,7 @@ class Fleet(Mapping[str, Lane]):
         task = self._tasks.pop(terminal_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_s
-        while not lane.idle and loop.time() < deadline:
+        while not lane.idle and loop.time() < deadline:  # noqa: ASYNC110 - the lane has no idle event
             await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -108,6 +108,7 @@ class Lane:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         on_result: OnResult | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.terminal_id = terminal_id
         self.driver = driver
@@ -120,6 +121,7 @@ class Lane:
         self._sleep = sleep
         self._rand = rand
         self._on_result = on_result
+        self._on_event = on_event
         self._pending: dict[tuple[str, str], _Job] = {}
         self._pending_by_ref: dict[str, _Job] = {}
         self._replay: OrderedDict[tuple[str, str], tuple[Op, Outcome]] = OrderedDict()
@@ -327,6 +329,7 @@ class Lane:
                 await self._sleep(outcome.retry_after_s)
                 continue
             if self._ambiguous(outcome, sent_at):
+                self._emit("unknown")
                 log.info(
                     "terminal %s: %s %s outcome unknown (%s), inquiring",
                     self.terminal_id,
@@ -345,11 +348,17 @@ class Lane:
         late = self._clock() - sent_at >= self.driver.timeout_s
         return isinstance(outcome, Declined) and outcome.status_code == "1012" and late
 
+    def _emit(self, event: str) -> None:
+        """Tell the metrics hook about an unknown outcome or an inquiry."""
+        if self._on_event is not None:
+            self._on_event(event)
+
     async def _resolve(self, op: MoneyOp, sent_at: float) -> Outcome:
         deadline = sent_at + self.driver.transaction_timeout_s
         self.state = "unknown"
         attempt = 0
         while True:
+            self._emit("inquiry")
             answer = await self.driver.status(op.ref)
             self._observe(answer)
             now = self._clock()

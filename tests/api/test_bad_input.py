@@ -8,9 +8,9 @@ invariants hold.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import dataclasses
 import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,8 @@ CASES = [
          400, "validation_error", "tenders[0].amount"),
     post("unit-price-over-max", order(card(MAX_AMOUNT + 1), lines=[dict(LINE, unit_price=MAX_AMOUNT + 1)]),
          400, "validation_error", "lines[0].unit_price"),
-    post("total-over-max", order(card(MAX_AMOUNT + 2), lines=[dict(LINE, quantity=2, unit_price=MAX_AMOUNT // 2 + 1)]),
+    post("total-over-max",
+         order(card(MAX_AMOUNT + 2), lines=[dict(LINE, quantity=2, unit_price=MAX_AMOUNT // 2 + 1)]),
          400, "validation_error", "lines"),
     post("tender-over-max", order(card(MAX_AMOUNT + 1), lines=[dict(LINE)]),
          400, "validation_error", "tenders[0].amount"),
@@ -124,18 +125,21 @@ CASES = [
     post("tenders-short", dict(good(), tenders=[card(999)]), 400, "validation_error", "tenders"),
     post("tenders-over", dict(good(), tenders=[card(600), cash(600)]), 400, "validation_error", "tenders"),
     post("discount-over-subtotal", good(discount=1001), 400, "validation_error", "discount"),
-    post("two-cash-tenders", dict(good(), tenders=[cash(500), cash(500)]), 400, "validation_error", "tenders"),
+    post("two-cash-tenders", dict(good(), tenders=[cash(500), cash(500)]),
+         400, "validation_error", "tenders"),
     post("tendered-below-amount", dict(good(), tenders=[cash(1000, tendered=999)]),
          400, "validation_error", "tenders[0].tendered"),
     # --- shape: unknown and missing fields, enums, lengths
     post("unknown-top-level-field", good(surprise=1), 400, "validation_error", "surprise"),
     post("unknown-line-field", with_line(colour="red"), 400, "validation_error", "lines[0].colour"),
     post("unknown-tender-field", with_tender(tip=100), 400, "validation_error", "tenders[0].tip"),
-    post("missing-idempotency-key", without(good(), "idempotency_key"), 400, "validation_error", "idempotency_key"),
+    post("missing-idempotency-key", without(good(), "idempotency_key"),
+         400, "validation_error", "idempotency_key"),
     post("missing-lines", without(good(), "lines"), 400, "validation_error", "lines"),
     post("missing-line-sku", without(good(), "lines", 0, "sku"), 400, "validation_error", "lines[0].sku"),
     post("tender-type-bitcoin", with_tender(type="bitcoin"), 400, "validation_error", "tenders[0].type"),
-    post("tender-without-type", without(good(), "tenders", 0, "type"), 400, "validation_error", "tenders[0].type"),
+    post("tender-without-type", without(good(), "tenders", 0, "type"),
+         400, "validation_error", "tenders[0].type"),
     post("card-without-terminal", without(good(), "tenders", 0, "terminal_id"),
          400, "validation_error", "tenders[0].terminal_id"),
     post("empty-lines", good() | {"lines": []}, 400, "validation_error", "lines"),
@@ -163,7 +167,8 @@ CASES = [
          content_type="application/x-www-form-urlencoded"),
     get("unknown-path", "/v1/checkout", 404, "not_found"),
     get("unknown-version", "/v2/health", 404, "not_found"),
-    Case("wrong-method-delete", "DELETE", "/v1/checkouts", None, 405, "method_not_allowed", content_type=None),
+    Case("wrong-method-delete", "DELETE", "/v1/checkouts", None, 405, "method_not_allowed",
+         content_type=None),
     Case("wrong-method-put", "PUT", "/v1/health", b"{}", 405, "method_not_allowed"),
     get("wrong-method-get-void", f"/v1/checkouts/{NO_SUCH_ID}/void", 405, "method_not_allowed"),
     # --- lookups
@@ -188,6 +193,18 @@ CASES = [
     post("refund-unknown-field", {"idempotency_key": "r1", "amount": 1, "why": "x"}, 400, "validation_error",
          "why", path=f"/v1/checkouts/{NO_SUCH_ID}/refunds"),
     get("unknown-terminal", "/v1/terminals/lane-99", 404, "not_found"),
+    # --- operator endpoints
+    post("cleanup-zero-minutes", {"older_than_minutes": 0}, 400, "validation_error", "older_than_minutes",
+         path="/v1/maintenance/cleanup"),
+    post("cleanup-float-minutes", {"older_than_minutes": 1.5}, 400, "validation_error", "older_than_minutes",
+         path="/v1/maintenance/cleanup"),
+    post("cleanup-minutes-over-int32", {"older_than_minutes": 2**31}, 400, "validation_error",
+         "older_than_minutes", path="/v1/maintenance/cleanup"),
+    post("cleanup-unknown-field", {"older_than": 15}, 400, "validation_error", "older_than",
+         path="/v1/maintenance/cleanup"),
+    post("reconcile-unknown-terminal", {"terminal_id": "lane-99"}, 404, "not_found", path="/v1/reconcile"),
+    post("reconcile-terminal-not-a-string", {"terminal_id": 5}, 400, "validation_error", "terminal_id",
+         path="/v1/reconcile"),
     post("settle-unknown-terminal", b"", 404, "not_found", path="/v1/terminals/lane-99/settle"),
 ]
 

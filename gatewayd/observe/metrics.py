@@ -1,0 +1,141 @@
+"""Prometheus metrics: counters and histograms fed by hooks, device state read at scrape time.
+
+Everything lives in an injected registry (never the global one), so a test or a second daemon
+in one process sees only its own values. Labels stay low-cardinality: terminal ids yes,
+checkout or reference ids never.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from gatewayd import __version__
+
+CHECKOUT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 10, 15, 20, 30, 60, 120)
+TERMINAL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+STATES = ("online", "offline", "busy", "unknown")
+
+
+class LaneView(Protocol):
+    state: str
+    last_health_check: Any
+
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def in_flight(self) -> bool: ...
+
+
+@dataclass
+class Snapshot:
+    """Values from the database, refreshed by the maintenance loop (a scrape never queries)."""
+
+    unresolved: int = 0
+    oldest_unresolved_age_s: float = 0.0
+    orphans: int = 0
+
+
+class StateCollector(Collector):
+    """Terminal, database and checkout state, computed when Prometheus scrapes."""
+
+    def __init__(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int],
+                 snapshot: Snapshot) -> None:
+        self._lanes = lanes
+        self._db = db
+        self._in_flight = in_flight
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("gatewayd_terminal_up", "1 when the terminal is online", labels=["terminal"])
+        status = GaugeMetricFamily("gatewayd_terminal_status", "1 for the terminal's current status",
+                                   labels=["terminal", "status"])
+        depth = GaugeMetricFamily("gatewayd_terminal_queue_depth", "Operations waiting on the terminal's lane",
+                                  labels=["terminal"])
+        busy = GaugeMetricFamily("gatewayd_terminal_in_flight", "1 while an operation runs on the terminal",
+                                 labels=["terminal"])
+        checked = GaugeMetricFamily("gatewayd_terminal_last_health_check_timestamp_seconds",
+                                    "Unix time of the last health check", labels=["terminal"])
+        for tid, lane in sorted(self._lanes().items()):
+            up.add_metric([tid], 1.0 if lane.state == "online" else 0.0)
+            for state in STATES:
+                status.add_metric([tid, state], 1.0 if lane.state == state else 0.0)
+            depth.add_metric([tid], float(lane.queue_depth))
+            busy.add_metric([tid], 1.0 if lane.in_flight else 0.0)
+            if lane.last_health_check is not None:
+                checked.add_metric([tid], lane.last_health_check.timestamp())
+        yield from (up, status, depth, busy, checked)
+        yield GaugeMetricFamily("gatewayd_database_up", "1 when the database answers", value=float(self._db.up))
+        yield GaugeMetricFamily("gatewayd_database_pool_in_use", "Connections in use", value=self._db.in_use())
+        yield GaugeMetricFamily("gatewayd_database_pool_size", "Connections open", value=self._db.size())
+        yield CounterMetricFamily("gatewayd_database_errors", "Database errors", value=self._db.errors)
+        yield GaugeMetricFamily("gatewayd_checkouts_in_flight", "Checkouts being processed",
+                                value=self._in_flight())
+        snap = self._snapshot
+        yield GaugeMetricFamily("gatewayd_tenders_unresolved", "Tenders processing or unknown",
+                                value=snap.unresolved)
+        yield GaugeMetricFamily("gatewayd_oldest_unresolved_tender_age_seconds",
+                                "Age of the oldest unresolved tender", value=snap.oldest_unresolved_age_s)
+        yield GaugeMetricFamily("gatewayd_orphaned_payments", "Approved charges with no completed order",
+                                value=snap.orphans)
+
+
+class Metrics:
+    """The daemon's metrics; also the coordinator's and the lanes' metric hooks."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        Gauge("gatewayd_build_info", "gatewayd build", ["version"], registry=r).labels(__version__).set(1)
+        self.checkouts = Counter("gatewayd_checkouts", "Checkouts by outcome", ["outcome"], registry=r)
+        self.checkout_seconds = Histogram("gatewayd_checkout_duration_seconds", "Checkout duration",
+                                          buckets=CHECKOUT_BUCKETS, registry=r)
+        self.tenders = Counter("gatewayd_tenders", "Tenders by type and outcome", ["type", "outcome"], registry=r)
+        self.terminal_seconds = Histogram("gatewayd_terminal_request_duration_seconds",
+                                          "Terminal operations by operation and outcome",
+                                          ["terminal", "operation", "outcome"], buckets=TERMINAL_BUCKETS,
+                                          registry=r)
+        self.unknown = Counter("gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r)
+        self.inquiries = Counter("gatewayd_inquiries", "Status inquiries sent", ["terminal"], registry=r)
+        self.recovery = Counter("gatewayd_recovery_actions", "Recovery actions", ["action"], registry=r)
+        for outcome in ("completed", "payment_failed"):
+            self.checkouts.labels(outcome)
+        for action in ("completed", "rolled_back", "voided", "inquired", "captured", "cleaned_up"):
+            self.recovery.labels(action)
+        self.snapshot = Snapshot()
+        if process:
+            ProcessCollector(registry=r)
+
+    def watch(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]) -> None:
+        """Register the scrape-time collector of terminal, database and checkout state."""
+        self.registry.register(StateCollector(lanes, db, in_flight, self.snapshot))
+
+    # coordinator hooks
+    def checkout_finished(self, outcome: str, seconds: float) -> None:
+        self.checkouts.labels(outcome).inc()
+        if outcome in ("completed", "payment_failed"):
+            self.checkout_seconds.observe(seconds)
+
+    def tender_finished(self, tender_type: str, outcome: str) -> None:
+        self.tenders.labels(tender_type, outcome).inc()
+
+    def recovery_action(self, action: str) -> None:
+        self.recovery.labels(action).inc()
+
+    # lane hooks
+    def lane_result(self, terminal_id: str, operation: str, outcome: str, seconds: float) -> None:
+        self.terminal_seconds.labels(terminal_id, operation, outcome).observe(seconds)
+
+    def lane_event(self, terminal_id: str, event: str) -> None:
+        (self.unknown if event == "unknown" else self.inquiries).labels(terminal_id).inc()
+
+
+def now_s() -> float:
+    return time.time()
