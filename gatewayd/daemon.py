@@ -65,18 +65,30 @@ class FleetApi:
         config = self.fleet.configs.get(terminal_id)
         if lane is None or config is None:
             return None
-        return TerminalView(id=terminal_id, name=config.display_name, driver=config.driver, status=lane.state,
-                            last_health_check=_iso(lane.last_health_check),
-                            last_health_error=lane.last_health_error, queue_depth=lane.queue_depth,
-                            in_flight=lane.in_flight)
+        return TerminalView(
+            id=terminal_id,
+            name=config.display_name,
+            driver=config.driver,
+            status=lane.state,
+            last_health_check=_iso(lane.last_health_check),
+            last_health_error=lane.last_health_error,
+            queue_depth=lane.queue_depth,
+            in_flight=lane.in_flight,
+        )
 
     def views(self) -> list[TerminalView]:
         return [v for tid in self.fleet if (v := self.view(tid)) is not None]
 
     async def settle(self, terminal_id: str) -> SettleView:
         result = await self.operations.settle(terminal_id)
-        return SettleView(terminal_id=terminal_id, ok=result.ok, batch=result.batch, count=result.count,
-                          total=result.total, message=result.message)
+        return SettleView(
+            terminal_id=terminal_id,
+            ok=result.ok,
+            batch=result.batch,
+            count=result.count,
+            total=result.total,
+            message=result.message,
+        )
 
 
 @dataclass
@@ -114,24 +126,40 @@ class Daemon:
         await self._check_migrations()
         terminals = TerminalStore(self.db, config.store_id)
         await terminals.sync([(t.id, t.display_name, t.driver, t.is_live) for t in config.terminals])
-        self.fleet = Fleet(config.health, write_health=terminals.write_health,
-                           on_result=self.metrics.lane_result, on_event=self.metrics.lane_event)
+        self.fleet = Fleet(
+            config.health,
+            write_health=terminals.write_health,
+            on_result=self.metrics.lane_result,
+            on_event=self.metrics.lane_event,
+        )
         self.fleet.start(config.terminals)
         store = CheckoutStore(self.db, config.store_id)
-        self.coordinator = Coordinator(store, self.fleet, config.checkout, instance_id=instance_id(config),
-                                       lease_s=config.recovery.lease_s, metrics=self.metrics)
+        self.coordinator = Coordinator(
+            store,
+            self.fleet,
+            config.checkout,
+            instance_id=instance_id(config),
+            lease_s=config.recovery.lease_s,
+            metrics=self.metrics,
+        )
         self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
         self.operations = Operations(maintenance, self.fleet)
         self.recovery = Recovery(self.coordinator, maintenance)
         coordinator = self.coordinator
-        self.metrics.watch(lambda: self.fleet or {}, self.db, lambda: coordinator.in_flight)
+        fleet = self.fleet
+        self.metrics.watch(lambda: fleet, self.db, lambda: coordinator.in_flight)
         await self._serve_metrics()
         await self._recover_at_startup()
         await self._serve_api()
         self.ready = True
         self.notifier.ready(self.status_line())
-        log.info("gatewayd %s ready: store %s, %d terminal(s), api %s", __version__, config.store_id,
-                 len(config.terminals), config.api.socket)
+        log.info(
+            "gatewayd %s ready: store %s, %d terminal(s), api %s",
+            __version__,
+            config.store_id,
+            len(config.terminals),
+            config.api.socket,
+        )
 
     async def _recover_at_startup(self, wait_s: float = 5.0) -> None:
         """Resolve what a previous run left unfinished before the API takes new work.
@@ -145,8 +173,12 @@ class Daemon:
         if done and self.startup_recovery.exception() is None:
             report = self.startup_recovery.result()
             if report.claimed:
-                log.info("start-up recovery: %d order(s) in %.2fs: %s", report.claimed, report.seconds,
-                         report.finished)
+                log.info(
+                    "start-up recovery: %d order(s) in %.2fs: %s",
+                    report.claimed,
+                    report.seconds,
+                    report.finished,
+                )
         elif done:
             log.error("start-up recovery failed: %s", self.startup_recovery.exception())
         else:
@@ -168,34 +200,48 @@ class Daemon:
             missing = await migrate.pending(conn)
         if missing:
             names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
-            raise ConfigError(f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate")
+            raise ConfigError(
+                f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate"
+            )
 
     async def _serve_api(self) -> None:
         assert self.db is not None and self.fleet is not None and self.coordinator is not None
         api = self.config.api
         token = api.tcp_token.reveal() if api.tcp_token is not None else None
         assert self.operations is not None
-        ctx = ApiContext(coordinator=self.coordinator, terminals=FleetApi(self.fleet, self.operations), db=self.db,
-                         operations=self.operations, checkout_wait_s=api.checkout_wait_s, tcp_token=token)
+        ctx = ApiContext(
+            coordinator=self.coordinator,
+            terminals=FleetApi(self.fleet, self.operations),
+            db=self.db,
+            operations=self.operations,
+            checkout_wait_s=api.checkout_wait_s,
+            tcp_token=token,
+        )
         app = build_app(ctx, max_body_bytes=api.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self.runner.setup()
         passed = self.passed_sockets
-        sock = passed.pop("api", None) or unix_socket(api.socket, api.socket_mode, api.socket_group)
+        sock = passed.pop("api") if "api" in passed else unix_socket(api.socket, api.socket_mode, api.socket_group)
         await web.SockSite(self.runner, sock).start()
         if api.tcp_listen:
-            await web.SockSite(self.runner, passed.pop("api-tcp", None) or tcp_socket(api.tcp_listen)).start()
+            tcp = passed.pop("api-tcp") if "api-tcp" in passed else tcp_socket(api.tcp_listen)
+            await web.SockSite(self.runner, tcp).start()
 
     async def _serve_metrics(self) -> None:
         listen = self.config.metrics.listen
         if not listen:
             return
-        source = StatusSource(terminals=self._terminal_dicts, recent_checkouts=self._recent_checkouts,
-                              ready=self._is_ready, store_id=self.config.store_id)
-        self.metrics_runner = web.AppRunner(build_metrics_app(self.metrics, source), access_log=None,
-                                            handle_signals=False)
+        source = StatusSource(
+            terminals=self._terminal_dicts,
+            recent_checkouts=self._recent_checkouts,
+            ready=self._is_ready,
+            store_id=self.config.store_id,
+        )
+        self.metrics_runner = web.AppRunner(
+            build_metrics_app(self.metrics, source), access_log=None, handle_signals=False
+        )
         await self.metrics_runner.setup()
-        sock = self.passed_sockets.pop("metrics", None) or tcp_socket(listen)
+        sock = self.passed_sockets.pop("metrics") if "metrics" in self.passed_sockets else tcp_socket(listen)
         await web.SockSite(self.metrics_runner, sock).start()
 
     def _terminal_dicts(self) -> list[dict[str, Any]]:
@@ -243,11 +289,17 @@ class Daemon:
             return False
         logs.register_secrets(self._secrets(new))
         await TerminalStore(self.db, new.store_id).sync(
-            [(t.id, t.display_name, t.driver, t.is_live) for t in new.terminals])
+            [(t.id, t.display_name, t.driver, t.is_live) for t in new.terminals]
+        )
         added, removed, changed = await self.fleet.reload(new.terminals)
         self.config = new
-        log.info("reloaded %s: terminals added %s, removed %s, changed %s", self.config_path,
-                 added or "-", removed or "-", changed or "-")
+        log.info(
+            "reloaded %s: terminals added %s, removed %s, changed %s",
+            self.config_path,
+            added or "-",
+            removed or "-",
+            changed or "-",
+        )
         self.notifier.ready(self.status_line())
         return True
 
@@ -293,8 +345,13 @@ class Daemon:
             rec = self.config.recovery
             if self.recovery is not None and self.operations is not None:
                 tg.start_soon(self.recovery.run_forever, rec.interval_s)
-                tg.start_soon(self.operations.maintain_forever, rec.maintenance_interval_s,
-                              rec.stale_pending_minutes, rec.unresolved_alert_minutes, self._orphans_seen)
+                tg.start_soon(
+                    self.operations.maintain_forever,
+                    rec.maintenance_interval_s,
+                    rec.stale_pending_minutes,
+                    rec.unresolved_alert_minutes,
+                    self._orphans_seen,
+                )
             await self.stop_event.wait()
             log.info("stopping: no new checkouts; draining")
             if self.coordinator is not None:
@@ -320,8 +377,13 @@ def _dsn_password(dsn: str) -> str | None:
         return None
 
 
-async def serve(config: Config, *, config_path: str | None = None, apply_migrations: bool = False,
-                on_ready: Callable[[Daemon], Any] | None = None) -> int:
+async def serve(
+    config: Config,
+    *,
+    config_path: str | None = None,
+    apply_migrations: bool = False,
+    on_ready: Callable[[Daemon], Any] | None = None,
+) -> int:
     """Run one daemon to the end; the exit code."""
     daemon = Daemon(config, config_path=config_path, apply_migrations=apply_migrations)
     try:

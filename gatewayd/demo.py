@@ -18,8 +18,12 @@ from gatewayd.terminals.simulator.server import running_simulator
 
 log = logging.getLogger("gatewayd.demo")
 
-CATALOG = [("COFFEE-1KG", "Coffee beans 1 kg", 200), ("MUG", "Stoneware mug", 100),
-           ("TEA-100G", "Green tea 100 g", 150), ("FILTER-100", "Paper filters x100", 300)]
+CATALOG = [
+    ("COFFEE-1KG", "Coffee beans 1 kg", 200),
+    ("MUG", "Stoneware mug", 100),
+    ("TEA-100G", "Green tea 100 g", 150),
+    ("FILTER-100", "Paper filters x100", 300),
+]
 
 
 def _free_port() -> int:
@@ -42,11 +46,14 @@ def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) ->
     terminals = "".join(
         f'[[terminals]]\nid = "lane-{i}"\nname = "Lane {i} (simulated)"\nbase_url = "{sim_url}"\n'
         f'tpn = "SIMLANE0000{i}"\nauthkey = "DEMOKEY00{i}"\ntimeout_s = 10\nhttp_margin_s = 2\nis_live = false\n'
-        for i in range(1, 5))
-    text = (f'store_id = "demo-store"\nstate_dir = "{state_dir}"\n[database]\ndsn = "{dsn}"\n'
-            f'[api]\nsocket = "{state_dir / "gatewayd.sock"}"\nsocket_mode = "0660"\ncheckout_wait_s = 30\n'
-            f'[metrics]\nlisten = "{metrics_listen}"\n[health]\ninterval_s = 5\n[recovery]\ninterval_s = 10\n'
-            + terminals)
+        for i in range(1, 5)
+    )
+    text = (
+        f'store_id = "demo-store"\nstate_dir = "{state_dir}"\n[database]\ndsn = "{dsn}"\n'
+        f'[api]\nsocket = "{state_dir / "gatewayd.sock"}"\nsocket_mode = "0660"\ncheckout_wait_s = 30\n'
+        f'[metrics]\nlisten = "{metrics_listen}"\n[health]\ninterval_s = 5\n[recovery]\ninterval_s = 10\n'
+        + terminals
+    )
     return parse(text, "<demo>")
 
 
@@ -55,38 +62,43 @@ async def _seed_catalog(dsn: str) -> None:
     try:
         await conn.executemany(
             "INSERT INTO inventory (store_id, sku, name, on_hand) VALUES ('demo-store', $1, $2, $3)"
-            " ON CONFLICT (store_id, sku) DO NOTHING", CATALOG)
+            " ON CONFLICT (store_id, sku) DO NOTHING",
+            CATALOG,
+        )
     finally:
         await conn.close()
 
 
 def _ready_text(config: Config, sim_url: str, metrics_url: str) -> str:
     sock = config.api.socket
-    body = ('{"idempotency_key": "demo-$(date +%s%N)", "register_id": "reg1", "customer_id": "cust-42", '
-            '"lines": [{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}], "tax": 250, '
-            '"tenders": [{"type": "card", "amount": 3448, "terminal_id": "lane-1"}]}')
-    return "\n".join([
-        "",
-        "gatewayd demo is ready.",
-        f"  API socket:  {sock}",
-        f"  simulator:   {sim_url}   (magic cents: 51 declined, 52/53/58 lost answer, 55 slow, 56 partial)",
-        f"  metrics:     {metrics_url}/metrics   status page: {metrics_url}/",
-        "",
-        "Take a card payment:",
-        f"  curl -s --unix-socket {sock} -H 'Content-Type: application/json' \\",
-        f"       -d \"{body.replace(chr(34), chr(92) + chr(34))}\" \\",
-        "       http://gatewayd/v1/checkouts",
-        "",
-        f"Terminals:  curl -s --unix-socket {sock} http://gatewayd/v1/terminals",
-        "Press Ctrl-C to stop.",
-        "",
-    ])
+    body = (
+        '{"idempotency_key": "demo-$(date +%s%N)", "register_id": "reg1", "customer_id": "cust-42", '
+        '"lines": [{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}], "tax": 250, '
+        '"tenders": [{"type": "card", "amount": 3448, "terminal_id": "lane-1"}]}'
+    )
+    return "\n".join(
+        [
+            "",
+            "gatewayd demo is ready.",
+            f"  API socket:  {sock}",
+            f"  simulator:   {sim_url}   (magic cents: 51 declined, 52/53/58 lost answer, 55 slow, 56 partial)",
+            f"  metrics:     {metrics_url}/metrics   status page: {metrics_url}/",
+            "",
+            "Take a card payment:",
+            f"  curl -s --unix-socket {sock} -H 'Content-Type: application/json' \\",
+            f'       -d "{body.replace(chr(34), chr(92) + chr(34))}" \\',
+            "       http://gatewayd/v1/checkouts",
+            "",
+            f"Terminals:  curl -s --unix-socket {sock} http://gatewayd/v1/terminals",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+    )
 
 
 async def run_demo(state_dir: Path) -> int:
     """Start everything, serve until SIGINT/SIGTERM, stop everything."""
-    state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     pg = EmbeddedPostgres(state_dir / "postgres")
     dsn = await asyncio.to_thread(pg.start)
     metrics_port = 9470 if _port_free(9470) else _free_port()
@@ -94,7 +106,12 @@ async def run_demo(state_dir: Path) -> int:
     try:
         async with running_simulator(port=8471 if _port_free(8471) else 0) as sim:
             config = demo_config(state_dir, dsn, sim.url, f"127.0.0.1:{metrics_port}")
-            info = {"socket": config.api.socket, "dsn": dsn, "simulator_url": sim.url, "metrics_url": metrics_url}
+            info = {
+                "socket": config.api.socket,
+                "dsn": dsn,
+                "simulator_url": sim.url,
+                "metrics_url": metrics_url,
+            }
             (state_dir / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
 
             def ready(_: daemon.Daemon) -> None:

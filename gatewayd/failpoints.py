@@ -16,15 +16,17 @@ from gatewayd.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-NAMES = frozenset({
-    "after_intent_commit",   # the intent is durable, nothing sent yet
-    "after_sale_sent",       # the request left for the terminal, no answer read yet
-    "after_sale_answer",     # the answer is in memory, not yet stored
-    "inside_commit",         # the final commit's transaction is open
-    "after_commit",          # committed, the POS not yet answered
-    "during_void",           # a void is about to be sent during rollback
-    "during_recovery",       # recovery has claimed an order and is driving it
-})
+NAMES = frozenset(
+    {
+        "after_intent_commit",  # the intent is durable, nothing sent yet
+        "after_sale_sent",  # the request left for the terminal, no answer read yet
+        "after_sale_answer",  # the answer is in memory, not yet stored
+        "inside_commit",  # the final commit's transaction is open
+        "after_commit",  # committed, the POS not yet answered
+        "during_void",  # a void is about to be sent during rollback
+        "during_recovery",  # recovery has claimed an order and is driving it
+    }
+)
 
 
 class FailpointError(GatewayError):

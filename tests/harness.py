@@ -50,7 +50,9 @@ class Gateway:
     async def check_invariants(self) -> dict[str, int]:
         conn = await asyncpg.connect(self.dsn)
         try:
-            return await check_money_invariants(conn, self.store_id, await self.ledger(), self.tpns, self.stock)
+            return await check_money_invariants(
+                conn, self.store_id, await self.ledger(), self.tpns, self.stock
+            )
         finally:
             await conn.close()
 
@@ -65,18 +67,27 @@ class Gateway:
         rows = await self.fetch(query, *args)
         return rows[0][0] if rows else None
 
-    async def checkout(self, *tenders: dict[str, Any], lines: list[dict[str, Any]] | None = None,
-                       key: str | None = None, **extra: Any) -> Answer:
+    async def checkout(
+        self,
+        *tenders: dict[str, Any],
+        lines: list[dict[str, Any]] | None = None,
+        key: str | None = None,
+        **extra: Any,
+    ) -> Answer:
         return await self.client.checkout(order(*tenders, lines=lines, key=key, **extra))
 
 
-def order(*tenders: dict[str, Any], lines: list[dict[str, Any]] | None = None, key: str | None = None,
-          **extra: Any) -> dict[str, Any]:
+def order(
+    *tenders: dict[str, Any], lines: list[dict[str, Any]] | None = None, key: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """A checkout body whose single line costs exactly the sum of the tenders."""
     total = sum(t["amount"] for t in tenders)
-    return {"idempotency_key": key or uuid.uuid4().hex,
-            "lines": lines or [{"sku": "SERVICE", "quantity": 1, "unit_price": total}],
-            "tenders": list(tenders), **extra}
+    return {
+        "idempotency_key": key or uuid.uuid4().hex,
+        "lines": lines or [{"sku": "SERVICE", "quantity": 1, "unit_price": total}],
+        "tenders": list(tenders),
+        **extra,
+    }
 
 
 def card(amount: int, terminal: str = "lane-1") -> dict[str, Any]:
@@ -87,30 +98,51 @@ def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
     return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
 
 
-def config_text(store_id: str, socket_path: Path, state_dir: Path, dsn: str, sim_url: str,
-                tpns: dict[str, str], *, timeout_s: int = 2, extra: str = "") -> str:
+def config_text(
+    store_id: str,
+    socket_path: Path,
+    state_dir: Path,
+    dsn: str,
+    sim_url: str,
+    tpns: dict[str, str],
+    *,
+    timeout_s: int = 2,
+    extra: str = "",
+) -> str:
     terminals = "".join(
         f'[[terminals]]\nid = "{tid}"\nname = "Lane {tid}"\nbase_url = "{sim_url}"\ntpn = "{tpn}"\n'
         f'authkey = "KEY{tpn[-7:]}"\ntimeout_s = {timeout_s}\nhttp_margin_s = 1.0\nis_live = false\n'
-        for tid, tpn in tpns.items())
-    return (f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n'
-            f'[database]\ndsn = "{dsn}"\npool_min = 1\npool_max = 8\n'
-            f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = 30\n'
-            f'[metrics]\nlisten = "127.0.0.1:0"\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}')
+        for tid, tpn in tpns.items()
+    )
+    return (
+        f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n'
+        f'[database]\ndsn = "{dsn}"\npool_min = 1\npool_max = 8\n'
+        f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = 30\n'
+        f'[metrics]\nlisten = "127.0.0.1:0"\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}'
+    )
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(dsn: str, tmp: Path, *, terminals: int = 4, timeout_s: int = 2,
-                          extra: str = "", stock: dict[str, int] | None = None,
-                          slow_s: float = 3.0) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    dsn: str,
+    tmp: Path,
+    *,
+    terminals: int = 4,
+    timeout_s: int = 2,
+    extra: str = "",
+    stock: dict[str, int] | None = None,
+    slow_s: float = 3.0,
+) -> AsyncIterator[Gateway]:
     """A daemon with `terminals` lanes on a fresh simulator, its own store and stock."""
     store_id = "t" + uuid.uuid4().hex[:10]
     tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in range(1, terminals + 1)}
     stock = dict(STOCK if stock is None else stock)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.executemany("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-                               [(store_id, sku, n) for sku, n in stock.items()])
+        await conn.executemany(
+            "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
+            [(store_id, sku, n) for sku, n in stock.items()],
+        )
     finally:
         await conn.close()
     async with running_simulator(slow_s=slow_s) as sim:

@@ -19,13 +19,23 @@ class InvariantViolation(AssertionError):
 
 def _charges(ledger: list[dict[str, Any]], tpns: set[str]) -> list[dict[str, Any]]:
     """Ledger rows where money moved towards the store and stayed (approved sales, captures, holds)."""
-    return [t for t in ledger if t["tpn"] in tpns and t["type"] in ("sale", "auth", "capture")
-            and t["status"] in ("approved", "captured")]
+    return [
+        t
+        for t in ledger
+        if t["tpn"] in tpns
+        and t["type"] in ("sale", "auth", "capture")
+        and t["status"] in ("approved", "captured")
+    ]
 
 
-async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger: list[dict[str, Any]],
-                                 tpn_by_terminal: dict[str, str], initial_stock: dict[str, int],
-                                 points_per_unit: int = 1) -> dict[str, int]:
+async def check_money_invariants(
+    conn: asyncpg.Connection,
+    store_id: str,
+    ledger: list[dict[str, Any]],
+    tpn_by_terminal: dict[str, str],
+    initial_stock: dict[str, int],
+    points_per_unit: int = 1,
+) -> dict[str, int]:
     """Raise InvariantViolation naming the invariant; returns a few counts for the caller's asserts."""
     problems: list[str] = []
     tpns = set(tpn_by_terminal.values())
@@ -33,7 +43,9 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
         """SELECT t.reference_id, t.kind, t.tender_type, t.amount, t.approved_amount, t.status,
                   t.payment_processor_id, o.id AS order_id, o.status AS order_status, o.total
              FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
-            WHERE t.store_id = $1""", store_id)
+            WHERE t.store_id = $1""",
+        store_id,
+    )
     by_ref = {r["reference_id"]: r for r in txs}
     charges = _charges(ledger, tpns)
 
@@ -47,7 +59,9 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
         if row is None:
             problems.append(f"I8: terminal charge {c['reference_id']} unknown to gatewayd")
         elif row["order_status"] not in COMPLETED:
-            problems.append(f"I1: charge {c['reference_id']} ({c['amount']}) belongs to a {row['order_status']} order")
+            problems.append(
+                f"I1: charge {c['reference_id']} ({c['amount']}) belongs to a {row['order_status']} order"
+            )
         elif c["amount"] != row["amount"]:
             problems.append(f"I1: charge {c['reference_id']} is {c['amount']}, the tender is {row['amount']}")
 
@@ -66,7 +80,9 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
             if sum(t["amount"] for t in tenders) != o["total"]:
                 problems.append(f"I3: order {o['id']} tenders do not add up to its total")
             if charged[o["id"]] != card:
-                problems.append(f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}")
+                problems.append(
+                    f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}"
+                )
         elif o["status"] in ("payment_failed", "cancelled", "voided") and charged[o["id"]]:
             problems.append(f"I2: {o['status']} order {o['id']} still charged {charged[o['id']]}")
 
@@ -76,10 +92,16 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
             problems.append(f"I8: terminal transaction {t['reference_id']} ({t['type']}) unknown to gatewayd")
 
     # I4 inventory conservation
-    sold = {r["sku"]: r["qty"] for r in await conn.fetch(
-        """SELECT i.sku, sum(i.quantity - i.restocked)::bigint AS qty FROM order_items i
+    sold = {
+        r["sku"]: r["qty"]
+        for r in await conn.fetch(
+            """SELECT i.sku, sum(i.quantity - i.restocked)::bigint AS qty FROM order_items i
              JOIN orders o ON o.store_id = i.store_id AND o.id = i.order_id
-            WHERE i.store_id = $1 AND o.status = ANY($2::text[]) GROUP BY i.sku""", store_id, list(COMPLETED))}
+            WHERE i.store_id = $1 AND o.status = ANY($2::text[]) GROUP BY i.sku""",
+            store_id,
+            list(COMPLETED),
+        )
+    }
     for r in await conn.fetch("SELECT sku, on_hand, reserved FROM inventory WHERE store_id = $1", store_id):
         expected = initial_stock.get(r["sku"], 0) - sold.get(r["sku"], 0)
         if r["on_hand"] != expected:
@@ -92,16 +114,28 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
         """SELECT customer_id, sum(loyalty_points - (loyalty_points * refunded_amount) / greatest(total, 1))::bigint
                   AS pts
              FROM orders WHERE store_id = $1 AND customer_id IS NOT NULL AND status = ANY($2::text[])
-            GROUP BY customer_id""", store_id, list(COMPLETED))
-    accounts = {r["customer_id"]: r["points"] for r in await conn.fetch(
-        "SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", store_id)}
+            GROUP BY customer_id""",
+        store_id,
+        list(COMPLETED),
+    )
+    accounts = {
+        r["customer_id"]: r["points"]
+        for r in await conn.fetch(
+            "SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", store_id
+        )
+    }
     for r in expected_points:
         if accounts.get(r["customer_id"], 0) != r["pts"]:
-            problems.append(f"I5: loyalty {r['customer_id']} has {accounts.get(r['customer_id'])}, expected {r['pts']}")
+            problems.append(
+                f"I5: loyalty {r['customer_id']} has {accounts.get(r['customer_id'])}, expected {r['pts']}"
+            )
     mismatch = await conn.fetch(
         """SELECT o.total, o.loyalty_points FROM orders o WHERE o.store_id = $1 AND o.status = ANY($2::text[])
               AND o.customer_id IS NOT NULL AND o.loyalty_points <> (o.total * $3) / 100""",
-        store_id, list(COMPLETED), points_per_unit)
+        store_id,
+        list(COMPLETED),
+        points_per_unit,
+    )
     if mismatch:
         problems.append(f"I5: {len(mismatch)} order(s) with loyalty points not at the configured rate")
     sessions = await conn.fetch(
@@ -113,12 +147,17 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
              LEFT JOIN orders o ON o.store_id = s.store_id AND o.register_session_id = s.id
                                 AND o.status = ANY($2::text[])
              LEFT JOIN payment_transactions t ON t.store_id = o.store_id AND t.order_id = o.id AND t.kind = 'payment'
-            WHERE s.store_id = $1 GROUP BY s.store_id, s.id""", store_id, list(COMPLETED))
+            WHERE s.store_id = $1 GROUP BY s.store_id, s.id""",
+        store_id,
+        list(COMPLETED),
+    )
     for s in sessions:
         if (s["cash_total"], s["card_total"], s["checkout_count"]) != (s["cash"], s["card"], s["n"]):
-            problems.append(f"I5: register {s['register_id']} session totals "
-                            f"{(s['cash_total'], s['card_total'], s['checkout_count'])} != "
-                            f"{(s['cash'], s['card'], s['n'])}")
+            problems.append(
+                f"I5: register {s['register_id']} session totals "
+                f"{(s['cash_total'], s['card_total'], s['checkout_count'])} != "
+                f"{(s['cash'], s['card'], s['n'])}"
+            )
 
     # quiescence: nothing left in doubt
     open_tx = [r["reference_id"] for r in txs if r["status"] in ("processing", "unknown")]
@@ -126,5 +165,8 @@ async def check_money_invariants(conn: asyncpg.Connection, store_id: str, ledger
         problems.append(f"I7: tenders still undecided: {open_tx}")
     if problems:
         raise InvariantViolation("\n".join(problems))
-    return {"charges": len(charges), "orders": len(orders),
-            "completed": sum(1 for o in orders if o["status"] in COMPLETED)}
+    return {
+        "charges": len(charges),
+        "orders": len(orders),
+        "completed": sum(1 for o in orders if o["status"] in COMPLETED),
+    }

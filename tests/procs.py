@@ -34,8 +34,17 @@ async def simulator_process(slow_s: float = 3.0) -> AsyncIterator[str]:
     """`gatewayd simulate` in its own process; yields its URL."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd", "simulate", "--port", str(port), "--slow-s", str(slow_s),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "gatewayd",
+        "simulate",
+        "--port",
+        str(port),
+        "--slow-s",
+        str(slow_s),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert b"listening" in line, line
@@ -54,23 +63,27 @@ class Store:
     sim_url: str
     tmp: Path
     store_id: str = field(default_factory=lambda: "c" + uuid.uuid4().hex[:10])
-    tpns: dict[str, str] = field(default_factory=lambda: {
-        f"lane-{i}": f"C{uuid.uuid4().hex[:11].upper()}" for i in (1, 2)})
+    tpns: dict[str, str] = field(
+        default_factory=lambda: {f"lane-{i}": f"C{uuid.uuid4().hex[:11].upper()}" for i in (1, 2)}
+    )
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
 
     async def seed(self) -> None:
         conn = await asyncpg.connect(self.dsn)
         try:
-            await conn.executemany("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-                                   [(self.store_id, sku, n) for sku, n in self.stock.items()])
+            await conn.executemany(
+                "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
+                [(self.store_id, sku, n) for sku, n in self.stock.items()],
+            )
         finally:
             await conn.close()
 
     def config(self, name: str = "a", extra: str = "") -> Path:
         """Write a config for daemon `name` (its own socket, so its own instance id)."""
         sock = self.tmp / f"{self.store_id}-{name}.sock"
-        text = config_text(self.store_id, sock, self.tmp / name, self.dsn, self.sim_url, self.tpns,
-                           timeout_s=1, extra=extra)
+        text = config_text(
+            self.store_id, sock, self.tmp / name, self.dsn, self.sim_url, self.tpns, timeout_s=1, extra=extra
+        )
         path = self.tmp / f"{self.store_id}-{name}.toml"
         path.write_text(text)
         return path
@@ -92,14 +105,20 @@ class Store:
             while True:
                 open_orders = await conn.fetchval(
                     "SELECT count(*) FROM orders WHERE store_id = $1 AND status IN"
-                    " ('pending_payment', 'payment_processing', 'payment_authorized')", self.store_id)
+                    " ('pending_payment', 'payment_processing', 'payment_authorized')",
+                    self.store_id,
+                )
                 open_tx = await conn.fetchval(
                     "SELECT count(*) FROM payment_transactions WHERE store_id = $1"
-                    " AND status IN ('pending', 'processing', 'unknown')", self.store_id)
+                    " AND status IN ('pending', 'processing', 'unknown')",
+                    self.store_id,
+                )
                 if open_orders == 0 and open_tx == 0:
                     return time.monotonic() - started
                 if time.monotonic() - started > timeout_s:
-                    raise AssertionError(f"not quiescent after {timeout_s}s: {open_orders} orders, {open_tx} tenders")
+                    raise AssertionError(
+                        f"not quiescent after {timeout_s}s: {open_orders} orders, {open_tx} tenders"
+                    )
                 await asyncio.sleep(0.1)
         finally:
             await conn.close()
@@ -107,7 +126,9 @@ class Store:
     async def check(self) -> dict[str, int]:
         conn = await asyncpg.connect(self.dsn)
         try:
-            return await check_money_invariants(conn, self.store_id, await self.ledger(), self.tpns, self.stock)
+            return await check_money_invariants(
+                conn, self.store_id, await self.ledger(), self.tpns, self.stock
+            )
         finally:
             await conn.close()
 
@@ -133,8 +154,16 @@ class DaemonProcess:
         env = {**os.environ, "GATEWAYD_FAILPOINTS": self.failpoints}
         with open(self.log, "ab") as out:  # noqa: ASYNC230 - the child keeps its own copy of the fd
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gatewayd", "run", "--config", str(self.config), env=env,
-                stdout=out, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "gatewayd",
+                "run",
+                "--config",
+                str(self.config),
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+            )
         if wait:
             await self.ready()
         return self

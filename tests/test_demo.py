@@ -18,8 +18,15 @@ from gatewayd.api.client import GatewayClient
 
 async def _start(state: Path) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd", "demo", "--state-dir", str(state),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "gatewayd",
+        "demo",
+        "--state-dir",
+        str(state),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     seen = ""
     while "Press Ctrl-C to stop." not in seen:
@@ -50,12 +57,17 @@ async def test_demo_runs_the_printed_curl_and_reuses_data(tmp_path: Path) -> Non
         assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url"}
         command = _curl_example(output)
         if shutil.which("curl"):
-            result = await asyncio.to_thread(subprocess.run, ["bash", "-c", command], capture_output=True,
-                                             text=True, timeout=60)
+            result = await asyncio.to_thread(
+                subprocess.run, ["bash", "-c", command], capture_output=True, text=True, timeout=60
+            )
             answer = json.loads(result.stdout)
         else:  # the same request through the client
-            body = json.loads(re.search(r'-d "(.*)"', command).group(1).replace('\\"', '"')  # type: ignore[union-attr]
-                              .replace("$(date +%s%N)", "1"))
+            body = json.loads(
+                re.search(r'-d "(.*)"', command)
+                .group(1)
+                .replace('\\"', '"')  # type: ignore[union-attr]
+                .replace("$(date +%s%N)", "1")
+            )
             async with GatewayClient(info["socket"]) as client:
                 answer = (await client.checkout(body)).body
         assert answer["status"] == "completed", answer

@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -75,8 +75,9 @@ def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=_ENCODER.encode(value), status=status, content_type="application/json")
 
 
-def error_response(code: str, message: str, details: dict[str, Any] | None = None,
-                   status: int | None = None) -> web.Response:
+def error_response(
+    code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
+) -> web.Response:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or {}))
     return json_response(body, status or http_status(code))
 
@@ -108,8 +109,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _as_exception(_decode_error(exc)) from None
     except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a JSON string
-        raise _as_exception(error_response("validation_error", "malformed JSON: not valid UTF-8",
-                                           {"field": "(body)"})) from None
+        raise _as_exception(
+            error_response("validation_error", "malformed JSON: not valid UTF-8", {"field": "(body)"})
+        ) from None
 
 
 class _Answer(web.HTTPException):
@@ -145,13 +147,17 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except CheckoutError as exc:
         return error_response(exc.code, exc.message, exc.details)
     except web.HTTPRequestEntityTooLarge:
-        return error_response("payload_too_large", "the body is over the limit",
-                              {"max_bytes": request.app[MAX_BODY]})
+        return error_response(
+            "payload_too_large", "the body is over the limit", {"max_bytes": request.app[MAX_BODY]}
+        )
     except web.HTTPNotFound:
         return error_response("not_found", f"no such path: {request.path}")
     except web.HTTPMethodNotAllowed as exc:
-        return error_response("method_not_allowed", f"{request.method} is not allowed on {request.path}",
-                              {"allowed": sorted(exc.allowed_methods)})
+        return error_response(
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}",
+            {"allowed": sorted(exc.allowed_methods)},
+        )
     except web.HTTPException:
         raise
     except Exception:
@@ -165,9 +171,10 @@ def _checkout_response(view: CheckoutView) -> web.Response:
         return json_response(view)
     code = view.failure.code if view.failure.code in FAILED_CHECKOUT_STATUS else "card_declined"
     status = FAILED_CHECKOUT_STATUS.get(code, 402)
-    body = CheckoutWithError(**msgspec.structs.asdict(view),
-                             error=ErrorInfo(code=code, message=view.failure.message,
-                                             details={"checkout_id": view.id}))
+    body = CheckoutWithError(
+        **msgspec.structs.asdict(view),
+        error=ErrorInfo(code=code, message=view.failure.message, details={"checkout_id": view.id}),
+    )
     return json_response(body, status)
 
 
@@ -186,10 +193,16 @@ async def health(request: web.Request) -> web.Response:
     terminals = ctx.terminals.views()
     db_up = await ctx.db.ping()
     online = sum(1 for t in terminals if t.status == "online")
-    status = "ok" if db_up and online == len(terminals) else "degraded"
-    return json_response(HealthView(status=status, database="up" if db_up else "down",
-                                    terminals=TerminalCounts(total=len(terminals), online=online),
-                                    version=__version__, checkouts_in_flight=ctx.coordinator.in_flight))
+    status: Literal["ok", "degraded"] = "ok" if db_up and online == len(terminals) else "degraded"
+    return json_response(
+        HealthView(
+            status=status,
+            database="up" if db_up else "down",
+            terminals=TerminalCounts(total=len(terminals), online=online),
+            version=__version__,
+            checkouts_in_flight=ctx.coordinator.in_flight,
+        )
+    )
 
 
 async def list_terminals(request: web.Request) -> web.Response:

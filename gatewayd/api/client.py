@@ -1,8 +1,8 @@
 """A Python client for the local API (used by the CLI, the tests, and POS developers).
 
-    async with GatewayClient("/run/gatewayd/gatewayd.sock") as gw:
-        answer = await gw.checkout({...})
-        if answer.status == 200: ...
+async with GatewayClient("/run/gatewayd/gatewayd.sock") as gw:
+    answer = await gw.checkout({...})
+    if answer.status == 200: ...
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ class ApiError(Exception):
 class GatewayClient:
     """HTTP/JSON over the daemon's unix socket (or a TCP URL with a bearer token)."""
 
-    def __init__(self, socket_path: str | None = None, *, base_url: str | None = None,
-                 token: str | None = None, timeout_s: float = 150.0) -> None:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        *,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 150.0,
+    ) -> None:
         if socket_path is None and base_url is None:
             raise ValueError("give socket_path or base_url")
         self._socket_path = socket_path
@@ -55,7 +61,9 @@ class GatewayClient:
 
     async def __aenter__(self) -> GatewayClient:
         connector = aiohttp.UnixConnector(path=self._socket_path) if self._socket_path else None
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._headers
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -66,16 +74,24 @@ class GatewayClient:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                      params: dict[str, str] | None = None) -> Answer:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Answer:
         """Send one request; the body is JSON-encoded with msgspec (or sent as `raw` bytes)."""
         if self._session is None:
             await self.__aenter__()
         assert self._session is not None
         data = raw if raw is not None else (None if body is None else msgspec.json.encode(body))
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        async with self._session.request(method, self._base + path, data=data, params=params,
-                                         headers=headers) as resp:
+        async with self._session.request(
+            method, self._base + path, data=data, params=params, headers=headers
+        ) as resp:
             payload = await resp.read()
             try:
                 decoded = msgspec.json.decode(payload) if payload else None
@@ -107,15 +123,24 @@ class GatewayClient:
     async def void(self, checkout_id: str) -> Answer:
         return await self.request("POST", f"/v1/checkouts/{checkout_id}/void")
 
-    async def refund(self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False) -> Answer:
-        return await self.request("POST", f"/v1/checkouts/{checkout_id}/refunds",
-                                  {"idempotency_key": idempotency_key, "amount": amount, "restock": restock})
+    async def refund(
+        self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False
+    ) -> Answer:
+        return await self.request(
+            "POST",
+            f"/v1/checkouts/{checkout_id}/refunds",
+            {"idempotency_key": idempotency_key, "amount": amount, "restock": restock},
+        )
 
     async def orphans(self) -> Answer:
         return await self.request("GET", "/v1/orphans")
 
     async def reconcile(self, terminal_id: str | None = None) -> Answer:
-        return await self.request("POST", "/v1/reconcile", {"terminal_id": terminal_id} if terminal_id else {})
+        return await self.request(
+            "POST", "/v1/reconcile", {"terminal_id": terminal_id} if terminal_id else {}
+        )
 
     async def cleanup(self, older_than_minutes: int) -> Answer:
-        return await self.request("POST", "/v1/maintenance/cleanup", {"older_than_minutes": older_than_minutes})
+        return await self.request(
+            "POST", "/v1/maintenance/cleanup", {"older_than_minutes": older_than_minutes}
+        )

@@ -23,10 +23,14 @@ from gatewayd.checkout.model import CheckoutRequest, CheckoutView, RefundRequest
 
 _REF = "#/components/schemas/{name}"
 _ERRORS = {
-    "400": "validation_error", "404": "not_found", "409": "idempotency_conflict",
-    "413": "payload_too_large", "422": "insufficient_inventory or unknown_terminal",
+    "400": "validation_error",
+    "404": "not_found",
+    "409": "idempotency_conflict",
+    "413": "payload_too_large",
+    "422": "insufficient_inventory or unknown_terminal",
     "503": "terminal_offline, terminal_busy, database_unavailable or shutting_down",
-    "504": "outcome_pending: poll GET /v1/checkouts/{id}", "500": "internal_error",
+    "504": "outcome_pending: poll GET /v1/checkouts/{id}",
+    "500": "internal_error",
 }
 
 
@@ -38,8 +42,15 @@ def _json(struct: type, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(struct)}}}
 
 
-def _op(summary: str, ok: type, *, body: type | None = None, extra: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, errors: tuple[str, ...] = ("400", "404", "500")) -> dict[str, Any]:
+def _op(
+    summary: str,
+    ok: type,
+    *,
+    body: type | None = None,
+    extra: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[str, ...] = ("400", "404", "500"),
+) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": _json(ok, "OK")}
     responses.update(extra or {})
     for status in errors:
@@ -57,36 +68,77 @@ _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
-    structs = [CheckoutRequest, CheckoutView, CheckoutWithError, RefundRequest, ErrorBody, HealthView,
-               TerminalView, TerminalList, SettleView, ReconcileRequest, CleanupRequest, CleanupView]
+    structs = [
+        CheckoutRequest,
+        CheckoutView,
+        CheckoutWithError,
+        RefundRequest,
+        ErrorBody,
+        HealthView,
+        TerminalView,
+        TerminalList,
+        SettleView,
+        ReconcileRequest,
+        CleanupRequest,
+        CleanupView,
+    ]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     all_errors = ("400", "404", "409", "413", "422", "503", "504", "500")
     paths: dict[str, Any] = {
         "/v1/health": {"get": _op("Daemon, database and terminal health", HealthView, errors=("500",))},
         "/v1/terminals": {"get": _op("All terminals", TerminalList, errors=("500",))},
         "/v1/terminals/{id}": {"get": _op("One terminal", TerminalView, params=_ID)},
-        "/v1/terminals/{id}/settle": {"post": _op("Settle the terminal's open batch", SettleView, params=_ID,
-                                                  errors=("404", "409", "503", "500"))},
+        "/v1/terminals/{id}/settle": {
+            "post": _op(
+                "Settle the terminal's open batch",
+                SettleView,
+                params=_ID,
+                errors=("404", "409", "503", "500"),
+            )
+        },
         "/v1/checkouts": {
-            "post": _op("Take payment for an order (blocks until final or the wait runs out)", CheckoutView,
-                        body=CheckoutRequest, errors=all_errors,
-                        extra={"402": _json(CheckoutWithError, "card_declined: the checkout, every tender's fate")}),
-            "get": _op("Find a checkout by idempotency key", CheckoutView, params=[
-                {"name": "idempotency_key", "in": "query", "required": True, "schema": {"type": "string"}}]),
+            "post": _op(
+                "Take payment for an order (blocks until final or the wait runs out)",
+                CheckoutView,
+                body=CheckoutRequest,
+                errors=all_errors,
+                extra={"402": _json(CheckoutWithError, "card_declined: the checkout, every tender's fate")},
+            ),
+            "get": _op(
+                "Find a checkout by idempotency key",
+                CheckoutView,
+                params=[
+                    {"name": "idempotency_key", "in": "query", "required": True, "schema": {"type": "string"}}
+                ],
+            ),
         },
         "/v1/checkouts/{id}": {"get": _op("A checkout in whatever state it is", CheckoutView, params=_ID)},
-        "/v1/checkouts/{id}/void": {"post": _op("Void every card tender and cancel the order", CheckoutView,
-                                                params=_ID, errors=all_errors)},
-        "/v1/checkouts/{id}/refunds": {"post": _op("Refund through the terminal", CheckoutView, params=_ID,
-                                                   body=RefundRequest, errors=all_errors)},
-        "/v1/orphans": {"get": {"summary": "Approved charges with no completed order",
-                                "responses": {"200": {"description": "OK"}}}},
-        "/v1/reconcile": {"post": {"summary": "A terminal batch compared with the database",
-                                   "requestBody": {"content": {"application/json": {
-                                       "schema": _ref(ReconcileRequest)}}},
-                                   "responses": {"200": {"description": "OK"},
-                                                 "400": _json(ErrorBody, _ERRORS["400"])}}},
-        "/v1/maintenance/cleanup": {"post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)},
+        "/v1/checkouts/{id}/void": {
+            "post": _op(
+                "Void every card tender and cancel the order", CheckoutView, params=_ID, errors=all_errors
+            )
+        },
+        "/v1/checkouts/{id}/refunds": {
+            "post": _op(
+                "Refund through the terminal", CheckoutView, params=_ID, body=RefundRequest, errors=all_errors
+            )
+        },
+        "/v1/orphans": {
+            "get": {
+                "summary": "Approved charges with no completed order",
+                "responses": {"200": {"description": "OK"}},
+            }
+        },
+        "/v1/reconcile": {
+            "post": {
+                "summary": "A terminal batch compared with the database",
+                "requestBody": {"content": {"application/json": {"schema": _ref(ReconcileRequest)}}},
+                "responses": {"200": {"description": "OK"}, "400": _json(ErrorBody, _ERRORS["400"])},
+            }
+        },
+        "/v1/maintenance/cleanup": {
+            "post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)
+        },
     }
     return {
         "openapi": "3.1.0",

@@ -9,6 +9,7 @@ open when the daemon stops is finished by recovery from the same rows (`settle`)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -37,8 +38,8 @@ from gatewayd.errors import StoreError, TerminalBusy, TransientStoreError
 from gatewayd.store.checkouts import CheckoutStore
 from gatewayd.store.db import retry_delay_s
 from gatewayd.terminals import ops
-from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, NotFound as TermNotFound
-from gatewayd.terminals.outcomes import Offline, Outcome, Unknown
+from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline, Outcome, Unknown
+from gatewayd.terminals.outcomes import NotFound as TermNotFound
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class LaneLike(Protocol):
     @property
     def state(self) -> str: ...
 
-    async def execute(self, op: ops.Op) -> Outcome: ...
+    async def execute(self, op: Any) -> Any: ...
 
 
 class CheckoutMetrics(Protocol):
@@ -100,7 +101,9 @@ def _failure_for(outcome: Outcome) -> TenderFailure:
     if isinstance(outcome, Busy):
         return TenderFailure("terminal_busy", "terminal busy: nothing charged")
     if isinstance(outcome, Misconfigured):
-        return TenderFailure("terminal_misconfigured", outcome.message or "terminal refused our configuration")
+        return TenderFailure(
+            "terminal_misconfigured", outcome.message or "terminal refused our configuration"
+        )
     return TenderFailure("card_declined", "payment not completed")
 
 
@@ -114,8 +117,16 @@ def _row_failure(row: Any) -> TenderFailure:
 class Coordinator:
     """Takes checkouts from the API and drives each to completed or failed, exactly once."""
 
-    def __init__(self, store: CheckoutStore, lanes: Mapping[str, LaneLike], policy: CheckoutConfig, *,
-                 instance_id: str, lease_s: float = 600.0, metrics: CheckoutMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: CheckoutStore,
+        lanes: Mapping[str, LaneLike],
+        policy: CheckoutConfig,
+        *,
+        instance_id: str,
+        lease_s: float = 600.0,
+        metrics: CheckoutMetrics | None = None,
+    ) -> None:
         self.store = store
         self.lanes = lanes
         self.policy = policy
@@ -143,8 +154,10 @@ class Coordinator:
         entry = self._inflight.get(request.idempotency_key)
         if entry is not None:
             if entry.request_hash != digest:
-                raise IdempotencyConflict("this idempotency key was used with another request",
-                                          details={"idempotency_key": request.idempotency_key})
+                raise IdempotencyConflict(
+                    "this idempotency key was used with another request",
+                    details={"idempotency_key": request.idempotency_key},
+                )
         else:
             entry = _Inflight(digest, self._spawn(self._run(request, digest)))
             self._inflight[request.idempotency_key] = entry
@@ -170,8 +183,9 @@ class Coordinator:
 
         return await self._exclusive(order_id, lambda: refund_checkout(self, order_id, request), wait_s)
 
-    async def _exclusive(self, order_id: uuid.UUID, work: Callable[[], Awaitable[CheckoutView]],
-                         wait_s: float) -> CheckoutView:
+    async def _exclusive(
+        self, order_id: uuid.UUID, work: Callable[[], Awaitable[CheckoutView]], wait_s: float
+    ) -> CheckoutView:
         """One reversal of an order at a time in this process; it goes on if the caller's wait ends."""
         if not self.accepting:
             raise ShuttingDown("the daemon is shutting down; nothing was started")
@@ -185,8 +199,9 @@ class Coordinator:
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait_s)
         except TimeoutError:
-            raise OutcomePending("the terminal has not answered yet; ask again",
-                                 details={"checkout_id": str(order_id)}) from None
+            raise OutcomePending(
+                "the terminal has not answered yet; ask again", details={"checkout_id": str(order_id)}
+            ) from None
 
     async def _view(self, order_id: uuid.UUID) -> CheckoutView:
         rows = await self._persist(lambda: self.store.load(order_id=order_id))
@@ -222,8 +237,9 @@ class Coordinator:
             details: dict[str, Any] = {"idempotency_key": key}
             if entry.order_id is not None:
                 details["checkout_id"] = str(entry.order_id)
-            raise OutcomePending("the outcome is not known yet; the checkout goes on: poll it",
-                                 details=details) from None
+            raise OutcomePending(
+                "the outcome is not known yet; the checkout goes on: poll it", details=details
+            ) from None
 
     async def _run(self, request: CheckoutRequest, digest: str) -> CheckoutView:
         started = time.monotonic()
@@ -252,7 +268,9 @@ class Coordinator:
         self._inflight[request.idempotency_key].order_id = order_id
         result = await self._db(self.store.prepare(self._intent(order_id, request, digest)))
         if result["outcome"] == "insufficient":
-            raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
+            raise InsufficientInventory(
+                "not enough stock; nothing was charged", details={"skus": result["skus"]}
+            )
         if result["outcome"] == "exists" and uuid.UUID(result["id"]) != order_id:
             return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest), False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
@@ -266,58 +284,85 @@ class Coordinator:
                 continue
             lane = self.lanes.get(tender.terminal_id)
             if lane is None:
-                return UnknownTerminalRequested(f"no terminal {tender.terminal_id!r} is configured",
-                                                details={"field": f"tenders[{i}].terminal_id",
-                                                         "terminal_id": tender.terminal_id})
+                return UnknownTerminalRequested(
+                    f"no terminal {tender.terminal_id!r} is configured",
+                    details={"field": f"tenders[{i}].terminal_id", "terminal_id": tender.terminal_id},
+                )
             if lane.state == "offline":
-                return TerminalOffline(f"terminal {tender.terminal_id} is offline; nothing was charged",
-                                       details={"terminal_id": tender.terminal_id})
+                return TerminalOffline(
+                    f"terminal {tender.terminal_id} is offline; nothing was charged",
+                    details={"terminal_id": tender.terminal_id},
+                )
         return None
 
     def _intent(self, order_id: uuid.UUID, request: CheckoutRequest, digest: str) -> dict[str, Any]:
         op = "auth" if self.policy.card_mode == "auth_capture" else "sale"
         tenders = []
         for tender in request.tenders:
-            row: dict[str, Any] = {"id": str(uuid.uuid4()), "amount": tender.amount,
-                                   "reference_id": uuid.uuid4().hex[:20].upper()}
+            row: dict[str, Any] = {
+                "id": str(uuid.uuid4()),
+                "amount": tender.amount,
+                "reference_id": uuid.uuid4().hex[:20].upper(),
+            }
             if isinstance(tender, CashTender):
                 row.update(type="cash", operation="cash", tendered=tender.tendered)
             else:
                 driver = getattr(self.lanes[tender.terminal_id], "driver", None)
-                row.update(type="card", operation=op, terminal_id=tender.terminal_id,
-                           timeout_s=int(getattr(driver, "timeout_s", 120)))
+                row.update(
+                    type="card",
+                    operation=op,
+                    terminal_id=tender.terminal_id,
+                    timeout_s=int(getattr(driver, "timeout_s", 120)),
+                )
             tenders.append(row)
         return {
-            "id": str(order_id), "idempotency_key": request.idempotency_key, "request_hash": digest,
-            "card_mode": self.policy.card_mode, "subtotal": request.subtotal, "tax": request.tax,
-            "discount": request.discount, "total": request.total, "change_due": change_due(request),
-            "currency": request.currency, "register_id": request.register_id,
-            "customer_id": request.customer_id, "lease_owner": self.instance_id, "lease_s": self.lease_s,
-            "lines": [{"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
-                      for line in request.lines],
+            "id": str(order_id),
+            "idempotency_key": request.idempotency_key,
+            "request_hash": digest,
+            "card_mode": self.policy.card_mode,
+            "subtotal": request.subtotal,
+            "tax": request.tax,
+            "discount": request.discount,
+            "total": request.total,
+            "change_due": change_due(request),
+            "currency": request.currency,
+            "register_id": request.register_id,
+            "customer_id": request.customer_id,
+            "lease_owner": self.instance_id,
+            "lease_s": self.lease_s,
+            "lines": [
+                {"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
+                for line in request.lines
+            ],
             "tenders": tenders,
         }
 
     async def _existing(self, order_id: uuid.UUID, stored_hash: str, digest: str) -> CheckoutView:
         """Another request already created this checkout: same body -> its outcome; else refuse."""
         if stored_hash != digest:
-            raise IdempotencyConflict("this idempotency key was used with another request",
-                                      details={"checkout_id": str(order_id)})
+            raise IdempotencyConflict(
+                "this idempotency key was used with another request", details={"checkout_id": str(order_id)}
+            )
         delay = 0.05
         deadline = time.monotonic() + self.lease_s
         while True:
             view = await self.get(order_id)
             if view.final:
                 return view
-            claimed = await self._maybe(self.store.claim_unfinished(
-                self.instance_id, self.lease_s, take_own=True, limit=1, only=order_id))
+            claimed = await self._maybe(
+                self.store.claim_unfinished(
+                    self.instance_id, self.lease_s, take_own=True, limit=1, only=order_id
+                )
+            )
             if claimed:
                 charge = view.status == "pending_payment"
                 await self.drive(order_id, charge_pending=charge)
                 continue
             if time.monotonic() > deadline:
-                raise OutcomePending("another process is finishing this checkout; poll it",
-                                     details={"checkout_id": str(order_id)})
+                raise OutcomePending(
+                    "another process is finishing this checkout; poll it",
+                    details={"checkout_id": str(order_id)},
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -340,8 +385,11 @@ class Coordinator:
     async def settle(self, order_id: uuid.UUID, *, charge_pending: bool) -> None:
         """Drive a stored order to completed or failed from whatever state its rows are in."""
         rows = await self._persist(lambda: self.store.load(order_id=order_id))
-        if rows is None or rows.order["status"] not in ("pending_payment", "payment_processing",
-                                                        "payment_authorized"):
+        if rows is None or rows.order["status"] not in (
+            "pending_payment",
+            "payment_processing",
+            "payment_authorized",
+        ):
             return
         failure: TenderFailure | None = None
         for tender in (t for t in rows.tenders if t["kind"] == "payment" and t["tender_type"] == "card"):
@@ -359,8 +407,11 @@ class Coordinator:
             elif status != "approved":
                 failure = _row_failure(tender)
             if status in ("processing", "unknown"):
-                log.warning("checkout %s: tender %s still undecided; left for recovery",
-                            order_id, tender["reference_id"])
+                log.warning(
+                    "checkout %s: tender %s still undecided; left for recovery",
+                    order_id,
+                    tender["reference_id"],
+                )
                 await self._maybe(self.store.release_lease(order_id, self.instance_id))
                 return
             if failure is not None:
@@ -374,7 +425,9 @@ class Coordinator:
         lane = self.lanes.get(tender["payment_processor_id"])
         ref, amount = tender["reference_id"], tender["amount"]
         if lane is None:
-            await self._record(tender, "failed", last_error="terminal no longer configured", from_=("pending",))
+            await self._record(
+                tender, "failed", last_error="terminal no longer configured", from_=("pending",)
+            )
             return "failed", TenderFailure("unknown_terminal", "terminal no longer configured")
         if not await self._persist(lambda: self.store.mark_sent(order_id, tender["id"])):
             return "failed", TenderFailure("cancelled", "the order was cancelled before the charge")
@@ -429,12 +482,17 @@ class Coordinator:
             await self._record(tender, "approved", outcome=outcome)
             self.metrics.tender_finished("card", "approved")
             if outcome.partial:
-                return "voided", await self._void_partial({**dict(tender), "status": "approved",
-                                                           "approved_amount": outcome.amount})
+                return "voided", await self._void_partial(
+                    {**dict(tender), "status": "approved", "approved_amount": outcome.amount}
+                )
             return "approved", None
         if isinstance(outcome, Unknown):
-            await self._record(tender, "unknown", last_error=f"outcome unknown: {outcome.reason}",
-                               status_code=outcome.status_code or None)
+            await self._record(
+                tender,
+                "unknown",
+                last_error=f"outcome unknown: {outcome.reason}",
+                status_code=outcome.status_code or None,
+            )
             return "unknown", None
         status = "declined" if isinstance(outcome, Declined) else "failed"
         failure = _failure_for(outcome)
@@ -450,26 +508,47 @@ class Coordinator:
             return TenderFailure("card_declined", message + " (void pending)")
         return TenderFailure("card_declined", message)
 
-    async def _record(self, tender: Any, status: str, *, outcome: Outcome | None = None,
-                      last_error: str | None = None, status_code: str | None = None,
-                      from_: tuple[str, ...] = ("pending", "processing", "unknown")) -> None:
+    async def _record(
+        self,
+        tender: Any,
+        status: str,
+        *,
+        outcome: Outcome | None = None,
+        last_error: str | None = None,
+        status_code: str | None = None,
+        from_: tuple[str, ...] = ("pending", "processing", "unknown"),
+    ) -> None:
         fields: dict[str, Any] = {}
         if isinstance(outcome, Approved):
-            fields = {"approved_amount": outcome.amount, "auth_code": outcome.auth_code or None,
-                      "card_brand": outcome.card_brand or None, "last4": outcome.last4 or None,
-                      "batch_number": outcome.batch_number or None,
-                      "transaction_number": outcome.transaction_number or None,
-                      "status_code": outcome.status_code or None}
-        elif outcome is not None and getattr(outcome, "status_code", ""):
-            fields = {"status_code": outcome.status_code}
+            fields = {
+                "approved_amount": outcome.amount,
+                "auth_code": outcome.auth_code or None,
+                "card_brand": outcome.card_brand or None,
+                "last4": outcome.last4 or None,
+                "batch_number": outcome.batch_number or None,
+                "transaction_number": outcome.transaction_number or None,
+                "status_code": outcome.status_code or None,
+            }
+        elif outcome is not None:
+            code: str = getattr(outcome, "status_code", "") or ""
+            fields = {"status_code": code} if code else {}
         if status_code:
             fields["status_code"] = status_code
         if status == "voided":
             from_ = ("approved", "processing", "unknown")
         raw = None if outcome is None else {"outcome": type(outcome).__name__.lower(), **fields}
         audit = {"reference_id": tender["reference_id"], **({"error": last_error} if last_error else {})}
-        await self._persist(lambda: self.store.record_tender(
-            tender["id"], status, from_statuses=from_, raw=raw, last_error=last_error, audit=audit, **fields))
+        await self._persist(
+            lambda: self.store.record_tender(
+                tender["id"],
+                status,
+                from_statuses=from_,
+                raw=raw,
+                last_error=last_error,
+                audit=audit,
+                **fields,
+            )
+        )
 
     async def void_tender(self, tender: Any) -> bool:
         """Void an approved charge, retrying with inquiry; False if it could not be done for now."""
@@ -487,18 +566,27 @@ class Coordinator:
                 self.metrics.tender_finished("card", "voided")
                 return True
             if isinstance(outcome, TermNotFound):
-                await self._record(tender, "failed", last_error="void: the terminal has no such charge",
-                                   from_=("approved",))
+                await self._record(
+                    tender, "failed", last_error="void: the terminal has no such charge", from_=("approved",)
+                )
                 return True
-            log.warning("void of %s on %s: %s (attempt %d)", tender["reference_id"],
-                        tender["payment_processor_id"], type(outcome).__name__, attempt + 1)
+            log.warning(
+                "void of %s on %s: %s (attempt %d)",
+                tender["reference_id"],
+                tender["payment_processor_id"],
+                type(outcome).__name__,
+                attempt + 1,
+            )
             await asyncio.sleep(retry_delay_s(attempt, base_s=0.5, cap_s=10.0))
         return False
 
     async def _commit(self, order_id: uuid.UUID, rows: Any) -> None:
         # Never void because the database blinked: the charge stands, the commit is retried.
-        result = await self._persist(lambda: self.store.commit(
-            order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit))
+        result = await self._persist(
+            lambda: self.store.commit(
+                order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit
+            )
+        )
         if result["outcome"] not in ("completed", "already"):
             raise CheckoutError(f"checkout {order_id} could not be committed: {result}")
         for tender in rows.tenders:
@@ -522,17 +610,24 @@ class Coordinator:
             except TerminalBusy:
                 continue
             if isinstance(outcome, Approved):
-                await self._persist(lambda: self.store.set_captured(row["id"]))
+                await self._persist(functools.partial(self.store.set_captured, row["id"]))
             else:
                 log.warning("capture of %s: %s; will retry", row["reference_id"], type(outcome).__name__)
 
     async def _rollback(self, order_id: uuid.UUID, failure: TenderFailure) -> None:
         rows = await self._persist(lambda: self.store.load(order_id=order_id))
         for tender in rows.tenders:
-            if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
+            if (
+                tender["kind"] == "payment"
+                and tender["tender_type"] == "card"
+                and tender["status"] == "approved"
+            ):
                 if not await self.void_tender(tender):
-                    log.error("checkout %s: void of %s failed; recovery will retry", order_id,
-                              tender["reference_id"])
+                    log.error(
+                        "checkout %s: void of %s failed; recovery will retry",
+                        order_id,
+                        tender["reference_id"],
+                    )
                     await self._maybe(self.store.release_lease(order_id, self.instance_id))
                     return
         result = await self._persist(lambda: self.store.fail(order_id, failure.code, failure.message))

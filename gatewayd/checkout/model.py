@@ -17,18 +17,29 @@ Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$
 ShortId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 CheckoutStatus = Literal[
-    "pending_payment", "payment_processing", "payment_authorized", "completed", "payment_failed",
-    "cancelled", "voided", "refunded", "partially_refunded",
+    "pending_payment",
+    "payment_processing",
+    "payment_authorized",
+    "completed",
+    "payment_failed",
+    "cancelled",
+    "voided",
+    "refunded",
+    "partially_refunded",
 ]
-TenderStatus = Literal["pending", "processing", "approved", "declined", "failed", "unknown", "voided", "refunded"]
-FINAL_STATUSES = frozenset({"completed", "payment_failed", "cancelled", "voided", "refunded", "partially_refunded"})
+TenderStatus = Literal[
+    "pending", "processing", "approved", "declined", "failed", "unknown", "voided", "refunded"
+]
+FINAL_STATUSES = frozenset(
+    {"completed", "payment_failed", "cancelled", "voided", "refunded", "partially_refunded"}
+)
 
 
 class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
-class Line(_In):
+class Line(_In, frozen=True):
     """One order line."""
 
     sku: ShortId
@@ -36,14 +47,14 @@ class Line(_In):
     unit_price: Money
 
 
-class CashTender(_In, tag="cash", tag_field="type"):
+class CashTender(_In, frozen=True, tag="cash", tag_field="type"):
     """Cash: approved at once; `tendered` (optional, >= amount) gives change."""
 
     amount: Money
     tendered: Money | None = None
 
 
-class CardTender(_In, tag="card", tag_field="type"):
+class CardTender(_In, frozen=True, tag="card", tag_field="type"):
     """A card charge on one of the store's terminals."""
 
     amount: PositiveMoney
@@ -53,7 +64,7 @@ class CardTender(_In, tag="card", tag_field="type"):
 Tender = CashTender | CardTender
 
 
-class CheckoutRequest(_In):
+class CheckoutRequest(_In, frozen=True):
     """POST /v1/checkouts: take payment for an order."""
 
     idempotency_key: Key
@@ -74,7 +85,7 @@ class CheckoutRequest(_In):
         return self.subtotal + self.tax - self.discount
 
 
-class RefundRequest(_In):
+class RefundRequest(_In, frozen=True):
     """POST /v1/checkouts/{id}/refunds."""
 
     idempotency_key: Key
@@ -86,7 +97,7 @@ class _Out(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     pass
 
 
-class TenderView(_Out):
+class TenderView(_Out, frozen=True):
     """One tender of a checkout, as the POS sees it."""
 
     type: Literal["cash", "card"]
@@ -103,7 +114,7 @@ class TenderView(_Out):
     message: str | None = None
 
 
-class RefundView(_Out):
+class RefundView(_Out, frozen=True):
     """One refund of a checkout."""
 
     id: str
@@ -114,14 +125,14 @@ class RefundView(_Out):
     message: str | None = None
 
 
-class Failure(_Out):
+class Failure(_Out, frozen=True):
     """Why a checkout did not complete."""
 
     code: str
     message: str = ""
 
 
-class CheckoutView(_Out):
+class CheckoutView(_Out, frozen=True):
     """A checkout in whatever state it is (the answer of POST and GET /v1/checkouts)."""
 
     id: str

@@ -38,10 +38,16 @@ class OrphanList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _orphan(row: Any) -> Orphan:
-    return Orphan(transaction_id=str(row["transaction_id"]), order_id=str(row["order_id"]),
-                  order_number=row["order_number"], order_status=row["order_status"],
-                  reference_id=row["reference_id"], terminal_id=row["terminal_id"],
-                  amount=row["approved_amount"] or row["amount"], age_s=row["age"].total_seconds())
+    return Orphan(
+        transaction_id=str(row["transaction_id"]),
+        order_id=str(row["order_id"]),
+        order_number=row["order_number"],
+        order_status=row["order_status"],
+        reference_id=row["reference_id"],
+        terminal_id=row["terminal_id"],
+        amount=row["approved_amount"] or row["amount"],
+        age_s=row["age"].total_seconds(),
+    )
 
 
 class Operations:
@@ -87,16 +93,20 @@ class Operations:
         """Close the terminal's batch, refused while any of its tenders is in doubt."""
         open_count = await self.maintenance.open_on_terminal(terminal_id)
         if open_count:
-            raise NotAllowed(f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
-                             details={"terminal_id": terminal_id, "unresolved": open_count})
+            raise NotAllowed(
+                f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
+                details={"terminal_id": terminal_id, "unresolved": open_count},
+            )
         result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle())
         if result.ok:
-            await self.maintenance.record_settlement(terminal_id, {"batch": result.batch, "count": result.count,
-                                                                   "total": result.total})
+            await self.maintenance.record_settlement(
+                terminal_id, {"batch": result.batch, "count": result.count, "total": result.total}
+            )
         return result
 
-    async def maintain_forever(self, interval_s: float, stale_minutes: int, alert_minutes: int,
-                               on_orphans: Any = None) -> None:
+    async def maintain_forever(
+        self, interval_s: float, stale_minutes: int, alert_minutes: int, on_orphans: Any = None
+    ) -> None:
         """The schedule: stale orders cleaned up, orphans counted, long-unresolved tenders alerted."""
         while True:
             try:
@@ -112,8 +122,17 @@ class Operations:
             on_orphans(len(orphans))
         old = [o for o in orphans if o["age"].total_seconds() > alert_minutes * 60]
         if old:
-            log.error("ALERT: %d orphaned payment(s) (charged, order not completed), oldest %s: %s",
-                      len(old), old[0]["reference_id"], ", ".join(o["reference_id"] for o in old[:10]))
+            log.error(
+                "ALERT: %d orphaned payment(s) (charged, order not completed), oldest %s: %s",
+                len(old),
+                old[0]["reference_id"],
+                ", ".join(o["reference_id"] for o in old[:10]),
+            )
         for row in await self.maintenance.unresolved(alert_minutes * 60):
-            log.error("ALERT: tender %s on terminal %s unresolved for %.0f minutes (checkout %s)",
-                      row["reference_id"], row["payment_processor_id"], row["age_s"] / 60, row["order_id"])
+            log.error(
+                "ALERT: tender %s on terminal %s unresolved for %.0f minutes (checkout %s)",
+                row["reference_id"],
+                row["payment_processor_id"],
+                row["age_s"] / 60,
+                row["order_id"],
+            )

@@ -41,8 +41,13 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
 
     @property
     def clean(self) -> bool:
-        return not (self.missing_in_db or self.missing_at_terminal or self.amount_mismatch
-                    or self.status_mismatch or self.errors)
+        return not (
+            self.missing_in_db
+            or self.missing_at_terminal
+            or self.amount_mismatch
+            or self.status_mismatch
+            or self.errors
+        )
 
     def add(self, item: Discrepancy) -> None:
         getattr(self, item.kind).append(item)
@@ -56,8 +61,13 @@ def _db_status(row: Any) -> str:
     return str(row["status"])
 
 
-def compare(terminal_id: str, batch: Iterable[BatchEntry], rows: dict[str, Any],
-            recent: Iterable[Any], report: ReconcileReport) -> None:
+def compare(
+    terminal_id: str,
+    batch: Iterable[BatchEntry],
+    rows: dict[str, Any],
+    recent: Iterable[Any],
+    report: ReconcileReport,
+) -> None:
     """Fold one terminal's batch into `report`. `rows`: gatewayd's transactions by reference id
     (any that the batch names); `recent`: gatewayd's transactions on this terminal since its last
     settlement (to find what the terminal does not have)."""
@@ -65,48 +75,107 @@ def compare(terminal_id: str, batch: Iterable[BatchEntry], rows: dict[str, Any],
     for entry in batch:
         seen.add(entry.reference_id)
         row = rows.get(entry.reference_id)
-        base = {"terminal_id": terminal_id, "reference_id": entry.reference_id,
-                "terminal_amount": entry.amount, "terminal_status": entry.status}
+        base: dict[str, Any] = {
+            "terminal_id": terminal_id,
+            "reference_id": entry.reference_id,
+            "terminal_amount": entry.amount,
+            "terminal_status": entry.status,
+        }
         if row is None:
             if _moved_money(entry) or entry.status == "returned":
-                report.add(Discrepancy(kind="missing_in_db", **base, suggested_action=(
-                    "unknown to gatewayd: void it at the terminal while the batch is open, or refund it;"
-                    " find out which POS sent it")))
+                report.add(
+                    Discrepancy(
+                        kind="missing_in_db",
+                        **base,
+                        suggested_action=(
+                            "unknown to gatewayd: void it at the terminal while the batch is open, or refund it;"
+                            " find out which POS sent it"
+                        ),
+                    )
+                )
             continue
-        base.update(amount=row["amount"], gatewayd_status=_db_status(row), order_id=str(row["order_id"]),
-                    order_status=row["order_status"])
+        base.update(
+            amount=row["amount"],
+            gatewayd_status=_db_status(row),
+            order_id=str(row["order_id"]),
+            order_status=row["order_status"],
+        )
         if _moved_money(entry) and row["kind"] == "payment":
             if row["order_status"] not in COMPLETED:
-                report.add(Discrepancy(kind="missing_in_db", **base, suggested_action=(
-                    "charged, but the order is not completed: let recovery finish it (gatewayd runs it on a"
-                    " timer); if it stays, void the charge")))
+                report.add(
+                    Discrepancy(
+                        kind="missing_in_db",
+                        **base,
+                        suggested_action=(
+                            "charged, but the order is not completed: let recovery finish it (gatewayd runs it on a"
+                            " timer); if it stays, void the charge"
+                        ),
+                    )
+                )
             elif row["status"] != "approved":
-                report.add(Discrepancy(kind="status_mismatch", **base, suggested_action=(
-                    "the terminal has an approved charge that gatewayd records otherwise: inquire and correct")))
+                report.add(
+                    Discrepancy(
+                        kind="status_mismatch",
+                        **base,
+                        suggested_action=(
+                            "the terminal has an approved charge that gatewayd records otherwise: inquire and correct"
+                        ),
+                    )
+                )
             elif entry.amount != (row["approved_amount"] or row["amount"]):
-                report.add(Discrepancy(kind="amount_mismatch", **base, suggested_action=(
-                    "amounts differ: refund the difference or collect it; check for a tip adjustment")))
+                report.add(
+                    Discrepancy(
+                        kind="amount_mismatch",
+                        **base,
+                        suggested_action=(
+                            "amounts differ: refund the difference or collect it; check for a tip adjustment"
+                        ),
+                    )
+                )
             else:
                 report.matched += 1
         elif entry.status == "returned" and row["kind"] == "refund":
             if row["status"] == "approved" and entry.amount == row["amount"]:
                 report.matched += 1
             else:
-                report.add(Discrepancy(kind="status_mismatch", **base, suggested_action=(
-                    "the terminal refunded, gatewayd did not record it: let recovery finish the refund")))
+                report.add(
+                    Discrepancy(
+                        kind="status_mismatch",
+                        **base,
+                        suggested_action=(
+                            "the terminal refunded, gatewayd did not record it: let recovery finish the refund"
+                        ),
+                    )
+                )
         elif row["status"] == "approved" and entry.status in ("voided", "declined"):
-            report.add(Discrepancy(kind="status_mismatch", **base, suggested_action=(
-                "gatewayd counts this charge, the terminal does not: the customer was not charged;"
-                " collect payment or void the order")))
+            report.add(
+                Discrepancy(
+                    kind="status_mismatch",
+                    **base,
+                    suggested_action=(
+                        "gatewayd counts this charge, the terminal does not: the customer was not charged;"
+                        " collect payment or void the order"
+                    ),
+                )
+            )
         else:
             report.matched += 1
     for row in recent:
         if row["reference_id"] in seen or row["status"] != "approved":
             continue
         if row["kind"] == "payment" and row["order_status"] in COMPLETED:
-            report.add(Discrepancy(
-                kind="missing_at_terminal", terminal_id=terminal_id, reference_id=row["reference_id"],
-                amount=row["amount"], gatewayd_status=row["status"], order_id=str(row["order_id"]),
-                order_status=row["order_status"], suggested_action=(
-                    "completed order with no charge in the terminal's open batch: check whether the batch"
-                    " was settled outside gatewayd; if the charge is truly missing, collect payment")))
+            report.add(
+                Discrepancy(
+                    kind="missing_at_terminal",
+                    terminal_id=terminal_id,
+                    reference_id=row["reference_id"],
+                    amount=row["amount"],
+                    gatewayd_status=row["status"],
+                    order_id=str(row["order_id"]),
+                    order_status=row["order_status"],
+                    suggested_action=(
+                        "completed order with no charge in the terminal's open batch: check whether the batch"
+                        " was settled outside gatewayd; if the charge is truly missing, collect payment"
+                    ),
+                )
+            )

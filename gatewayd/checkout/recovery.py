@@ -51,8 +51,9 @@ class Recovery:
         started = time.monotonic()
         report = RecoveryReport()
         coord = self.coordinator
-        ids = await coord.store.claim_unfinished(coord.instance_id, coord.lease_s, take_own=startup,
-                                                 limit=self.batch, older_than_s=min_age_s)
+        ids = await coord.store.claim_unfinished(
+            coord.instance_id, coord.lease_s, take_own=startup, limit=self.batch, older_than_s=min_age_s
+        )
         ids = [oid for oid in ids if oid not in coord.driving]
         report.claimed = len(ids)
         if ids:
@@ -65,8 +66,13 @@ class Recovery:
                 log.error("recovery of %s failed: %s", oid, result)
                 continue
             report.count(result)
-            coord.metrics.recovery_action("completed" if result == "completed" else
-                                          "rolled_back" if result in ("payment_failed", "cancelled") else "inquired")
+            coord.metrics.recovery_action(
+                "completed"
+                if result == "completed"
+                else "rolled_back"
+                if result in ("payment_failed", "cancelled")
+                else "inquired"
+            )
         report.refunds = await self._refunds()
         report.captures = await self._captures()
         report.orphans_voided = await self._orphans()
@@ -75,11 +81,14 @@ class Recovery:
 
     async def _recover(self, order_id: uuid.UUID) -> str:
         await failpoints.hit("during_recovery")
-        await self.coordinator.store.audit("recovery.claimed", order_id=order_id,
-                                           detail={"by": self.coordinator.instance_id})
+        await self.coordinator.store.audit(
+            "recovery.claimed", order_id=order_id, detail={"by": self.coordinator.instance_id}
+        )
         await self.coordinator.drive(order_id, charge_pending=False)
         view = await self.coordinator.get(order_id)
-        await self.coordinator.store.audit("recovery.finished", order_id=order_id, detail={"status": view.status})
+        await self.coordinator.store.audit(
+            "recovery.finished", order_id=order_id, detail={"status": view.status}
+        )
         log.info("recovery: checkout %s is %s", order_id, view.status)
         return view.status
 
@@ -110,9 +119,12 @@ class Recovery:
             if tender is not None and await self.coordinator.void_tender(tender):
                 voided += 1
                 self.coordinator.metrics.recovery_action("voided")
-                await self.coordinator.store.audit("recovery.orphan_voided", order_id=row["order_id"],
-                                                   transaction_id=row["transaction_id"],
-                                                   detail={"reference_id": row["reference_id"]})
+                await self.coordinator.store.audit(
+                    "recovery.orphan_voided",
+                    order_id=row["order_id"],
+                    transaction_id=row["transaction_id"],
+                    detail={"reference_id": row["reference_id"]},
+                )
         return voided
 
     async def run_forever(self, interval_s: float, min_age_s: float = 5.0) -> None:

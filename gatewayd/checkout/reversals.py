@@ -28,17 +28,22 @@ async def void_checkout(coord: Coordinator, order_id: uuid.UUID) -> CheckoutView
     if status == "voided":
         return await coord._view(order_id)
     if status != "completed" or rows.order["refunded_amount"] > 0:
-        raise NotAllowed(f"a checkout that is {status} cannot be voided",
-                         details={"status": status, "checkout_id": str(order_id)})
+        raise NotAllowed(
+            f"a checkout that is {status} cannot be voided",
+            details={"status": status, "checkout_id": str(order_id)},
+        )
     for tender in rows.tenders:
         if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
             if not await coord.void_tender(tender):
-                raise OutcomePending("the terminal did not confirm the void yet; ask again",
-                                     details={"checkout_id": str(order_id), "reference_id": tender["reference_id"]})
+                raise OutcomePending(
+                    "the terminal did not confirm the void yet; ask again",
+                    details={"checkout_id": str(order_id), "reference_id": tender["reference_id"]},
+                )
     result = await coord._persist(lambda: coord.store.void_order(order_id))
     if result["outcome"] not in ("voided", "already"):
-        raise NotAllowed(f"the checkout could not be voided: {result['outcome']}",
-                         details={"checkout_id": str(order_id)})
+        raise NotAllowed(
+            f"the checkout could not be voided: {result['outcome']}", details={"checkout_id": str(order_id)}
+        )
     coord.metrics.checkout_finished("voided", 0.0)
     return await coord._view(order_id)
 
@@ -52,24 +57,39 @@ async def refund_checkout(coord: Coordinator, order_id: uuid.UUID, request: Refu
     refund_id, tx_id = uuid.uuid4(), uuid.uuid4()
     if request.amount > coord.policy.max_amount:
         raise InvalidRequest("amount", f"over the maximum amount {coord.policy.max_amount}")
-    result = await coord._db(coord.store.begin_refund({
-        "order_id": str(order_id), "refund_id": str(refund_id), "transaction_id": str(tx_id),
-        "idempotency_key": request.idempotency_key, "request_hash": _refund_hash(request),
-        "amount": request.amount, "restock": request.restock,
-        "reference_id": uuid.uuid4().hex[:20].upper(), "timeout_s": 120,
-    }))
+    result = await coord._db(
+        coord.store.begin_refund(
+            {
+                "order_id": str(order_id),
+                "refund_id": str(refund_id),
+                "transaction_id": str(tx_id),
+                "idempotency_key": request.idempotency_key,
+                "request_hash": _refund_hash(request),
+                "amount": request.amount,
+                "restock": request.restock,
+                "reference_id": uuid.uuid4().hex[:20].upper(),
+                "timeout_s": 120,
+            }
+        )
+    )
     outcome = result["outcome"]
     if outcome == "conflict":
-        raise IdempotencyConflict("this refund key was used with another request",
-                                  details={"idempotency_key": request.idempotency_key})
+        raise IdempotencyConflict(
+            "this refund key was used with another request",
+            details={"idempotency_key": request.idempotency_key},
+        )
     if outcome == "not_found":
         raise NotFound("no such checkout")
     if outcome == "not_refundable":
-        raise NotAllowed(f"a checkout that is {result['status']} cannot be refunded",
-                         details={"status": result["status"]})
+        raise NotAllowed(
+            f"a checkout that is {result['status']} cannot be refunded", details={"status": result["status"]}
+        )
     if outcome == "over_limit":
-        raise InvalidRequest("amount", f"at most {result['refundable']} can still be refunded"
-                             + (f" ({result['reason']})" if "reason" in result else ""))
+        raise InvalidRequest(
+            "amount",
+            f"at most {result['refundable']} can still be refunded"
+            + (f" ({result['reason']})" if "reason" in result else ""),
+        )
     await finish_refund(coord, uuid.UUID(result["refund_id"]))
     return await coord._view(order_id)
 
@@ -104,10 +124,13 @@ async def _apply_refund(coord: Coordinator, tx: Any, refund_id: uuid.UUID, outco
         await coord._persist(lambda: coord.store.finish_refund(refund_id, True))
     elif isinstance(outcome, (Declined, TermNotFound, Offline, Misconfigured, Busy)):
         reason = getattr(outcome, "message", "") or type(outcome).__name__
-        await coord._record(tx, "declined" if isinstance(outcome, Declined) else "failed",
-                            outcome=outcome, last_error=reason)
+        await coord._record(
+            tx, "declined" if isinstance(outcome, Declined) else "failed", outcome=outcome, last_error=reason
+        )
         await coord._persist(lambda: coord.store.finish_refund(refund_id, False, reason))
     else:
         await coord._record(tx, "unknown", last_error=f"refund outcome unknown: {type(outcome).__name__}")
-        raise OutcomePending("the refund's outcome is not known yet; recovery will finish it",
-                             details={"refund_id": str(refund_id)})
+        raise OutcomePending(
+            "the refund's outcome is not known yet; recovery will finish it",
+            details={"refund_id": str(refund_id)},
+        )

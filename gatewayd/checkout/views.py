@@ -33,14 +33,22 @@ def _tender(row: Any) -> TenderView:
 
 def _refund(row: Any, tenders: list[Any]) -> RefundView:
     ref = next((t["reference_id"] for t in tenders if t["refund_id"] == row["id"]), None)
-    return RefundView(id=str(row["id"]), amount=row["amount"], status=row["status"], restock=row["restock"],
-                      reference_id=ref, message=row["failure_reason"])
+    return RefundView(
+        id=str(row["id"]),
+        amount=row["amount"],
+        status=row["status"],
+        restock=row["restock"],
+        reference_id=ref,
+        message=row["failure_reason"],
+    )
 
 
 def checkout_view(rows: CheckoutRows) -> CheckoutView:
     """The API's view of one stored checkout."""
     o = rows.order
-    failure = Failure(code=o["failure_code"], message=o["failure_reason"] or "") if o["failure_code"] else None
+    failure = (
+        Failure(code=o["failure_code"], message=o["failure_reason"] or "") if o["failure_code"] else None
+    )
     return CheckoutView(
         id=str(o["id"]),
         order_id=str(o["id"]),

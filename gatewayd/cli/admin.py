@@ -22,8 +22,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("file")
-    p.add_argument("--strict", action="store_true",
-                   help="also read every secret (env, file, systemd credential) as the daemon would")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="also read every secret (env, file, systemd credential) as the daemon would",
+    )
     p.set_defaults(handler=cmd_check_config)
 
     p = sub.add_parser("migrate", help="apply the database migrations")

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -77,7 +77,11 @@ async def _via_daemon(args: argparse.Namespace, method: str, path: str, body: An
 
 
 async def _direct(args: argparse.Namespace) -> tuple[Database, MaintenanceStore, Config | None]:
-    config = load(args.config, resolve_secrets=bool(getattr(args, "need_terminals", False))) if args.config else None
+    config = (
+        load(args.config, resolve_secrets=bool(getattr(args, "need_terminals", False)))
+        if args.config
+        else None
+    )
     store_id = args.store or (config.store_id if config else None)
     if store_id is None:
         raise ConfigError("--store is required with --dsn")
@@ -87,12 +91,15 @@ async def _direct(args: argparse.Namespace) -> tuple[Database, MaintenanceStore,
     return db, MaintenanceStore(db, store_id), config
 
 
-def _run(args: argparse.Namespace, work: Callable[[], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, work: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
         return asyncio.run(work())
     except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot reach gatewayd at {socket_path(args)} ({exc}); "
-              "give --config or --dsn to work on the database directly", file=sys.stderr)
+        print(
+            f"error: cannot reach gatewayd at {socket_path(args)} ({exc}); "
+            "give --config or --dsn to work on the database directly",
+            file=sys.stderr,
+        )
         return 1
     except GatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -115,16 +122,28 @@ def cmd_orphans(args: argparse.Namespace) -> int:
         elif not body["orphans"]:
             print("no orphaned payments")
         else:
-            rows = [[o["reference_id"], o["terminal_id"], o["amount"], o["order_number"], o["order_status"],
-                     f"{o['age_s'] / 60:.0f} min"] for o in body["orphans"]]
+            rows = [
+                [
+                    o["reference_id"],
+                    o["terminal_id"],
+                    o["amount"],
+                    o["order_number"],
+                    o["order_status"],
+                    f"{o['age_s'] / 60:.0f} min",
+                ]
+                for o in body["orphans"]
+            ]
             print(table(["REFERENCE", "TERMINAL", "AMOUNT", "ORDER", "ORDER STATUS", "AGE"], rows))
         return 0 if body["count"] == 0 else 3
+
     return _run(args, work)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     async def work() -> int:
-        body = await _via_daemon(args, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than})
+        body = await _via_daemon(
+            args, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than}
+        )
         if body is None:
             db, maintenance, _ = await _direct(args)
             try:
@@ -136,6 +155,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         else:
             print(f"cancelled {body['cancelled']} stale pending order(s) older than {args.older_than} min")
         return 0
+
     return _run(args, work)
 
 
@@ -148,10 +168,21 @@ def _print_reconcile(body: dict[str, Any]) -> None:
         if not items:
             continue
         print(f"\n{kind.replace('_', ' ')} ({len(items)}):")
-        rows = [[i["terminal_id"], i["reference_id"], i.get("amount", ""), i.get("terminal_amount", ""),
-                 i.get("order_status", ""), i["suggested_action"]] for i in items]
+        rows = [
+            [
+                i["terminal_id"],
+                i["reference_id"],
+                i.get("amount", ""),
+                i.get("terminal_amount", ""),
+                i.get("order_status", ""),
+                i["suggested_action"],
+            ]
+            for i in items
+        ]
         print(table(["TERMINAL", "REFERENCE", "AMOUNT", "AT TERMINAL", "ORDER", "SUGGESTED ACTION"], rows))
-    if all(not body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")):
+    if all(
+        not body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")
+    ):
         print("nothing to do: the batches agree with the database")
 
 
@@ -188,46 +219,64 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     async def work() -> int:
-        body = await _via_daemon(args, "POST", "/v1/reconcile",
-                                 {"terminal_id": args.terminal} if args.terminal else {})
+        body = await _via_daemon(
+            args, "POST", "/v1/reconcile", {"terminal_id": args.terminal} if args.terminal else {}
+        )
         if body is None:
             body = await _reconcile_direct(args)
         if args.json:
             emit_json(body)
         else:
             _print_reconcile(body)
-        clean = not any(body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch",
-                                          "status_mismatch")) and not body.get("errors")
+        clean = not any(
+            body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")
+        ) and not body.get("errors")
         return 0 if clean else 3
+
     return _run(args, work)
 
 
 REPORTS: dict[str, list[tuple[str, str, list[str]]]] = {
     "hourly": [
-        ("Payment success rate, last hour",
-         "SELECT status, count, percentage FROM payment_success_last_hour WHERE store_id = $1 ORDER BY count DESC",
-         ["STATUS", "COUNT", "%"]),
-        ("Order completion, last hour",
-         "SELECT status, payment_status, count FROM order_completion_last_hour WHERE store_id = $1"
-         " ORDER BY count DESC", ["STATUS", "PAYMENT", "COUNT"]),
+        (
+            "Payment success rate, last hour",
+            "SELECT status, count, percentage FROM payment_success_last_hour WHERE store_id = $1 ORDER BY count DESC",
+            ["STATUS", "COUNT", "%"],
+        ),
+        (
+            "Order completion, last hour",
+            "SELECT status, payment_status, count FROM order_completion_last_hour WHERE store_id = $1"
+            " ORDER BY count DESC",
+            ["STATUS", "PAYMENT", "COUNT"],
+        ),
     ],
     "daily": [
-        ("Orphaned payments",
-         "SELECT reference_id, terminal_id, amount, order_number, order_status, date_trunc('second', age)"
-         " FROM find_orphaned_payments($1)", ["REFERENCE", "TERMINAL", "AMOUNT", "ORDER", "STATUS", "AGE"]),
-        ("Orders stuck in payment for more than an hour",
-         "SELECT order_number, status, payment_status, created_at, date_trunc('second', age) FROM stuck_orders"
-         " WHERE store_id = $1 ORDER BY created_at", ["ORDER", "STATUS", "PAYMENT", "CREATED", "AGE"]),
+        (
+            "Orphaned payments",
+            "SELECT reference_id, terminal_id, amount, order_number, order_status, date_trunc('second', age)"
+            " FROM find_orphaned_payments($1)",
+            ["REFERENCE", "TERMINAL", "AMOUNT", "ORDER", "STATUS", "AGE"],
+        ),
+        (
+            "Orders stuck in payment for more than an hour",
+            "SELECT order_number, status, payment_status, created_at, date_trunc('second', age) FROM stuck_orders"
+            " WHERE store_id = $1 ORDER BY created_at",
+            ["ORDER", "STATUS", "PAYMENT", "CREATED", "AGE"],
+        ),
     ],
     "weekly": [
-        ("Terminal health",
-         "SELECT processor_name, health_status, last_health_check, last_health_error, is_active, is_live"
-         " FROM terminal_health_summary WHERE store_id = $1 ORDER BY last_health_check DESC NULLS LAST",
-         ["TERMINAL", "STATUS", "LAST CHECK", "LAST ERROR", "ACTIVE", "LIVE"]),
-        ("Payment success rate by terminal, 7 days",
-         "SELECT processor_name, total_transactions, successful, failed, success_rate"
-         " FROM terminal_success_rate_7d WHERE store_id = $1 ORDER BY success_rate DESC",
-         ["TERMINAL", "TOTAL", "OK", "FAILED", "SUCCESS %"]),
+        (
+            "Terminal health",
+            "SELECT processor_name, health_status, last_health_check, last_health_error, is_active, is_live"
+            " FROM terminal_health_summary WHERE store_id = $1 ORDER BY last_health_check DESC NULLS LAST",
+            ["TERMINAL", "STATUS", "LAST CHECK", "LAST ERROR", "ACTIVE", "LIVE"],
+        ),
+        (
+            "Payment success rate by terminal, 7 days",
+            "SELECT processor_name, total_transactions, successful, failed, success_rate"
+            " FROM terminal_success_rate_7d WHERE store_id = $1 ORDER BY success_rate DESC",
+            ["TERMINAL", "TOTAL", "OK", "FAILED", "SUCCESS %"],
+        ),
     ],
 }
 
@@ -250,7 +299,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         finally:
             await db.close()
         if args.json:
-            emit_json({k: [{h: str(v) if v is not None else None for h, v in row.items()} for row in rows]
-                       for k, rows in out.items()})
+            emit_json(
+                {
+                    k: [{h: str(v) if v is not None else None for h, v in row.items()} for row in rows]
+                    for k, rows in out.items()
+                }
+            )
         return 0
+
     return _run(args, work)

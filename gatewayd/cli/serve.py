@@ -22,8 +22,11 @@ def register(sub: Any) -> None:
     p.add_argument("--state-dir", default="./state", help="where the demo keeps its data (default ./state)")
     p.set_defaults(handler=cmd_demo)
 
-    sub.add_parser("simulate", help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N]"
-                                    " [--slow-s S] [--tpns A,B])")
+    sub.add_parser(
+        "simulate",
+        help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N]"
+        " [--slow-s S] [--tpns A,B])",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -45,4 +48,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     logs.setup("INFO", "plain")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_demo(Path(args.state_dir)))
+        return runner.run(run_demo(Path(args.state_dir).absolute()))

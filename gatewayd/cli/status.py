@@ -17,7 +17,9 @@ DEFAULT_SOCKET = "/run/gatewayd/gatewayd.sock"
 
 
 def add_socket_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", help=f"API socket (default: $GATEWAYD_SOCKET, the config's, or {DEFAULT_SOCKET})")
+    p.add_argument(
+        "--socket", help=f"API socket (default: $GATEWAYD_SOCKET, the config's, or {DEFAULT_SOCKET})"
+    )
     p.add_argument("--config", help="read the socket path from this config file")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -57,9 +59,18 @@ def run_requests(args: argparse.Namespace, *calls: tuple[str, str, Any]) -> list
 
 
 def terminal_rows(terminals: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[t["id"], t["name"], t["status"].upper() if t["status"] != "online" else "online",
-             t["queue_depth"], "yes" if t.get("in_flight") else "", (t.get("last_health_check") or "")[:19],
-             t.get("last_health_error") or ""] for t in terminals]
+    return [
+        [
+            t["id"],
+            t["name"],
+            t["status"].upper() if t["status"] != "online" else "online",
+            t["queue_depth"],
+            "yes" if t.get("in_flight") else "",
+            (t.get("last_health_check") or "")[:19],
+            t.get("last_health_error") or "",
+        ]
+        for t in terminals
+    ]
 
 
 TERMINAL_HEADERS = ["ID", "NAME", "STATUS", "QUEUE", "BUSY", "LAST CHECK (UTC)", "LAST ERROR"]
@@ -74,9 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         emit_json({"health": health.body, "terminals": terminals.body.get("terminals", [])})
         return 0 if health.ok else 1
     h = health.body
-    print(f"gatewayd {h['version']}: {h['status']}  database {h['database']}  "
-          f"terminals {h['terminals']['online']}/{h['terminals']['total']} online  "
-          f"checkouts in flight {h.get('checkouts_in_flight', 0)}")
+    print(
+        f"gatewayd {h['version']}: {h['status']}  database {h['database']}  "
+        f"terminals {h['terminals']['online']}/{h['terminals']['total']} online  "
+        f"checkouts in flight {h.get('checkouts_in_flight', 0)}"
+    )
     print()
     print(table(TERMINAL_HEADERS, terminal_rows(terminals.body["terminals"])))
     return 0 if h["status"] == "ok" else 3

@@ -68,18 +68,32 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {message}", file=source, key=key)
 
 
-def _read_secret(source: str, key_base: str, *, value: Secret | None, env: str | None,
-                 file: str | None, credential: str | None, required: bool,
-                 resolve: bool = True) -> Secret | None:
-    given = {k: v for k, v in {"": value, "_env": env, "_file": file, "_credential": credential}.items()
-             if v is not None}
+def _read_secret(
+    source: str,
+    key_base: str,
+    *,
+    value: Secret | None,
+    env: str | None,
+    file: str | None,
+    credential: str | None,
+    required: bool,
+    resolve: bool = True,
+) -> Secret | None:
+    given = {
+        k: v
+        for k, v in {"": value, "_env": env, "_file": file, "_credential": credential}.items()
+        if v is not None
+    }
     if len(given) > 1:
         names = ", ".join(key_base + k for k in given)
         raise _fail(source, key_base, f"give only one of {names}")
     if not given:
         if required:
-            raise _fail(source, key_base, f"one of {key_base}, {key_base}_env, {key_base}_file"
-                        f" or {key_base}_credential is required")
+            raise _fail(
+                source,
+                key_base,
+                f"one of {key_base}, {key_base}_env, {key_base}_file or {key_base}_credential is required",
+            )
         return None
     if value is not None:
         return value
@@ -92,8 +106,9 @@ def _read_secret(source: str, key_base: str, *, value: Secret | None, env: str |
     if credential is not None:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
-            raise _fail(source, key_base + "_credential",
-                        "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)")
+            raise _fail(
+                source, key_base + "_credential", "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)"
+            )
         file = str(Path(directory) / credential)
         key_base += "_credential"
     else:
@@ -116,20 +131,35 @@ def _check_listen(source: str, key: str, listen: str | None) -> None:
 
 
 def _resolve_terminal(source: str, index: int, t: TerminalConfig, resolve: bool) -> TerminalConfig:
-    key = _read_secret(source, f"terminals[{index}].authkey", value=t.authkey, env=t.authkey_env,
-                       file=t.authkey_file, credential=t.authkey_credential, required=True,
-                       resolve=resolve)
+    key = _read_secret(
+        source,
+        f"terminals[{index}].authkey",
+        value=t.authkey,
+        env=t.authkey_env,
+        file=t.authkey_file,
+        credential=t.authkey_credential,
+        required=True,
+        resolve=resolve,
+    )
     if not resolve:
         return t
-    return msgspec.structs.replace(t, authkey=key, authkey_env=None, authkey_file=None,
-                                   authkey_credential=None)
+    return msgspec.structs.replace(
+        t, authkey=key, authkey_env=None, authkey_file=None, authkey_credential=None
+    )
 
 
 def _resolve_api(source: str, api: ApiConfig, resolve: bool) -> ApiConfig:
     _check_listen(source, "api.tcp_listen", api.tcp_listen)
-    token = _read_secret(source, "api.tcp_token", value=api.tcp_token, env=api.tcp_token_env,
-                         file=api.tcp_token_file, credential=None, required=api.tcp_listen is not None,
-                         resolve=resolve)
+    token = _read_secret(
+        source,
+        "api.tcp_token",
+        value=api.tcp_token,
+        env=api.tcp_token_env,
+        file=api.tcp_token_file,
+        credential=None,
+        required=api.tcp_listen is not None,
+        resolve=resolve,
+    )
     if not resolve:
         return api
     if token is not None and len(token.reveal()) < 16:

@@ -16,7 +16,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     """Where the data lives: a DSN, or (absent) an embedded PostgreSQL under state_dir."""
 
     dsn: Secret | None = None
@@ -28,7 +28,7 @@ class DatabaseConfig(_Section):
     durable: bool = True  # embedded only: fsync; tests may turn it off
 
 
-class ApiConfig(_Section):
+class ApiConfig(_Section, frozen=True):
     """The local API: a unix socket, optionally a TCP listener guarded by a bearer token."""
 
     socket: str = "/run/gatewayd/gatewayd.sock"
@@ -42,13 +42,13 @@ class ApiConfig(_Section):
     tcp_token_file: str | None = None
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     """Prometheus metrics, liveness and the status page."""
 
     listen: str | None = "127.0.0.1:9470"
 
 
-class HealthConfig(_Section):
+class HealthConfig(_Section, frozen=True):
     """Terminal health monitoring."""
 
     interval_s: PositiveSeconds = 30.0
@@ -56,7 +56,7 @@ class HealthConfig(_Section):
     offline_backoff_cap_s: PositiveSeconds = 300.0
 
 
-class CheckoutConfig(_Section):
+class CheckoutConfig(_Section, frozen=True):
     """Checkout policy."""
 
     card_mode: Literal["sale", "auth_capture"] = "sale"
@@ -67,7 +67,7 @@ class CheckoutConfig(_Section):
     max_tenders: Annotated[int, Meta(ge=1, le=50)] = 10
 
 
-class RecoveryConfig(_Section):
+class RecoveryConfig(_Section, frozen=True):
     """Recovery and maintenance schedule."""
 
     interval_s: PositiveSeconds = 60.0
@@ -78,14 +78,14 @@ class RecoveryConfig(_Section):
     lease_s: Annotated[float, Meta(ge=2, le=86_400)] = 600.0
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     """Log format and level."""
 
     format: Literal["plain", "json"] = "plain"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class TerminalConfig(_Section):
+class TerminalConfig(_Section, frozen=True):
     """One card terminal. The auth key comes from exactly one of the authkey* keys."""
 
     id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -107,7 +107,7 @@ class TerminalConfig(_Section):
         return self.name or self.id
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     """The whole configuration of one store's daemon."""
 
     store_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]

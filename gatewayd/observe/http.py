@@ -43,29 +43,37 @@ th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eee;font-size:.85
 
 
 def _terminal_card(t: dict[str, Any]) -> str:
-    err = f'<div class="err">{html.escape(t["last_health_error"])}</div>' if t.get("last_health_error") else ""
+    err = (
+        f'<div class="err">{html.escape(t["last_health_error"])}</div>' if t.get("last_health_error") else ""
+    )
     checked = html.escape((t.get("last_health_check") or "never")[:19].replace("T", " "))
-    return (f'<div class="card" data-terminal="{html.escape(t["id"])}" data-status="{t["status"]}">'
-            f'<span class="dot {t["status"]}"></span><b>{html.escape(t["name"])}</b> '
-            f'<span class="meta">({html.escape(t["id"])})</span><div class="meta">{t["status"]} · queue '
-            f'{t["queue_depth"]} · checked {checked}</div>{err}</div>')
+    return (
+        f'<div class="card" data-terminal="{html.escape(t["id"])}" data-status="{t["status"]}">'
+        f'<span class="dot {t["status"]}"></span><b>{html.escape(t["name"])}</b> '
+        f'<span class="meta">({html.escape(t["id"])})</span><div class="meta">{t["status"]} · queue '
+        f"{t['queue_depth']} · checked {checked}</div>{err}</div>"
+    )
 
 
-def render(store_id: str, terminals: list[dict[str, Any]], checkouts: list[dict[str, Any]], orphans: int,
-           db_up: bool) -> str:
+def render(
+    store_id: str, terminals: list[dict[str, Any]], checkouts: list[dict[str, Any]], orphans: int, db_up: bool
+) -> str:
     """The status page: readable on a phone, refreshing itself, no external assets."""
     rows = "".join(
         f'<tr><td>{html.escape(c["order_number"])}</td><td class="{c["status"]}">{c["status"]}</td>'
-        f'<td>{c["total"] / 100:.2f} {html.escape(c["currency"])}</td>'
-        f'<td>{html.escape(c["created_at"][11:19])}</td></tr>' for c in checkouts)
+        f"<td>{c['total'] / 100:.2f} {html.escape(c['currency'])}</td>"
+        f"<td>{html.escape(c['created_at'][11:19])}</td></tr>"
+        for c in checkouts
+    )
     online = sum(1 for t in terminals if t["status"] == "online")
     orphan_class = "orphans bad" if orphans else "orphans"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><meta http-equiv="refresh" content="5">
 <title>gatewayd · {html.escape(store_id)}</title><style>{_CSS}</style></head><body>
 <h1>gatewayd · {html.escape(store_id)}</h1>
-<div class="sub">terminals {online}/{len(terminals)} online · database {"up" if db_up else
-    '<span class="bad">DOWN</span>'} · <span class="{orphan_class}" id="orphans">orphaned payments: {orphans}</span>
+<div class="sub">terminals {online}/{len(terminals)} online · database {
+        "up" if db_up else '<span class="bad">DOWN</span>'
+    } · <span class="{orphan_class}" id="orphans">orphaned payments: {orphans}</span>
  · v{__version__}</div>
 <div class="grid">{"".join(_terminal_card(t) for t in terminals)}</div>
 <table><thead><tr><th>Order</th><th>Outcome</th><th>Total</th><th>Time (UTC)</th></tr></thead>

@@ -25,8 +25,10 @@ STATES = ("online", "offline", "busy", "unknown")
 
 
 class LaneView(Protocol):
-    state: str
-    last_health_check: Any
+    @property
+    def state(self) -> str: ...
+    @property
+    def last_health_check(self) -> Any: ...
 
     @property
     def queue_depth(self) -> int: ...
@@ -46,8 +48,13 @@ class Snapshot:
 class StateCollector(Collector):
     """Terminal, database and checkout state, computed when Prometheus scrapes."""
 
-    def __init__(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int],
-                 snapshot: Snapshot) -> None:
+    def __init__(
+        self,
+        lanes: Callable[[], Mapping[str, LaneView]],
+        db: Any,
+        in_flight: Callable[[], int],
+        snapshot: Snapshot,
+    ) -> None:
         self._lanes = lanes
         self._db = db
         self._in_flight = in_flight
@@ -55,14 +62,20 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("gatewayd_terminal_up", "1 when the terminal is online", labels=["terminal"])
-        status = GaugeMetricFamily("gatewayd_terminal_status", "1 for the terminal's current status",
-                                   labels=["terminal", "status"])
-        depth = GaugeMetricFamily("gatewayd_terminal_queue_depth", "Operations waiting on the terminal's lane",
-                                  labels=["terminal"])
-        busy = GaugeMetricFamily("gatewayd_terminal_in_flight", "1 while an operation runs on the terminal",
-                                 labels=["terminal"])
-        checked = GaugeMetricFamily("gatewayd_terminal_last_health_check_timestamp_seconds",
-                                    "Unix time of the last health check", labels=["terminal"])
+        status = GaugeMetricFamily(
+            "gatewayd_terminal_status", "1 for the terminal's current status", labels=["terminal", "status"]
+        )
+        depth = GaugeMetricFamily(
+            "gatewayd_terminal_queue_depth", "Operations waiting on the terminal's lane", labels=["terminal"]
+        )
+        busy = GaugeMetricFamily(
+            "gatewayd_terminal_in_flight", "1 while an operation runs on the terminal", labels=["terminal"]
+        )
+        checked = GaugeMetricFamily(
+            "gatewayd_terminal_last_health_check_timestamp_seconds",
+            "Unix time of the last health check",
+            labels=["terminal"],
+        )
         for tid, lane in sorted(self._lanes().items()):
             up.add_metric([tid], 1.0 if lane.state == "online" else 0.0)
             for state in STATES:
@@ -72,19 +85,29 @@ class StateCollector(Collector):
             if lane.last_health_check is not None:
                 checked.add_metric([tid], lane.last_health_check.timestamp())
         yield from (up, status, depth, busy, checked)
-        yield GaugeMetricFamily("gatewayd_database_up", "1 when the database answers", value=float(self._db.up))
-        yield GaugeMetricFamily("gatewayd_database_pool_in_use", "Connections in use", value=self._db.in_use())
+        yield GaugeMetricFamily(
+            "gatewayd_database_up", "1 when the database answers", value=float(self._db.up)
+        )
+        yield GaugeMetricFamily(
+            "gatewayd_database_pool_in_use", "Connections in use", value=self._db.in_use()
+        )
         yield GaugeMetricFamily("gatewayd_database_pool_size", "Connections open", value=self._db.size())
         yield CounterMetricFamily("gatewayd_database_errors", "Database errors", value=self._db.errors)
-        yield GaugeMetricFamily("gatewayd_checkouts_in_flight", "Checkouts being processed",
-                                value=self._in_flight())
+        yield GaugeMetricFamily(
+            "gatewayd_checkouts_in_flight", "Checkouts being processed", value=self._in_flight()
+        )
         snap = self._snapshot
-        yield GaugeMetricFamily("gatewayd_tenders_unresolved", "Tenders processing or unknown",
-                                value=snap.unresolved)
-        yield GaugeMetricFamily("gatewayd_oldest_unresolved_tender_age_seconds",
-                                "Age of the oldest unresolved tender", value=snap.oldest_unresolved_age_s)
-        yield GaugeMetricFamily("gatewayd_orphaned_payments", "Approved charges with no completed order",
-                                value=snap.orphans)
+        yield GaugeMetricFamily(
+            "gatewayd_tenders_unresolved", "Tenders processing or unknown", value=snap.unresolved
+        )
+        yield GaugeMetricFamily(
+            "gatewayd_oldest_unresolved_tender_age_seconds",
+            "Age of the oldest unresolved tender",
+            value=snap.oldest_unresolved_age_s,
+        )
+        yield GaugeMetricFamily(
+            "gatewayd_orphaned_payments", "Approved charges with no completed order", value=snap.orphans
+        )
 
 
 class Metrics:
@@ -95,14 +118,22 @@ class Metrics:
         r = self.registry
         Gauge("gatewayd_build_info", "gatewayd build", ["version"], registry=r).labels(__version__).set(1)
         self.checkouts = Counter("gatewayd_checkouts", "Checkouts by outcome", ["outcome"], registry=r)
-        self.checkout_seconds = Histogram("gatewayd_checkout_duration_seconds", "Checkout duration",
-                                          buckets=CHECKOUT_BUCKETS, registry=r)
-        self.tenders = Counter("gatewayd_tenders", "Tenders by type and outcome", ["type", "outcome"], registry=r)
-        self.terminal_seconds = Histogram("gatewayd_terminal_request_duration_seconds",
-                                          "Terminal operations by operation and outcome",
-                                          ["terminal", "operation", "outcome"], buckets=TERMINAL_BUCKETS,
-                                          registry=r)
-        self.unknown = Counter("gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r)
+        self.checkout_seconds = Histogram(
+            "gatewayd_checkout_duration_seconds", "Checkout duration", buckets=CHECKOUT_BUCKETS, registry=r
+        )
+        self.tenders = Counter(
+            "gatewayd_tenders", "Tenders by type and outcome", ["type", "outcome"], registry=r
+        )
+        self.terminal_seconds = Histogram(
+            "gatewayd_terminal_request_duration_seconds",
+            "Terminal operations by operation and outcome",
+            ["terminal", "operation", "outcome"],
+            buckets=TERMINAL_BUCKETS,
+            registry=r,
+        )
+        self.unknown = Counter(
+            "gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r
+        )
         self.inquiries = Counter("gatewayd_inquiries", "Status inquiries sent", ["terminal"], registry=r)
         self.recovery = Counter("gatewayd_recovery_actions", "Recovery actions", ["action"], registry=r)
         for outcome in ("completed", "payment_failed"):
@@ -113,7 +144,9 @@ class Metrics:
         if process:
             ProcessCollector(registry=r)
 
-    def watch(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]) -> None:
+    def watch(
+        self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]
+    ) -> None:
         """Register the scrape-time collector of terminal, database and checkout state."""
         self.registry.register(StateCollector(lanes, db, in_flight, self.snapshot))
 

@@ -40,23 +40,39 @@ class CheckoutStore:
         self.store_id = store_id
 
     async def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Record the intent (order, lines, reservation, tenders) in one transaction."""
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.fetchval("SELECT gw_prepare_checkout($1, $2::jsonb)", self.store_id, payload),
-            what="prepare checkout")
+        """Record the intent (order, lines, reservation, tenders) in one transaction.
+
+        Two daemons racing on one idempotency key: the loser's insert hits the unique key and is
+        rolled back whole; asked again, the function finds the winner's order ("exists").
+        """
+
+        async def work(c: asyncpg.Connection) -> Any:
+            try:
+                return await c.fetchval("SELECT gw_prepare_checkout($1, $2::jsonb)", self.store_id, payload)
+            except asyncpg.UniqueViolationError:
+                return await c.fetchval("SELECT gw_prepare_checkout($1, $2::jsonb)", self.store_id, payload)
+
+        result: dict[str, Any] = await self.db.run(work, what="prepare checkout")
         return result
 
     async def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         """(order id, request hash) of the checkout with this idempotency key, if any."""
-        row = await self.db.run(lambda c: c.fetchrow(
-            "SELECT id, request_hash FROM orders WHERE store_id = $1 AND idempotency_key = $2",
-            self.store_id, key), what="find key")
+        row = await self.db.run(
+            lambda c: c.fetchrow(
+                "SELECT id, request_hash FROM orders WHERE store_id = $1 AND idempotency_key = $2",
+                self.store_id,
+                key,
+            ),
+            what="find key",
+        )
         return None if row is None else (row["id"], row["request_hash"])
 
     async def mark_sent(self, order_id: uuid.UUID, tender_id: uuid.UUID) -> bool:
         """Just before the first byte leaves: the tender is `processing`. False if the order moved on."""
-        return bool(await self.db.run(lambda c: c.fetchval(
-            """WITH o AS (
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """WITH o AS (
                    UPDATE orders SET status = 'payment_processing', payment_status = 'processing',
                           updated_at = now()
                     WHERE store_id = $1 AND id = $2
@@ -67,17 +83,37 @@ class CheckoutStore:
                       attempts = attempts + 1, updated_at = now()
                 WHERE store_id = $1 AND id = $3 AND order_id IN (SELECT id FROM o)
                   AND status IN ('pending', 'processing', 'unknown')
-               RETURNING true""", self.store_id, order_id, tender_id), what="mark tender sent"))
+               RETURNING true""",
+                    self.store_id,
+                    order_id,
+                    tender_id,
+                ),
+                what="mark tender sent",
+            )
+        )
 
-    async def record_tender(self, tender_id: uuid.UUID, status: str, *, from_statuses: Sequence[str] = OPEN_TENDER,
-                            approved_amount: int | None = None, auth_code: str | None = None,
-                            card_brand: str | None = None, last4: str | None = None,
-                            batch_number: str | None = None, transaction_number: str | None = None,
-                            status_code: str | None = None, raw: dict[str, Any] | None = None,
-                            last_error: str | None = None, audit: dict[str, Any] | None = None) -> bool:
+    async def record_tender(
+        self,
+        tender_id: uuid.UUID,
+        status: str,
+        *,
+        from_statuses: Sequence[str] = OPEN_TENDER,
+        approved_amount: int | None = None,
+        auth_code: str | None = None,
+        card_brand: str | None = None,
+        last4: str | None = None,
+        batch_number: str | None = None,
+        transaction_number: str | None = None,
+        status_code: str | None = None,
+        raw: dict[str, Any] | None = None,
+        last_error: str | None = None,
+        audit: dict[str, Any] | None = None,
+    ) -> bool:
         """Store a terminal's answer for a tender (only from the given statuses); one audit event."""
-        return bool(await self.db.run(lambda c: c.fetchval(
-            """WITH t AS (
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """WITH t AS (
                    UPDATE payment_transactions
                       SET status = $3, approved_amount = coalesce($5, approved_amount),
                           auth_code = coalesce($6, auth_code), card_brand = coalesce($7, card_brand),
@@ -92,9 +128,24 @@ class CheckoutStore:
                INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
                SELECT $1, 'tender.' || $3, t.order_id, t.id, $14::jsonb FROM t
                RETURNING true""",
-            self.store_id, tender_id, status, list(from_statuses), approved_amount, auth_code, card_brand, last4,
-            batch_number, transaction_number, status_code, raw, last_error, audit or {}),
-            what="record tender"))
+                    self.store_id,
+                    tender_id,
+                    status,
+                    list(from_statuses),
+                    approved_amount,
+                    auth_code,
+                    card_brand,
+                    last4,
+                    batch_number,
+                    transaction_number,
+                    status_code,
+                    raw,
+                    last_error,
+                    audit or {},
+                ),
+                what="record tender",
+            )
+        )
 
     async def commit(self, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int) -> dict[str, Any]:
         """Complete the order (inventory, loyalty, register session) in one transaction."""
@@ -113,17 +164,23 @@ class CheckoutStore:
             result = await self.db.run(lambda c: c.fetchval(query, *args), what="commit checkout")
         return result
 
-    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed") -> dict[str, Any]:
+    async def fail(
+        self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed"
+    ) -> dict[str, Any]:
         """Fail the order and release its reservation (no tender may be charged or in doubt)."""
-        result: dict[str, Any] = await self.db.run(lambda c: c.fetchval(
-            "SELECT gw_fail_checkout($1, $2, $3, $4, $5)", self.store_id, order_id, code, reason, status),
-            what="fail checkout")
+        result: dict[str, Any] = await self.db.run(
+            lambda c: c.fetchval(
+                "SELECT gw_fail_checkout($1, $2, $3, $4, $5)", self.store_id, order_id, code, reason, status
+            ),
+            what="fail checkout",
+        )
         return result
 
     async def set_captured(self, tender_id: uuid.UUID) -> None:
         """An authorization was captured; the order is paid once none is left to capture."""
-        await self.db.run(lambda c: c.execute(
-            """WITH t AS (
+        await self.db.run(
+            lambda c: c.execute(
+                """WITH t AS (
                    UPDATE payment_transactions SET capture_status = 'captured', updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND capture_status = 'pending'
                    RETURNING order_id, id)
@@ -134,44 +191,78 @@ class CheckoutStore:
                   AND NOT EXISTS (SELECT 1 FROM payment_transactions p
                                    WHERE p.store_id = $1 AND p.order_id = t.order_id
                                      AND p.capture_status = 'pending' AND p.id <> t.id)""",
-            self.store_id, tender_id), what="record capture")
+                self.store_id,
+                tender_id,
+            ),
+            what="record capture",
+        )
 
     async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> CheckoutRows | None:
         """An order with its tenders and refunds, by id or idempotency key."""
+
         async def work(c: asyncpg.Connection) -> CheckoutRows | None:
             if order_id is not None:
-                order = await c.fetchrow("SELECT * FROM orders WHERE store_id = $1 AND id = $2",
-                                         self.store_id, order_id)
+                order = await c.fetchrow(
+                    "SELECT * FROM orders WHERE store_id = $1 AND id = $2", self.store_id, order_id
+                )
             else:
-                order = await c.fetchrow("SELECT * FROM orders WHERE store_id = $1 AND idempotency_key = $2",
-                                         self.store_id, key)
+                order = await c.fetchrow(
+                    "SELECT * FROM orders WHERE store_id = $1 AND idempotency_key = $2", self.store_id, key
+                )
             if order is None:
                 return None
             tenders = list(await c.fetch(_LOAD_TENDERS, self.store_id, order["id"]))
-            refunds = list(await c.fetch(
-                "SELECT * FROM refunds WHERE store_id = $1 AND order_id = $2 ORDER BY created_at",
-                self.store_id, order["id"]))
+            refunds = list(
+                await c.fetch(
+                    "SELECT * FROM refunds WHERE store_id = $1 AND order_id = $2 ORDER BY created_at",
+                    self.store_id,
+                    order["id"],
+                )
+            )
             return CheckoutRows(order, tenders, refunds)
 
         return await self.db.run(work, what="load checkout")
 
-    async def audit(self, kind: str, *, order_id: uuid.UUID | None = None,
-                    transaction_id: uuid.UUID | None = None, detail: dict[str, Any] | None = None) -> None:
+    async def audit(
+        self,
+        kind: str,
+        *,
+        order_id: uuid.UUID | None = None,
+        transaction_id: uuid.UUID | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         """Append one audit event."""
-        await self.db.run(lambda c: c.execute(
-            "INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb)", self.store_id, kind, order_id, transaction_id, detail or {}),
-            what="audit")
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb)",
+                self.store_id,
+                kind,
+                order_id,
+                transaction_id,
+                detail or {},
+            ),
+            what="audit",
+        )
 
-    async def claim_unfinished(self, owner: str, lease_s: float, *, take_own: bool, limit: int = 100,
-                               older_than_s: float = 0.0, only: uuid.UUID | None = None) -> list[uuid.UUID]:
+    async def claim_unfinished(
+        self,
+        owner: str,
+        lease_s: float,
+        *,
+        take_own: bool,
+        limit: int = 100,
+        older_than_s: float = 0.0,
+        only: uuid.UUID | None = None,
+    ) -> list[uuid.UUID]:
         """Take the lease on unfinished orders for recovery: expired leases, and with `take_own` our own.
 
         SKIP LOCKED lets two daemons recover side by side without waiting on each other, and the
         lease keeps them from driving one order twice.
         """
-        rows = await self.db.run(lambda c: c.fetch(
-            """UPDATE orders o SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
+        rows = await self.db.run(
+            lambda c: c.fetch(
+                """UPDATE orders o SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
                       updated_at = now()
                 WHERE (o.store_id, o.id) IN (
                     SELECT store_id, id FROM orders
@@ -186,59 +277,100 @@ class CheckoutStore:
                              WHERE pt.store_id = orders.store_id AND pt.order_id = orders.id
                                AND pt.status IN ('processing', 'unknown', 'approved')))
                      ORDER BY created_at LIMIT $5 FOR UPDATE SKIP LOCKED)
-               RETURNING o.id""", self.store_id, owner, lease_s, take_own, limit, older_than_s, only),
-            what="claim unfinished orders")
+               RETURNING o.id""",
+                self.store_id,
+                owner,
+                lease_s,
+                take_own,
+                limit,
+                older_than_s,
+                only,
+            ),
+            what="claim unfinished orders",
+        )
         return [r["id"] for r in rows]
 
     async def claim_uncaptured(self, limit: int = 100) -> list[asyncpg.Record]:
         """Authorizations of completed orders still waiting for their capture."""
-        return await self.db.run(lambda c: c.fetch(
-            """SELECT id, order_id, reference_id, payment_processor_id, amount FROM payment_transactions
+        return await self.db.run(
+            lambda c: c.fetch(
+                """SELECT id, order_id, reference_id, payment_processor_id, amount FROM payment_transactions
                 WHERE store_id = $1 AND capture_status = 'pending' ORDER BY created_at LIMIT $2""",
-            self.store_id, limit), what="uncaptured")
+                self.store_id,
+                limit,
+            ),
+            what="uncaptured",
+        )
 
     async def release_lease(self, order_id: uuid.UUID, owner: str) -> None:
-        await self.db.run(lambda c: c.execute(
-            "UPDATE orders SET lease_owner = NULL, lease_until = NULL WHERE store_id = $1 AND id = $2"
-            " AND lease_owner = $3", self.store_id, order_id, owner), what="release lease")
+        await self.db.run(
+            lambda c: c.execute(
+                "UPDATE orders SET lease_owner = NULL, lease_until = NULL WHERE store_id = $1 AND id = $2"
+                " AND lease_owner = $3",
+                self.store_id,
+                order_id,
+                owner,
+            ),
+            what="release lease",
+        )
 
     async def void_order(self, order_id: uuid.UUID) -> dict[str, Any]:
         """Once every card tender is voided: the order is voided and everything it credited is taken back."""
-        result: dict[str, Any] = await self.db.run(lambda c: c.fetchval(
-            "SELECT gw_void_checkout($1, $2)", self.store_id, order_id), what="void checkout")
+        result: dict[str, Any] = await self.db.run(
+            lambda c: c.fetchval("SELECT gw_void_checkout($1, $2)", self.store_id, order_id),
+            what="void checkout",
+        )
         return result
 
     async def begin_refund(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Record a refund request and the transaction that will carry it (idempotent by key)."""
-        result: dict[str, Any] = await self.db.run(lambda c: c.fetchval(
-            "SELECT gw_begin_refund($1, $2::jsonb)", self.store_id, payload), what="begin refund")
+        result: dict[str, Any] = await self.db.run(
+            lambda c: c.fetchval("SELECT gw_begin_refund($1, $2::jsonb)", self.store_id, payload),
+            what="begin refund",
+        )
         return result
 
     async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str = "") -> dict[str, Any]:
         """Complete (or fail) a refund whose terminal answer is known."""
-        result: dict[str, Any] = await self.db.run(lambda c: c.fetchval(
-            "SELECT gw_finish_refund($1, $2, $3, $4)", self.store_id, refund_id, ok, reason),
-            what="finish refund")
+        result: dict[str, Any] = await self.db.run(
+            lambda c: c.fetchval(
+                "SELECT gw_finish_refund($1, $2, $3, $4)", self.store_id, refund_id, ok, reason
+            ),
+            what="finish refund",
+        )
         return result
 
     async def unresolved_refunds(self) -> list[asyncpg.Record]:
         """Refund transactions whose terminal answer was never stored."""
-        return await self.db.run(lambda c: c.fetch(
-            """SELECT t.*, r.id AS refund_row FROM payment_transactions t JOIN refunds r
+        return await self.db.run(
+            lambda c: c.fetch(
+                """SELECT t.*, r.id AS refund_row FROM payment_transactions t JOIN refunds r
                  ON r.store_id = t.store_id AND r.id = t.refund_id
                 WHERE t.store_id = $1 AND t.kind = 'refund' AND r.status = 'pending'""",
-            self.store_id), what="unresolved refunds")
+                self.store_id,
+            ),
+            what="unresolved refunds",
+        )
 
     async def mark_refund_sent(self, transaction_id: uuid.UUID) -> None:
         """Just before a Return leaves for the terminal."""
-        await self.db.run(lambda c: c.execute(
-            """UPDATE payment_transactions SET status = 'processing', sent_at = coalesce(sent_at, now()),
+        await self.db.run(
+            lambda c: c.execute(
+                """UPDATE payment_transactions SET status = 'processing', sent_at = coalesce(sent_at, now()),
                       attempts = attempts + 1, updated_at = now()
-                WHERE store_id = $1 AND id = $2 AND status = 'pending'""", self.store_id, transaction_id),
-            what="mark refund sent")
+                WHERE store_id = $1 AND id = $2 AND status = 'pending'""",
+                self.store_id,
+                transaction_id,
+            ),
+            what="mark refund sent",
+        )
 
     async def tender(self, transaction_id: uuid.UUID) -> asyncpg.Record | None:
         """One payment transaction, as the coordinator reads tenders."""
-        rows = await self.db.run(lambda c: c.fetch(
-            _LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id), what="tender")
+        rows = await self.db.run(
+            lambda c: c.fetch(
+                _LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id
+            ),
+            what="tender",
+        )
         return rows[0] if rows else None

@@ -29,5 +29,11 @@ async def resolve_dsn(config: Config) -> str:
 def database_for(config: Config, dsn: str) -> Database:
     """A Database sized and tuned by the config."""
     db = config.database
-    return Database(dsn, statement_cache=db.statement_cache, pool_min=db.pool_min, pool_max=db.pool_max,
-                    connect_timeout_s=db.connect_timeout_s, command_timeout_s=db.command_timeout_s)
+    return Database(
+        dsn,
+        statement_cache=db.statement_cache,
+        pool_min=db.pool_min,
+        pool_max=db.pool_max,
+        connect_timeout_s=db.connect_timeout_s,
+        command_timeout_s=db.command_timeout_s,
+    )

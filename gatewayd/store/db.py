@@ -50,7 +50,9 @@ def classify(exc: BaseException) -> StoreError:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """jsonb in and out as Python values, through msgspec."""
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
+        await conn.set_type_codec(
+            name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode
+        )
 
 
 def _encode_json(value: Any) -> str:
@@ -65,8 +67,16 @@ def retry_delay_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> flo
 class Database:
     """A pool to one PostgreSQL database; every statement goes through here."""
 
-    def __init__(self, dsn: str, *, statement_cache: bool = True, pool_min: int = 2, pool_max: int = 10,
-                 connect_timeout_s: float = 10.0, command_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        statement_cache: bool = True,
+        pool_min: int = 2,
+        pool_max: int = 10,
+        connect_timeout_s: float = 10.0,
+        command_timeout_s: float = 30.0,
+    ) -> None:
         self._dsn = dsn
         self._statement_cache = statement_cache
         self._pool_min = pool_min
@@ -117,7 +127,7 @@ class Database:
         pool = self._pool
         if pool is None:
             return 0
-        return pool.get_size() - pool.get_idle_size()
+        return int(pool.get_size() - pool.get_idle_size())
 
     def size(self) -> int:
         return 0 if self._pool is None else self._pool.get_size()
@@ -140,8 +150,13 @@ class Database:
                 raise
             raise error from exc
 
-    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, attempts: int = 5,
-                  what: str = "database work") -> T:
+    async def run(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        attempts: int = 5,
+        what: str = "database work",
+    ) -> T:
         """Run `work` on a connection, retrying transient failures (the work must be idempotent)."""
         for attempt in range(attempts):
             try:

@@ -102,7 +102,9 @@ class EmbeddedPostgres:
             raise StoreError("embedded PostgreSQL is not started")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
-    def _pg(self, tool: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _pg(
+        self, tool: str, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(bin_dir() / tool), *args],
             user=self._user,
@@ -160,8 +162,17 @@ class EmbeddedPostgres:
             _open_path_for(self._user, self.data_dir)
         self.data_dir.chmod(0o700)
         log.info("initialising embedded PostgreSQL in %s", self.data_dir)
-        self._pg("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--no-sync", "--no-instructions")
+        self._pg(
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+            "--no-instructions",
+        )
         settings = [
             "listen_addresses = '127.0.0.1'",
             "unix_socket_directories = ''",
@@ -190,9 +201,21 @@ class EmbeddedPostgres:
     def _start_server(self) -> None:
         port = self._choose_port()
         log_file = self.data_dir / "server.log"
-        result = self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(log_file), "-w",
-                          "-t", str(START_TIMEOUT_S), "-o", f"-p {port}", "start",
-                          check=False, timeout=START_TIMEOUT_S + 10)
+        result = self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(log_file),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "-o",
+            f"-p {port}",
+            "start",
+            check=False,
+            timeout=START_TIMEOUT_S + 10,
+        )
         if result.returncode != 0:
             tail = log_file.read_text()[-2000:] if log_file.exists() else ""
             raise StoreError(f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
@@ -202,8 +225,9 @@ class EmbeddedPostgres:
     def _ensure_database(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            result = self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                              DATABASE, check=False)
+            result = self._pg(
+                "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", DATABASE, check=False
+            )
             if result.returncode == 0 or "already exists" in result.stderr:
                 return
             if time.monotonic() > deadline:

@@ -23,7 +23,9 @@ class MaintenanceStore:
 
     async def cleanup(self, minutes: int) -> int:
         """cleanup_stale_pending_orders(minutes) for this store."""
-        return int(await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id))
+        return int(
+            await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id)
+        )
 
     async def unresolved(self, older_than_s: float = 0.0) -> list[asyncpg.Record]:
         """Tenders still processing/unknown, oldest first."""
@@ -33,18 +35,25 @@ class MaintenanceStore:
                  FROM payment_transactions t
                 WHERE t.store_id = $1 AND t.status IN ('processing', 'unknown')
                   AND coalesce(t.sent_at, t.created_at) < now() - make_interval(secs => $2)
-                ORDER BY coalesce(t.sent_at, t.created_at)""", self.store_id, older_than_s)
+                ORDER BY coalesce(t.sent_at, t.created_at)""",
+            self.store_id,
+            older_than_s,
+        )
 
     async def open_on_terminal(self, terminal_id: str) -> int:
         """Tenders on a terminal that are in doubt or charged for an order not yet final."""
-        return int(await self.db.fetchval(
-            """SELECT count(*) FROM payment_transactions t JOIN orders o
+        return int(
+            await self.db.fetchval(
+                """SELECT count(*) FROM payment_transactions t JOIN orders o
                    ON o.store_id = t.store_id AND o.id = t.order_id
                 WHERE t.store_id = $1 AND t.payment_processor_id = $2
                   AND (t.status IN ('processing', 'unknown')
                        OR (t.status = 'approved' AND o.status IN
                            ('pending_payment', 'payment_processing', 'payment_authorized')))""",
-            self.store_id, terminal_id))
+                self.store_id,
+                terminal_id,
+            )
+        )
 
     async def terminal_transactions(self, terminal_id: str, since: datetime | None) -> list[asyncpg.Record]:
         """Every card transaction gatewayd sent to a terminal since its last settlement."""
@@ -53,7 +62,11 @@ class MaintenanceStore:
                       t.capture_status, t.order_id, o.status AS order_status, o.order_number, t.created_at
                  FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
                 WHERE t.store_id = $1 AND t.payment_processor_id = $2 AND t.tender_type = 'card'
-                  AND ($3::timestamptz IS NULL OR t.created_at > $3)""", self.store_id, terminal_id, since)
+                  AND ($3::timestamptz IS NULL OR t.created_at > $3)""",
+            self.store_id,
+            terminal_id,
+            since,
+        )
 
     async def by_references(self, refs: list[str]) -> dict[str, asyncpg.Record]:
         rows = await self.db.fetch(
@@ -61,19 +74,27 @@ class MaintenanceStore:
                       o.status AS order_status,
                       t.payment_processor_id
                  FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
-                WHERE t.store_id = $1 AND t.reference_id = ANY($2::text[])""", self.store_id, refs)
+                WHERE t.store_id = $1 AND t.reference_id = ANY($2::text[])""",
+            self.store_id,
+            refs,
+        )
         return {r["reference_id"]: r for r in rows}
 
     async def last_settled(self, terminal_id: str) -> datetime | None:
         value: datetime | None = await self.db.fetchval(
             "SELECT max(at) FROM audit_events WHERE store_id = $1 AND kind = 'terminal.settled'"
-            " AND detail->>'terminal_id' = $2", self.store_id, terminal_id)
+            " AND detail->>'terminal_id' = $2",
+            self.store_id,
+            terminal_id,
+        )
         return value
 
     async def record_settlement(self, terminal_id: str, detail: dict[str, Any]) -> None:
         await self.db.execute(
             "INSERT INTO audit_events (store_id, kind, detail) VALUES ($1, 'terminal.settled', $2::jsonb)",
-            self.store_id, {"terminal_id": terminal_id, **detail})
+            self.store_id,
+            {"terminal_id": terminal_id, **detail},
+        )
 
     async def report(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of one of the monitoring views (named by the caller from a fixed list)."""
@@ -83,13 +104,21 @@ class MaintenanceStore:
         """The last checkouts, newest first, for the status page."""
         return await self.db.fetch(
             "SELECT order_number, status, total, currency, created_at FROM orders WHERE store_id = $1"
-            " ORDER BY created_at DESC LIMIT $2", self.store_id, limit)
+            " ORDER BY created_at DESC LIMIT $2",
+            self.store_id,
+            limit,
+        )
 
     async def unresolved_summary(self) -> tuple[int, float]:
         """(count, age of the oldest in seconds) of tenders processing/unknown."""
-        row = await self.db.run(lambda c: c.fetchrow(
-            """SELECT count(*) AS n,
+        row = await self.db.run(
+            lambda c: c.fetchrow(
+                """SELECT count(*) AS n,
                       coalesce(extract(epoch FROM now() - min(coalesce(sent_at, created_at))), 0)::float8 AS age
                  FROM payment_transactions WHERE store_id = $1 AND status IN ('processing', 'unknown')""",
-            self.store_id), attempts=1, what="unresolved summary")
+                self.store_id,
+            ),
+            attempts=1,
+            what="unresolved summary",
+        )
         return int(row["n"]), float(row["age"])

@@ -80,7 +80,9 @@ async def apply(conn: asyncpg.Connection, migrations: list[Migration] | None = N
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
             log.info("applied migration %03d_%s", migration.version, migration.name)
             done.append(migration)

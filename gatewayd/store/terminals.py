@@ -18,8 +18,9 @@ class TerminalStore:
     async def sync(self, terminals: Sequence[tuple[str, str, str, bool]]) -> None:
         """Upsert (id, name, driver, is_live) for every configured terminal; others become inactive."""
         ids = [t[0] for t in terminals]
-        await self.db.run(lambda c: c.execute(
-            """WITH cfg AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[])
+        await self.db.run(
+            lambda c: c.execute(
+                """WITH cfg AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[])
                               AS t(id, name, driver, is_live)),
                     up AS (INSERT INTO payment_processors (store_id, id, processor_name, driver, is_live, is_active)
                            SELECT $1, id, name, driver, is_live, true FROM cfg
@@ -28,19 +29,33 @@ class TerminalStore:
                                   is_live = EXCLUDED.is_live, is_active = true, updated_at = now())
                UPDATE payment_processors SET is_active = false, updated_at = now()
                 WHERE store_id = $1 AND is_active AND NOT (id = ANY($2::text[]))""",
-            self.store_id, ids, [t[1] for t in terminals], [t[2] for t in terminals],
-            [t[3] for t in terminals]), what="sync terminals")
+                self.store_id,
+                ids,
+                [t[1] for t in terminals],
+                [t[2] for t in terminals],
+                [t[3] for t in terminals],
+            ),
+            what="sync terminals",
+        )
 
     async def write_health(self, rows: Sequence[tuple[str, str, datetime, str | None]]) -> None:
         """One statement for a whole sweep: (terminal id, state, checked at, error)."""
         if not rows:
             return
-        await self.db.run(lambda c: c.execute(
-            """UPDATE payment_processors p
+        await self.db.run(
+            lambda c: c.execute(
+                """UPDATE payment_processors p
                   SET health_status = h.state, last_health_check = h.checked_at,
                       last_health_error = h.error, updated_at = now()
                  FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[])
                       AS h(id, state, checked_at, error)
                 WHERE p.store_id = $1 AND p.id = h.id""",
-            self.store_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-            [r[3] for r in rows]), attempts=2, what="write health")
+                self.store_id,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                [r[3] for r in rows],
+            ),
+            attempts=2,
+            what="write health",
+        )

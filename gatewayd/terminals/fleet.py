@@ -23,25 +23,46 @@ EventHook = Callable[[str, str], None]  # terminal, "unknown" | "inquiry"
 
 def _make_lane(config: TerminalConfig, on_result: ResultHook | None, on_event: EventHook | None) -> Lane:
     assert config.authkey is not None, "secrets are resolved when the config is loaded"
-    driver = SpinDriver(config.id, config.base_url, config.tpn, config.authkey.reveal(), config.timeout_s,
-                        http_margin_s=config.http_margin_s)
-    return Lane(config.id, driver, queue_depth=config.queue_depth,
-                on_result=functools.partial(on_result, config.id) if on_result else None,
-                on_event=functools.partial(on_event, config.id) if on_event else None)
+    driver = SpinDriver(
+        config.id,
+        config.base_url,
+        config.tpn,
+        config.authkey.reveal(),
+        config.timeout_s,
+        http_margin_s=config.http_margin_s,
+    )
+    return Lane(
+        config.id,
+        driver,
+        queue_depth=config.queue_depth,
+        on_result=functools.partial(on_result, config.id) if on_result else None,
+        on_event=functools.partial(on_event, config.id) if on_event else None,
+    )
 
 
 class Fleet(Mapping[str, Lane]):
     """Lanes by terminal id (the coordinator reads it as a mapping) plus their supervision."""
 
-    def __init__(self, health: HealthConfig, *, write_health: Write | None = None,
-                 on_result: ResultHook | None = None, on_event: EventHook | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthConfig,
+        *,
+        write_health: Write | None = None,
+        on_result: ResultHook | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
         self._on_result = on_result
         self._on_event = on_event
         self.configs: dict[str, TerminalConfig] = {}
         self._lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.monitor = HealthMonitor([], health.interval_s, failure_threshold=health.failure_threshold,
-                                     offline_backoff_cap_s=health.offline_backoff_cap_s, write=write_health)
+        self.monitor = HealthMonitor(
+            [],
+            health.interval_s,
+            failure_threshold=health.failure_threshold,
+            offline_backoff_cap_s=health.offline_backoff_cap_s,
+            write=write_health,
+        )
         self._monitor_task: asyncio.Task[None] | None = None
 
     # Mapping

@@ -50,8 +50,10 @@ async def tcp_gateway(dsn: str, tmp: Path, listen: str, token: str) -> AsyncIter
     tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in (1, 2)}
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.executemany("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-                               [(store_id, sku, n) for sku, n in STOCK.items()])
+        await conn.executemany(
+            "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
+            [(store_id, sku, n) for sku, n in STOCK.items()],
+        )
     finally:
         await conn.close()
     async with running_simulator() as sim:
@@ -84,11 +86,18 @@ def base_url(gw: Gateway) -> str:
     return f"http://{listen}"
 
 
-async def raw_tcp(gw: Gateway, method: str, path: str, headers: dict[str, str],
-                  body: Any = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.request(
-            method, base_url(gw) + path, headers=headers,
-            data=None if body is None else msgspec.json.encode(body)) as resp:
+async def raw_tcp(
+    gw: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method,
+            base_url(gw) + path,
+            headers=headers,
+            data=None if body is None else msgspec.json.encode(body),
+        ) as resp,
+    ):
         payload = await resp.read()
         assert resp.content_type == "application/json", payload[:200]
         return resp.status, msgspec.json.decode(payload)
@@ -118,8 +127,9 @@ async def test_tcp_without_a_valid_token_is_401(gw: Gateway, name: str, path: st
 
 async def test_tcp_checkout_without_token_charges_nothing(gw: Gateway) -> None:
     before = await gw.ledger()
-    status, body = await raw_tcp(gw, "POST", "/v1/checkouts", {"Content-Type": "application/json"},
-                                 order(card(1200)))
+    status, body = await raw_tcp(
+        gw, "POST", "/v1/checkouts", {"Content-Type": "application/json"}, order(card(1200))
+    )
     assert status == 401 and body["error"]["code"] == "unauthorized", body
     assert await gw.ledger() == before
 
@@ -133,8 +143,9 @@ async def test_tcp_with_the_token(gw: Gateway) -> None:
         again = await tcp.get_checkout(answer.body["id"])
         assert again.status == 200 and again.body == answer.body
     ref = answer.body["tenders"][0]["reference_id"]
-    assert [(t["reference_id"], t["amount"], t["status"]) for t in await gw.ledger()
-            if t["reference_id"] == ref] == [(ref, 2454, "approved")]
+    assert [
+        (t["reference_id"], t["amount"], t["status"]) for t in await gw.ledger() if t["reference_id"] == ref
+    ] == [(ref, 2454, "approved")]
 
 
 async def test_unix_socket_needs_no_token(gw: Gateway) -> None:

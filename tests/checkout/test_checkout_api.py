@@ -24,13 +24,16 @@ async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 async def _stock(gw: Gateway, sku: str) -> tuple[int, int]:
-    rows = await gw.fetch("SELECT on_hand, reserved FROM inventory WHERE store_id = $1 AND sku = $2", gw.store_id, sku)
+    rows = await gw.fetch(
+        "SELECT on_hand, reserved FROM inventory WHERE store_id = $1 AND sku = $2", gw.store_id, sku
+    )
     return rows[0]["on_hand"], rows[0]["reserved"]
 
 
 async def test_cash_payment(gw: Gateway) -> None:
-    answer = await gw.checkout(cash(3198, tendered=4000),
-                               lines=[{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}])
+    answer = await gw.checkout(
+        cash(3198, tendered=4000), lines=[{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}]
+    )
     assert answer.status == 200, answer.body
     body = answer.body
     assert (body["status"], body["total"], body["change"]) == ("completed", 3198, 802)
@@ -46,8 +49,9 @@ async def test_card_payment(gw: Gateway) -> None:
     assert tender["status"] == "approved" and tender["terminal_id"] == "lane-2"
     assert len(tender["auth_code"]) > 0 and len(tender["last4"]) == 4 and tender["card_brand"]
     ledger = await gw.ledger()
-    assert [(t["reference_id"], t["amount"], t["status"]) for t in ledger] == \
-        [(tender["reference_id"], 2454, "approved")]
+    assert [(t["reference_id"], t["amount"], t["status"]) for t in ledger] == [
+        (tender["reference_id"], 2454, "approved")
+    ]
 
 
 async def test_split_cash_and_card(gw: Gateway) -> None:
@@ -65,15 +69,19 @@ async def test_split_card_and_card(gw: Gateway) -> None:
 
 async def test_card_declined_rolls_back(gw: Gateway) -> None:
     """The second card is declined (51): 402, the first card voided, inventory back."""
-    answer = await gw.checkout(card(1000, "lane-1"), card(1051, "lane-2"),
-                               lines=[{"sku": "MUG", "quantity": 1, "unit_price": 2051}])
+    answer = await gw.checkout(
+        card(1000, "lane-1"), card(1051, "lane-2"), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 2051}]
+    )
     assert answer.status == 402, answer.body
     body = answer.body
     assert body["error"]["code"] == "card_declined"
     assert body["status"] == "payment_failed"
     assert [t["status"] for t in body["tenders"]] == ["voided", "declined"]
     assert await _stock(gw, "MUG") == (10, 0)
-    assert sorted((t["amount"], t["status"]) for t in await gw.ledger()) == [(1000, "voided"), (1051, "declined")]
+    assert sorted((t["amount"], t["status"]) for t in await gw.ledger()) == [
+        (1000, "voided"),
+        (1051, "declined"),
+    ]
 
 
 @pytest.mark.parametrize("cents", [52, 53, 58])
@@ -105,9 +113,15 @@ async def test_terminal_offline_charges_nothing(gw: Gateway) -> None:
 
 
 async def test_insufficient_inventory_charges_nothing(gw: Gateway) -> None:
-    answer = await gw.checkout(card(3000), lines=[{"sku": "MUG", "quantity": 11, "unit_price": 1000},
-                                                   {"sku": "GIFT-WRAP", "quantity": 1, "unit_price": 0}],
-                               tax=0, discount=8000)
+    answer = await gw.checkout(
+        card(3000),
+        lines=[
+            {"sku": "MUG", "quantity": 11, "unit_price": 1000},
+            {"sku": "GIFT-WRAP", "quantity": 1, "unit_price": 0},
+        ],
+        tax=0,
+        discount=8000,
+    )
     assert answer.status == 422 and answer.error_code == "insufficient_inventory", answer.body
     assert answer.body["error"]["details"]["skus"] == [{"sku": "MUG", "requested": 11, "available": 10}]
     assert await gw.ledger() == []
@@ -150,25 +164,57 @@ async def test_partial_approval_is_voided(gw: Gateway) -> None:
 async def test_totals_after_mixed_run(gw: Gateway) -> None:
     """Inventory, loyalty points and register-session totals exact after a mixed run."""
     runs = [
-        (order(cash(3198), lines=[{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}],
-               customer_id="c1", register_id="r1"), 200),
-        (order(card(1599), lines=[{"sku": "COFFEE-1KG", "quantity": 1, "unit_price": 1599}],
-               customer_id="c1", register_id="r1"), 200),
-        (order(card(1051), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1051}],
-               customer_id="c1", register_id="r1"), 402),
-        (order(cash(500), card(1000, "lane-2"), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500}],
-               customer_id="c2", register_id="r2"), 200),
+        (
+            order(
+                cash(3198),
+                lines=[{"sku": "COFFEE-1KG", "quantity": 2, "unit_price": 1599}],
+                customer_id="c1",
+                register_id="r1",
+            ),
+            200,
+        ),
+        (
+            order(
+                card(1599),
+                lines=[{"sku": "COFFEE-1KG", "quantity": 1, "unit_price": 1599}],
+                customer_id="c1",
+                register_id="r1",
+            ),
+            200,
+        ),
+        (
+            order(
+                card(1051),
+                lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1051}],
+                customer_id="c1",
+                register_id="r1",
+            ),
+            402,
+        ),
+        (
+            order(
+                cash(500),
+                card(1000, "lane-2"),
+                lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500}],
+                customer_id="c2",
+                register_id="r2",
+            ),
+            200,
+        ),
     ]
     for body, status in runs:
         answer = await gw.client.checkout(body)
         assert answer.status == status, answer.body
     assert await _stock(gw, "COFFEE-1KG") == (47, 0)
     assert await _stock(gw, "MUG") == (9, 0)
-    points = dict(await gw.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1",
-                                 gw.store_id))
+    points = dict(
+        await gw.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", gw.store_id)
+    )
     assert points == {"c1": 31 + 15, "c2": 15}
-    sessions = {r["register_id"]: (r["cash_total"], r["card_total"], r["checkout_count"]) for r in await gw.fetch(
-        "SELECT * FROM register_sessions WHERE store_id = $1", gw.store_id)}
+    sessions = {
+        r["register_id"]: (r["cash_total"], r["card_total"], r["checkout_count"])
+        for r in await gw.fetch("SELECT * FROM register_sessions WHERE store_id = $1", gw.store_id)
+    }
     assert sessions == {"r1": (3198, 1599, 2), "r2": (500, 1000, 1)}
 
 
@@ -188,8 +234,13 @@ async def test_unknown_terminal(gw: Gateway) -> None:
 
 
 async def test_void_checkout(gw: Gateway) -> None:
-    answer = await gw.checkout(cash(500), card(1000), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500}],
-                               customer_id="c9", register_id="r9")
+    answer = await gw.checkout(
+        cash(500),
+        card(1000),
+        lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500}],
+        customer_id="c9",
+        register_id="r9",
+    )
     voided = await gw.client.void(answer.body["id"])
     assert voided.status == 200, voided.body
     assert voided.body["status"] == "voided"
@@ -201,8 +252,9 @@ async def test_void_checkout(gw: Gateway) -> None:
 
 
 async def test_refunds(gw: Gateway) -> None:
-    answer = await gw.checkout(card(2000), lines=[{"sku": "MUG", "quantity": 2, "unit_price": 1000}],
-                               customer_id="c5")
+    answer = await gw.checkout(
+        card(2000), lines=[{"sku": "MUG", "quantity": 2, "unit_price": 1000}], customer_id="c5"
+    )
     cid = answer.body["id"]
     first = await gw.client.refund(cid, "rf-1", 500)
     assert first.status == 200, first.body

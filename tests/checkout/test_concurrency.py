@@ -8,9 +8,9 @@ from pathlib import Path
 
 import asyncpg
 
+from gatewayd.api.client import GatewayClient
 from gatewayd.config import parse
 from gatewayd.daemon import Daemon
-from gatewayd.api.client import GatewayClient
 from gatewayd.observe.systemd import Notifier
 from tests.harness import card, cash, config_text, order, running_gateway
 
@@ -30,7 +30,9 @@ async def test_one_key_a_hundred_times_at_once(dsn: str, tmp_path: Path) -> None
 async def test_one_key_across_two_daemons(dsn: str, tmp_path: Path) -> None:
     """Two daemons of one store: the database's unique key decides, one charge per tender."""
     async with running_gateway(dsn, tmp_path) as gw:
-        text = config_text(gw.store_id, tmp_path / "second.sock", tmp_path / "second", dsn, gw.sim.url, gw.tpns)
+        text = config_text(
+            gw.store_id, tmp_path / "second.sock", tmp_path / "second", dsn, gw.sim.url, gw.tpns
+        )
         second = Daemon(parse(text), notifier=Notifier(""))
         await second.start()
         try:
@@ -53,15 +55,25 @@ async def test_registers_race_for_the_last_unit(dsn: str, tmp_path: Path) -> Non
         conn = await asyncpg.connect(dsn)
         try:
             for i in range(rounds):
-                await conn.execute("UPDATE inventory SET on_hand = on_hand + 1 WHERE store_id = $1 AND sku = 'LAST-ONE'",
-                                   gw.store_id)
-                bodies = [order(card(1000 + r, f"lane-{r + 1}"), key=f"race-{i}-{r}",
-                                lines=[{"sku": "LAST-ONE", "quantity": 1, "unit_price": 1000 + r}], register_id=f"r{r}")
-                          for r in range(3)]
+                await conn.execute(
+                    "UPDATE inventory SET on_hand = on_hand + 1 WHERE store_id = $1 AND sku = 'LAST-ONE'",
+                    gw.store_id,
+                )
+                bodies = [
+                    order(
+                        card(1000 + r, f"lane-{r + 1}"),
+                        key=f"race-{i}-{r}",
+                        lines=[{"sku": "LAST-ONE", "quantity": 1, "unit_price": 1000 + r}],
+                        register_id=f"r{r}",
+                    )
+                    for r in range(3)
+                ]
                 answers = await asyncio.gather(*(gw.client.checkout(b) for b in bodies))
                 assert sorted(a.status for a in answers) == [200, 422, 422], [a.body for a in answers]
-                stock = await conn.fetchrow("SELECT on_hand, reserved FROM inventory WHERE store_id = $1"
-                                            " AND sku = 'LAST-ONE'", gw.store_id)
+                stock = await conn.fetchrow(
+                    "SELECT on_hand, reserved FROM inventory WHERE store_id = $1 AND sku = 'LAST-ONE'",
+                    gw.store_id,
+                )
                 assert (stock["on_hand"], stock["reserved"]) == (0, 0)
         finally:
             await conn.close()
@@ -99,8 +111,16 @@ async def test_forced_serialization_failures_and_deadlocks(dsn: str, tmp_path: P
         conn = await asyncpg.connect(dsn)
         await conn.execute(FAULT_TRIGGER.replace("{store}", gw.store_id))
         try:
-            bodies = [order(cash(500), card(1000 + i, f"lane-{1 + i % 4}"), customer_id="c1", register_id="r1",
-                            lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500 + i}]) for i in range(8)]
+            bodies = [
+                order(
+                    cash(500),
+                    card(1000 + i, f"lane-{1 + i % 4}"),
+                    customer_id="c1",
+                    register_id="r1",
+                    lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500 + i}],
+                )
+                for i in range(8)
+            ]
             answers = await asyncio.gather(*(gw.client.checkout(b) for b in bodies))
             assert {a.status for a in answers} <= {200, 503}, [a.body for a in answers]
             # a refused one ("database_unavailable": nothing charged) goes through on retry
@@ -112,17 +132,25 @@ async def test_forced_serialization_failures_and_deadlocks(dsn: str, tmp_path: P
                     answer = await gw.client.checkout(body)
                 assert answer.status == 200, answer.body
         finally:
-            await conn.execute("DROP TRIGGER test_fault_orders ON orders;"
-                               " DROP TRIGGER test_fault_tenders ON payment_transactions")
+            await conn.execute(
+                "DROP TRIGGER test_fault_orders ON orders;"
+                " DROP TRIGGER test_fault_tenders ON payment_transactions"
+            )
             await conn.close()
-        completed = await gw.fetchval("SELECT count(*) FROM orders WHERE store_id = $1 AND status = 'completed'",
-                                      gw.store_id)
+        completed = await gw.fetchval(
+            "SELECT count(*) FROM orders WHERE store_id = $1 AND status = 'completed'", gw.store_id
+        )
         assert completed == len(bodies)
-        audits = await gw.fetch("SELECT order_id, count(*) AS n FROM audit_events WHERE store_id = $1"
-                                " AND kind = 'checkout.completed' GROUP BY order_id", gw.store_id)
+        audits = await gw.fetch(
+            "SELECT order_id, count(*) AS n FROM audit_events WHERE store_id = $1"
+            " AND kind = 'checkout.completed' GROUP BY order_id",
+            gw.store_id,
+        )
         assert len(audits) == len(bodies) and {r["n"] for r in audits} == {1}
-        earned = await gw.fetch("SELECT order_id, count(*) AS n FROM loyalty_ledger WHERE store_id = $1"
-                                " GROUP BY order_id", gw.store_id)
+        earned = await gw.fetch(
+            "SELECT order_id, count(*) AS n FROM loyalty_ledger WHERE store_id = $1 GROUP BY order_id",
+            gw.store_id,
+        )
         assert {r["n"] for r in earned} == {1}
         assert len(await gw.ledger()) == len(bodies)
         await gw.check_invariants()

@@ -33,10 +33,13 @@ def test_wrong_type_names_key_and_expectation() -> None:
 
 def test_out_of_range_and_missing() -> None:
     assert "terminals[0].timeout_s: Expected int <= 720" in str(
-        _error(f'store_id = "s"\n{TERMINAL}authkey = "KEY0000001"\ntimeout_s = 900\n'))
+        _error(f'store_id = "s"\n{TERMINAL}authkey = "KEY0000001"\ntimeout_s = 900\n')
+    )
     assert "store.toml: store_id: required key is missing" == str(_error("[api]\n"))
     assert "terminals[0].authkey: one of" in str(_error(f'store_id = "s"\n{TERMINAL}'))
-    assert "duplicate terminal id" in str(_error(f'store_id = "s"\n{TERMINAL}authkey="K"\n{TERMINAL}authkey="K"\n'))
+    assert "duplicate terminal id" in str(
+        _error(f'store_id = "s"\n{TERMINAL}authkey="K"\n{TERMINAL}authkey="K"\n')
+    )
     assert "checkout.card_mode" in str(_error('store_id = "s"\n[checkout]\ncard_mode = "later"\n'))
 
 
@@ -44,9 +47,11 @@ def test_secrets_stay_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LANE_KEY", "SUPERSECRET")
     key_file = tmp_path / "key"
     key_file.write_text("FILESECRET9\n")
-    config = parse(f'store_id = "s"\n[database]\ndsn = "postgresql://u:PGPASSWORD@h/db"\n'
-                   f'{TERMINAL}authkey_env = "LANE_KEY"\n'
-                   f'{TERMINAL.replace("lane-1", "lane-2")}authkey_file = "{key_file}"\n')
+    config = parse(
+        f'store_id = "s"\n[database]\ndsn = "postgresql://u:PGPASSWORD@h/db"\n'
+        f'{TERMINAL}authkey_env = "LANE_KEY"\n'
+        f'{TERMINAL.replace("lane-1", "lane-2")}authkey_file = "{key_file}"\n'
+    )
     assert config.terminals[0].authkey is not None and config.terminals[0].authkey.reveal() == "SUPERSECRET"
     assert config.terminals[1].authkey is not None and config.terminals[1].authkey.reveal() == "FILESECRET9"
     text = repr(config) + str(config)
@@ -72,13 +77,17 @@ def test_shipped_configs_are_valid() -> None:
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "gatewayd", "check-config", str(ROOT / "config" / "gatewayd.toml")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "check-config", str(ROOT / "config" / "gatewayd.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "lane-1" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('store_id = "s"\n[metrics]\nlisten = "127.0.0.1:9470"\nlisen = "x"\n')
-    result = subprocess.run([sys.executable, "-m", "gatewayd", "check-config", str(bad)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "check-config", str(bad)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert f"{bad}: metrics.lisen: unknown key" in result.stderr

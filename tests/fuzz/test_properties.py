@@ -42,9 +42,12 @@ from gatewayd.errors import ConfigError
 
 T = TypeVar("T")
 POLICY = CheckoutConfig()
-FUZZ = settings(max_examples=1000, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+FUZZ = settings(
+    max_examples=1000,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 
 # ------------------------------------------------------------------ the API request decoder
@@ -110,9 +113,14 @@ def check_accepted(request: CheckoutRequest) -> None:
             assert tender.amount > 0, tender
     assert sum(t.amount for t in request.tenders) == request.total
     assert change_due(request) >= 0
-    texts = [request.idempotency_key, request.currency, request.register_id, request.customer_id,
-             *(line.sku for line in request.lines),
-             *(t.terminal_id for t in request.tenders if isinstance(t, CardTender))]
+    texts = [
+        request.idempotency_key,
+        request.currency,
+        request.register_id,
+        request.customer_id,
+        *(line.sku for line in request.lines),
+        *(t.terminal_id for t in request.tenders if isinstance(t, CardTender)),
+    ]
     assert not any("\x00" in s for s in texts if s is not None), "PostgreSQL text cannot hold NUL"
 
 
@@ -125,32 +133,64 @@ def only_documented_outcomes(data: bytes) -> None:
 money: st.SearchStrategy[Any] = st.one_of(
     st.integers(min_value=-5, max_value=20_000),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([0, 1, 2**53, 2**53 + 1, POLICY.max_amount, POLICY.max_amount + 1, 10.0, 12.5, -0.0,
-                     "1000", True, None, [], {}]),
+    st.sampled_from(
+        [
+            0,
+            1,
+            2**53,
+            2**53 + 1,
+            POLICY.max_amount,
+            POLICY.max_amount + 1,
+            10.0,
+            12.5,
+            -0.0,
+            "1000",
+            True,
+            None,
+            [],
+            {},
+        ]
+    ),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 texts = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", "lane-1", "lane-2", "USD", "usd", "COFFEE-1KG", "a\x00b", "k" * 201, "réf", 7,
-                     None]),
+    st.sampled_from(
+        ["", "lane-1", "lane-2", "USD", "usd", "COFFEE-1KG", "a\x00b", "k" * 201, "réf", 7, None]
+    ),
 )
 line = st.fixed_dictionaries(
-    {}, optional={"sku": texts, "quantity": money, "unit_price": money, "colour": texts})
+    {}, optional={"sku": texts, "quantity": money, "unit_price": money, "colour": texts}
+)
 tender = st.fixed_dictionaries(
-    {}, optional={"type": st.sampled_from(["cash", "card", "bitcoin", "", 1, None]), "amount": money,
-                  "tendered": money, "terminal_id": texts, "tip": money})
+    {},
+    optional={
+        "type": st.sampled_from(["cash", "card", "bitcoin", "", 1, None]),
+        "amount": money,
+        "tendered": money,
+        "terminal_id": texts,
+        "tip": money,
+    },
+)
 any_json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: (st.lists(children, max_size=3)
-                      | st.dictionaries(st.text(max_size=6), children, max_size=3)),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=10,
 )
 checkout_shaped = st.fixed_dictionaries(
     {},
     optional={
-        "idempotency_key": texts, "lines": st.lists(line | any_json, max_size=4),
-        "tenders": st.lists(tender | any_json, max_size=4), "currency": texts, "tax": money,
-        "discount": money, "register_id": texts, "customer_id": texts, "surprise": any_json,
+        "idempotency_key": texts,
+        "lines": st.lists(line | any_json, max_size=4),
+        "tenders": st.lists(tender | any_json, max_size=4),
+        "currency": texts,
+        "tax": money,
+        "discount": money,
+        "register_id": texts,
+        "customer_id": texts,
+        "surprise": any_json,
     },
 )
 
@@ -161,7 +201,8 @@ def adding_up(draw: st.DrawFn) -> dict[str, Any]:
     sku = st.text(alphabet=string.ascii_uppercase + string.digits + "-", min_size=1, max_size=20)
     lines: list[dict[str, Any]] = [
         {"sku": draw(sku), "quantity": draw(st.integers(1, 5)), "unit_price": draw(st.integers(0, 100_000))}
-        for _ in range(draw(st.integers(1, 5)))]
+        for _ in range(draw(st.integers(1, 5)))
+    ]
     subtotal = sum(x["quantity"] * x["unit_price"] for x in lines)
     tax = draw(st.integers(0, 10_000))
     discount = draw(st.integers(0, subtotal + tax))
@@ -173,17 +214,33 @@ def adding_up(draw: st.DrawFn) -> dict[str, Any]:
         part = draw(st.integers(1, rest)) if len(card_parts) < 3 else rest
         card_parts.append(part)
         rest -= part
-    tenders: list[dict[str, Any]] = [{"type": "card", "amount": a, "terminal_id": f"lane-{i + 1}"}
-                                     for i, a in enumerate(card_parts)]
+    tenders: list[dict[str, Any]] = [
+        {"type": "card", "amount": a, "terminal_id": f"lane-{i + 1}"} for i, a in enumerate(card_parts)
+    ]
     if cash_part or not tenders:
         tendered = draw(st.none() | st.integers(cash_part, cash_part + 10_000))
-        tenders.insert(0, {"type": "cash", "amount": cash_part} | ({} if tendered is None else
-                                                                    {"tendered": tendered}))
-    return {"idempotency_key": draw(st.text(alphabet=string.ascii_letters + string.digits + "-_.:",
-                                            min_size=1, max_size=200)),
-            "lines": lines, "tenders": tenders, "tax": tax, "discount": discount,
-            **draw(st.fixed_dictionaries({}, optional={"register_id": sku, "customer_id": sku,
-                                                        "currency": st.sampled_from(["USD", "EUR", "CAD"])}))}
+        tenders.insert(
+            0, {"type": "cash", "amount": cash_part} | ({} if tendered is None else {"tendered": tendered})
+        )
+    return {
+        "idempotency_key": draw(
+            st.text(alphabet=string.ascii_letters + string.digits + "-_.:", min_size=1, max_size=200)
+        ),
+        "lines": lines,
+        "tenders": tenders,
+        "tax": tax,
+        "discount": discount,
+        **draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "register_id": sku,
+                    "customer_id": sku,
+                    "currency": st.sampled_from(["USD", "EUR", "CAD"]),
+                },
+            )
+        ),
+    }
 
 
 @FUZZ
@@ -225,8 +282,13 @@ def test_decoder_on_checkouts_that_add_up(value: dict[str, Any], spoil: str) -> 
 # ------------------------------------------------------------------ the config loader
 
 SECTIONS: dict[str, type[msgspec.Struct]] = {
-    "database": DatabaseConfig, "api": ApiConfig, "metrics": MetricsConfig, "health": HealthConfig,
-    "checkout": CheckoutConfig, "recovery": RecoveryConfig, "log": LogConfig,
+    "database": DatabaseConfig,
+    "api": ApiConfig,
+    "metrics": MetricsConfig,
+    "health": HealthConfig,
+    "checkout": CheckoutConfig,
+    "recovery": RecoveryConfig,
+    "log": LogConfig,
 }
 TOP_KEYS = [f.name for f in msgspec.structs.fields(Config) if f.name not in (*SECTIONS, "terminals")]
 TERMINAL_KEYS = [f.name for f in msgspec.structs.fields(TerminalConfig)]
@@ -243,10 +305,36 @@ toml_scalar = st.one_of(
     st.integers(min_value=-(2**64), max_value=2**64).map(str),
     st.floats().map(repr),
     st.booleans().map(lambda b: "true" if b else "false"),
-    st.sampled_from(['"127.0.0.1:9470"', '"127.0.0.1:²"', '"[::1]:0"', '":80"', '"host:99999"', '"0660"',
-                     '"sale"', '"json"', '"DEBUG"', '"http://127.0.0.1:1"', '"lane-1"', '"a\\u0000b"',
-                     '"/nonexistent/key"', '"NO_SUCH_ENV_VAR_X"', "1979-05-27T07:32:00Z", "[]", "{}",
-                     "[1, 2]", '{a = 1}', "0.5", "1e999", "-1", "0", "720", "721", "nan"]),
+    st.sampled_from(
+        [
+            '"127.0.0.1:9470"',
+            '"127.0.0.1:²"',
+            '"[::1]:0"',
+            '":80"',
+            '"host:99999"',
+            '"0660"',
+            '"sale"',
+            '"json"',
+            '"DEBUG"',
+            '"http://127.0.0.1:1"',
+            '"lane-1"',
+            '"a\\u0000b"',
+            '"/nonexistent/key"',
+            '"NO_SUCH_ENV_VAR_X"',
+            "1979-05-27T07:32:00Z",
+            "[]",
+            "{}",
+            "[1, 2]",
+            "{a = 1}",
+            "0.5",
+            "1e999",
+            "-1",
+            "0",
+            "720",
+            "721",
+            "nan",
+        ]
+    ),
 )
 toml_value = st.one_of(toml_scalar, st.text(max_size=8))  # sometimes not TOML at all
 
@@ -254,8 +342,9 @@ toml_value = st.one_of(toml_scalar, st.text(max_size=8))  # sometimes not TOML a
 @st.composite
 def toml_documents(draw: st.DrawFn) -> tuple[str, str]:
     """A config made of real keys with random values; the authkey is a recognisable secret."""
-    secret = SECRET_PREFIX + draw(st.text(alphabet=string.ascii_letters + string.digits,
-                                          min_size=8, max_size=16))
+    secret = SECRET_PREFIX + draw(
+        st.text(alphabet=string.ascii_letters + string.digits, min_size=8, max_size=16)
+    )
     out: list[str] = []
     if draw(st.booleans()):
         out.append(f"store_id = {draw(st.sampled_from(STORE_IDS))}")
@@ -310,10 +399,16 @@ def test_config_on_arbitrary_bytes(data: bytes) -> None:
 
 @FUZZ
 @given(toml_documents())
-@example(('store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://x"\ntpn = "T1"\n'
-          'authkey_file = "a\\u0000b"\n', "unused-" + secrets.token_hex(4)))  # NUL in a path
-@example(('store_id = "s"\n[api]\ntcp_listen = "127.0.0.1:1"\ntcp_token = "SeCrEtVaLuE123"\n',
-          "SeCrEtVaLuE123"))
+@example(
+    (
+        'store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://x"\ntpn = "T1"\n'
+        'authkey_file = "a\\u0000b"\n',
+        "unused-" + secrets.token_hex(4),
+    )
+)  # NUL in a path
+@example(
+    ('store_id = "s"\n[api]\ntcp_listen = "127.0.0.1:1"\ntcp_token = "SeCrEtVaLuE123"\n', "SeCrEtVaLuE123")
+)
 def test_config_on_real_keys_with_random_values(document: tuple[str, str]) -> None:
     text, secret = document
     only_config_errors(text, secret)
@@ -323,8 +418,10 @@ def test_config_secret_file_that_is_not_text(tmp_path: Path) -> None:
     """A key file holding binary junk is a ConfigError naming the key, and shows none of its bytes."""
     key_file = tmp_path / "lane-1.key"
     key_file.write_bytes(b"\xffSeCrEt\xfe\x00")
-    text = ('store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://127.0.0.1:1"\ntpn = "T1"\n'
-            f'authkey_file = "{key_file}"\n')
+    text = (
+        'store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://127.0.0.1:1"\ntpn = "T1"\n'
+        f'authkey_file = "{key_file}"\n'
+    )
     with pytest.raises(ConfigError) as info:
         parse(text, "store.toml")
     assert "terminals[0].authkey_file" in str(info.value)

@@ -36,8 +36,13 @@ from tests.harness import Gateway, running_gateway
 
 BASE_URL = "http://gatewayd"
 SEED = 20_240_607
-ALLOWED_5XX = {(503, "terminal_offline"), (503, "terminal_busy"), (503, "database_unavailable"),
-               (504, "outcome_pending"), (503, "terminal_misconfigured")}
+ALLOWED_5XX = {
+    (503, "terminal_offline"),
+    (503, "terminal_busy"),
+    (503, "database_unavailable"),
+    (504, "outcome_pending"),
+    (503, "terminal_misconfigured"),
+}
 SLOW_CENTS = {52, 53, 55, 57, 58}  # the simulator's slow or lost answers (seconds each)
 # (positive, negative) cases per operation; an operation without parameters has one possible case
 BUDGET: dict[str, tuple[int, int]] = {"POST /v1/checkouts": (450, 250)}
@@ -60,8 +65,10 @@ class Sent:
     payload: bytes
 
     def describe(self) -> str:
-        return (f"{self.label}: {self.method} {self.url[:300]} body={(self.body or b'')[:300]!r} -> "
-                f"{self.status} {self.content_type} {self.payload[:300]!r}")
+        return (
+            f"{self.label}: {self.method} {self.url[:300]} body={(self.body or b'')[:300]!r} -> "
+            f"{self.status} {self.content_type} {self.payload[:300]!r}"
+        )
 
 
 # ------------------------------------------------------------------ generation
@@ -87,11 +94,21 @@ def steer_checkout(body: dict[str, Any], lanes: int) -> dict[str, Any]:
             cash_seen = True
             tenders.append({"type": "cash", "amount": _steer_amount(tender.get("amount"))})
         else:
-            tenders.append({"type": "card", "amount": _steer_amount(tender.get("amount")),
-                            "terminal_id": f"lane-{i % lanes + 1}"})
+            tenders.append(
+                {
+                    "type": "card",
+                    "amount": _steer_amount(tender.get("amount")),
+                    "terminal_id": f"lane-{i % lanes + 1}",
+                }
+            )
     lines: list[dict[str, Any]] = [
-        {"sku": line.get("sku") or "SKU", "quantity": _int(line.get("quantity")) % 3 + 1,
-         "unit_price": _int(line.get("unit_price")) % 5_000} for line in body.get("lines", [])[:5]]
+        {
+            "sku": line.get("sku") or "SKU",
+            "quantity": _int(line.get("quantity")) % 3 + 1,
+            "unit_price": _int(line.get("unit_price")) % 5_000,
+        }
+        for line in body.get("lines", [])[:5]
+    ]
     paid = sum(t["amount"] for t in tenders)
     subtotal = sum(x["quantity"] * x["unit_price"] for x in lines)
     tax, discount = (paid - subtotal, 0) if subtotal <= paid else (0, subtotal - paid)
@@ -109,8 +126,14 @@ def collect(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
     found: list[Any] = []
 
     @seed(SEED)
-    @settings(max_examples=count, deadline=None, database=None, derandomize=False,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def draw(value: Any) -> None:
         found.append(value)
@@ -122,8 +145,9 @@ def collect(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
     return found
 
 
-def generate(schema: Any, lanes: int, *, path_parameters: dict[str, Any] | None = None,
-             only: set[str] | None = None) -> list[tuple[str, Any]]:
+def generate(
+    schema: Any, lanes: int, *, path_parameters: dict[str, Any] | None = None, only: set[str] | None = None
+) -> list[tuple[str, Any]]:
     """(label, case) for every operation and generation mode, within the budget."""
     cases: list[tuple[str, Any]] = []
     for result in schema.get_all_operations():
@@ -131,8 +155,9 @@ def generate(schema: Any, lanes: int, *, path_parameters: dict[str, Any] | None 
         name = f"{operation.method.upper()} {operation.path}"
         if only is not None and name not in only:
             continue
-        for mode, count in zip((GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
-                               BUDGET.get(name, DEFAULT_BUDGET), strict=True):
+        for mode, count in zip(
+            (GenerationMode.POSITIVE, GenerationMode.NEGATIVE), BUDGET.get(name, DEFAULT_BUDGET), strict=True
+        ):
             strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
             if mode is GenerationMode.POSITIVE and name == "POST /v1/checkouts":
                 strategy = st.tuples(strategy, st.booleans()).map(lambda pair: _steered(*pair, lanes))
@@ -152,17 +177,26 @@ def _with_body(change: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def apply(case: Any) -> Any:
         case.body = change(case.body)
         return case
+
     return apply
 
 
 def wire_request(case: Any) -> tuple[str, str, dict[str, Any], Any]:
     """The exact request schemathesis' requests transport would send: method, URL, headers, body."""
     kwargs = case.as_transport_kwargs(base_url=BASE_URL)
-    prepared = requests.Request(method=kwargs["method"], url=kwargs["url"], headers=kwargs["headers"],
-                                params=kwargs.get("params"), json=kwargs.get("json"),
-                                data=kwargs.get("data")).prepare()
-    headers = {k: v for k, v in prepared.headers.items()
-               if k.lower() not in ("connection", "content-length", "accept-encoding")}
+    prepared = requests.Request(
+        method=kwargs["method"],
+        url=kwargs["url"],
+        headers=kwargs["headers"],
+        params=kwargs.get("params"),
+        json=kwargs.get("json"),
+        data=kwargs.get("data"),
+    ).prepare()
+    headers = {
+        k: v
+        for k, v in prepared.headers.items()
+        if k.lower() not in ("connection", "content-length", "accept-encoding")
+    }
     body = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
     assert prepared.url is not None and prepared.method is not None
     return prepared.method, prepared.url, headers, body
@@ -186,8 +220,10 @@ def _answer_shape(sent: Sent) -> type[Any] | None:
     path = URL(sent.url, encoded=True).path
     if sent.method == "POST" and path == "/v1/checkouts":
         return CheckoutView if sent.status == 200 else CheckoutWithError if sent.status == 402 else None
-    if sent.status == 200 and (re.fullmatch(r"/v1/checkouts/[^/]+(/void|/refunds)?", path)
-                               or (sent.method == "GET" and path == "/v1/checkouts")):
+    if sent.status == 200 and (
+        re.fullmatch(r"/v1/checkouts/[^/]+(/void|/refunds)?", path)
+        or (sent.method == "GET" and path == "/v1/checkouts")
+    ):
         return CheckoutView
     if sent.status == 200 and path == "/v1/health":
         return HealthView
@@ -245,16 +281,27 @@ async def test_openapi_contract_over_the_unix_socket(gw: Gateway, session: aioht
 
     sent = await send_all(session, generate(schema, lanes))
     # then refunds, and after them voids, on checkouts that really completed with a card
-    completed = [body["id"] for body in (msgspec.json.decode(s.payload) for s in sent
-                                         if s.label.startswith("POST /v1/checkouts [") and s.status == 200)
-                 if any(t["type"] == "card" for t in body["tenders"])][:REVERSED]
+    completed = [
+        body["id"]
+        for body in (
+            msgspec.json.decode(s.payload)
+            for s in sent
+            if s.label.startswith("POST /v1/checkouts [") and s.status == 200
+        )
+        if any(t["type"] == "card" for t in body["tenders"])
+    ][:REVERSED]
     assert len(completed) == REVERSED, "too few generated card checkouts completed: is the steering broken?"
     # half of them get refunds, the other half voids (a refunded checkout cannot be voided)
     half = len(completed) // 2
-    for targets, operations in ((completed[:half], {"POST /v1/checkouts/{id}/refunds", "GET /v1/checkouts/{id}"}),
-                                (completed[half:], {"POST /v1/checkouts/{id}/void"})):
-        cases = [c for checkout_id in targets
-                 for c in generate(schema, lanes, path_parameters={"id": checkout_id}, only=operations)]
+    for targets, operations in (
+        (completed[:half], {"POST /v1/checkouts/{id}/refunds", "GET /v1/checkouts/{id}"}),
+        (completed[half:], {"POST /v1/checkouts/{id}/void"}),
+    ):
+        cases = [
+            c
+            for checkout_id in targets
+            for c in generate(schema, lanes, path_parameters={"id": checkout_id}, only=operations)
+        ]
         sent += await send_all(session, cases)
 
     assert len(sent) >= MIN_REQUESTS, len(sent)
@@ -263,8 +310,11 @@ async def test_openapi_contract_over_the_unix_socket(gw: Gateway, session: aioht
 
     statuses = {s.status for s in sent}
     assert {200, 400, 404} <= statuses, statuses  # the run reached both the happy and the refusing paths
-    reversals = {s.url.rsplit("/", 1)[1] for s in sent if s.status == 200 and s.method == "POST"
-                 and s.url.endswith(("/refunds", "/void"))}
+    reversals = {
+        s.url.rsplit("/", 1)[1]
+        for s in sent
+        if s.status == 200 and s.method == "POST" and s.url.endswith(("/refunds", "/void"))
+    }
     assert reversals == {"refunds", "void"}, "no generated refund or void went through"
 
     health = await gw.client.health()

@@ -57,7 +57,9 @@ class NotifySocket:
         raise AssertionError(f"{text!r} never arrived: {self.messages}")
 
 
-async def test_notify_watchdog_and_stopping(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_notify_watchdog_and_stopping(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
@@ -81,13 +83,23 @@ async def test_socket_activation_with_a_passed_fd(store: Store, tmp_path: Path) 
     listener.bind(str(path))
     listener.listen(16)
     config = store.config()
-    script = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
-              "os.execv(sys.executable, [sys.executable, '-m', 'gatewayd', 'run', '--config', sys.argv[2]])")
+    script = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'gatewayd', 'run', '--config', sys.argv[2]])"
+    )
     env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "api"}
     with open(tmp_path / "activated.log", "wb") as log:  # noqa: ASYNC230 - the child keeps its own fd
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, str(listener.fileno()), str(config), pass_fds=(listener.fileno(),),
-            env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-c",
+            script,
+            str(listener.fileno()),
+            str(config),
+            pass_fds=(listener.fileno(),),
+            env=env,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     listener.close()
     try:
         for _ in range(200):
@@ -100,7 +112,8 @@ async def test_socket_activation_with_a_passed_fd(store: Store, tmp_path: Path) 
         async with GatewayClient(str(path)) as client:
             answer = await client.checkout(order(card(1000)))
             assert answer.status == 200, answer.body
-        assert not Path(str(config).replace(".toml", ".sock")).exists(), "the configured socket was not used"
+        configured = Path(str(config).replace(".toml", ".sock"))
+        assert not await asyncio.to_thread(configured.exists), "the configured socket was not used"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -73,11 +74,15 @@ async def test_metric_values_after_known_traffic(gw: Gateway) -> None:
     await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
+)
 async def test_promtool_accepts_a_real_scrape(gw: Gateway) -> None:
     assert (await gw.checkout(card(1000))).status == 200
     _, text = await _get(_url(gw) + "/metrics")
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    result = await asyncio.to_thread(
+        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -121,15 +121,21 @@ def _promtool() -> str:
 
 
 def test_promtool_check_rules() -> None:
-    result = subprocess.run([_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_promtool_unit_tests() -> None:
-    result = subprocess.run([_promtool(), "test", "rules", str(ALERTS_TEST)], capture_output=True,
-                            text=True, timeout=120, cwd=PROM)
+    result = subprocess.run(
+        [_promtool(), "test", "rules", str(ALERTS_TEST)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROM,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -160,9 +166,15 @@ def test_alert_metrics_are_exported(alerts_text: str) -> None:
 def test_every_alert_is_documented(alerts_text: str) -> None:
     blocks = alert_blocks(alerts_text)
     expected = {
-        "GatewaydDown", "GatewaydDatabaseDown", "GatewaydTerminalDown", "GatewaydTendersUnresolved",
-        "GatewaydOrphanedPayments", "GatewaydCheckoutFailureRateCritical", "GatewaydCheckoutFailureRateHigh",
-        "GatewaydCheckoutFailureRateElevated", "GatewaydCheckoutSlow",
+        "GatewaydDown",
+        "GatewaydDatabaseDown",
+        "GatewaydTerminalDown",
+        "GatewaydTendersUnresolved",
+        "GatewaydOrphanedPayments",
+        "GatewaydCheckoutFailureRateCritical",
+        "GatewaydCheckoutFailureRateHigh",
+        "GatewaydCheckoutFailureRateElevated",
+        "GatewaydCheckoutSlow",
     }
     assert expected <= set(blocks), expected - set(blocks)
     headings = {github_anchor(m) for m in re.findall(r"(?m)^#{1,6}\s+(.+)$", OPERATIONS.read_text())}
@@ -191,7 +203,7 @@ def test_thresholds(alerts_text: str) -> None:
     assert "histogram_quantile(0.95" in blocks["GatewaydCheckoutSlow"]
     assert "[10m]" in blocks["GatewaydCheckoutSlow"] and ") > 15" in blocks["GatewaydCheckoutSlow"]
     # the failure rate ignores the POS's own mistakes
-    assert alerts_text.count('validation_error|idempotency_conflict') >= 2
+    assert alerts_text.count("validation_error|idempotency_conflict") >= 2
 
 
 def test_every_alert_is_tested_firing_and_quiet(alerts_text: str) -> None:
@@ -238,19 +250,24 @@ REQUIRED_PANELS = {
     "queue depth": lambda e: "gatewayd_terminal_queue_depth" in e,
     "checkouts by outcome rate": lambda e: "by (outcome)" in e and "rate(gatewayd_checkouts_total" in e,
     "failure rate": lambda e: "gatewayd_checkouts_total" in e and '"completed|' in e and "/" in e,
-    "checkout p95": lambda e: "histogram_quantile(0.95" in e
-    and "gatewayd_checkout_duration_seconds_bucket" in e,
+    "checkout p95": lambda e: (
+        "histogram_quantile(0.95" in e and "gatewayd_checkout_duration_seconds_bucket" in e
+    ),
     "tenders unresolved": lambda e: "gatewayd_tenders_unresolved" in e,
     "orphans": lambda e: "gatewayd_orphaned_payments" in e,
     "database up": lambda e: "gatewayd_database_up" in e,
     "database pool": lambda e: "gatewayd_database_pool_in_use" in e,
-    "terminal request latency": lambda e: "histogram_quantile" in e
-    and "gatewayd_terminal_request_duration_seconds_bucket" in e,
+    "terminal request latency": lambda e: (
+        "histogram_quantile" in e and "gatewayd_terminal_request_duration_seconds_bucket" in e
+    ),
 }
 
 
 @pytest.mark.parametrize("topic", sorted(REQUIRED_PANELS))
 def test_dashboard_has_panel(dashboard: Dashboard, topic: str) -> None:
-    matches = [p["title"] for p in dashboard["panels"]
-               if any(REQUIRED_PANELS[topic](t.get("expr", "")) for t in p.get("targets", []))]
+    matches = [
+        p["title"]
+        for p in dashboard["panels"]
+        if any(REQUIRED_PANELS[topic](t.get("expr", "")) for t in p.get("targets", []))
+    ]
     assert matches, f"no panel shows {topic}"

@@ -127,10 +127,24 @@ def test_credentials_match_the_example_config(service: Unit) -> None:
 def test_hardening(service: Unit) -> None:
     s = service["Service"]
     expected_yes = [
-        "NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateUsers", "PrivateIPC",
-        "ProtectHostname", "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules",
-        "ProtectKernelLogs", "ProtectControlGroups", "RestrictNamespaces", "RestrictRealtime",
-        "RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute", "RemoveIPC",
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateUsers",
+        "PrivateIPC",
+        "ProtectHostname",
+        "ProtectClock",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "RestrictNamespaces",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+        "RemoveIPC",
     ]
     for key in expected_yes:
         assert s.get(key) == ["yes"], f"{key}= should be yes, is {s.get(key)}"
@@ -216,14 +230,19 @@ def test_sysusers_and_tmpfiles_apply(tmp_path: Path) -> None:
     if not (shutil.which("systemd-sysusers") and shutil.which("systemd-tmpfiles")):
         pytest.skip("systemd-sysusers/systemd-tmpfiles not installed (apt-get install systemd)")
     (tmp_path / "etc").mkdir()
-    subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], check=True, capture_output=True, timeout=30
+    )
     passwd = (tmp_path / "etc" / "passwd").read_text()
     group = (tmp_path / "etc" / "group").read_text()
     assert passwd.startswith("gatewayd:") or "\ngatewayd:" in passwd
     assert "gatewayd-pos:" in group
-    result = subprocess.run(["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(TMPFILES)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(TMPFILES)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     uid = int(next(line for line in passwd.splitlines() if line.startswith("gatewayd:")).split(":")[2])
     keys = (tmp_path / "etc" / "gatewayd" / "keys").stat()
@@ -244,8 +263,9 @@ def _analyze() -> str:
 
 def test_security_exposure() -> None:
     tool = _analyze()
-    result = subprocess.run([tool, "security", "--offline=true", str(SERVICE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool, "security", "--offline=true", str(SERVICE)], capture_output=True, text=True, timeout=60
+    )
     out = result.stdout + result.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", out)
     assert match, out[-2000:]
@@ -261,8 +281,12 @@ def test_verify_is_clean(tmp_path: Path) -> None:
     text = re.sub(r"(?m)^ExecStopPost=.*$", "ExecStopPost=-/bin/true", text)
     (tmp_path / SERVICE.name).write_text(text)
     shutil.copy(SOCKET, tmp_path / SOCKET.name)
-    result = subprocess.run([tool, "verify", str(tmp_path / SERVICE.name), str(tmp_path / SOCKET.name)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool, "verify", str(tmp_path / SERVICE.name), str(tmp_path / SOCKET.name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     ours = [line for line in (result.stdout + result.stderr).splitlines() if "gatewayd" in line]
     assert result.returncode == 0 and not ours, result.stdout + result.stderr
 
@@ -270,8 +294,9 @@ def test_verify_is_clean(tmp_path: Path) -> None:
 def test_verify_complains_only_about_the_binary() -> None:
     """The real unit: the only complaint allowed is /usr/bin/gatewayd missing on this machine."""
     tool = _analyze()
-    result = subprocess.run([tool, "verify", str(SERVICE), str(SOCKET)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool, "verify", str(SERVICE), str(SOCKET)], capture_output=True, text=True, timeout=60
+    )
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "gatewayd" in line]
     other = [line for line in lines if "/usr/bin/gatewayd" not in line]
     assert not other, "\n".join(other)

@@ -123,7 +123,9 @@ async def test_killed_while_terminal_offline_resolves_when_back(store: Store) ->
     restarted = await DaemonProcess(config).start()
     try:
         await asyncio.sleep(2.5)
-        states = await store.fetch("SELECT status FROM payment_transactions WHERE store_id = $1", store.store_id)
+        states = await store.fetch(
+            "SELECT status FROM payment_transactions WHERE store_id = $1", store.store_id
+        )
         assert [r["status"] for r in states] in (["processing"], ["unknown"])
         await store.sim_post(f"/_sim/terminals/{store.tpns['lane-1']}/online")
         await _assert_final_and_clean(store, restarted, body)
@@ -141,8 +143,10 @@ async def test_two_daemons_recover_at_once_without_doing_anything_twice(store: S
     async with crashed.client() as client:
         posts = [asyncio.ensure_future(client.checkout(b)) for b in bodies]
         for _ in range(100):
-            rows = await store.fetch("SELECT count(*) FROM payment_transactions WHERE store_id = $1"
-                                     " AND status = 'processing'", store.store_id)
+            rows = await store.fetch(
+                "SELECT count(*) FROM payment_transactions WHERE store_id = $1 AND status = 'processing'",
+                store.store_id,
+            )
             if rows[0][0] == len(bodies):
                 break
             await asyncio.sleep(0.1)
@@ -156,7 +160,9 @@ async def test_two_daemons_recover_at_once_without_doing_anything_twice(store: S
         await store.quiescent()
         claims = await store.fetch(
             "SELECT order_id, count(*) AS n FROM audit_events WHERE store_id = $1 AND kind = 'recovery.claimed'"
-            " GROUP BY order_id", store.store_id)
+            " GROUP BY order_id",
+            store.store_id,
+        )
         assert len(claims) == len(bodies)
         assert {r["n"] for r in claims} == {1}
         statuses = await store.fetch("SELECT status FROM orders WHERE store_id = $1", store.store_id)

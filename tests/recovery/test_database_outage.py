@@ -37,9 +37,13 @@ async def test_database_crash_during_checkout(own_pg: EmbeddedPostgres, tmp_path
         daemon = await DaemonProcess(store.config(extra="[recovery]\ninterval_s = 1\n")).start()
         try:
             async with daemon.client() as client:
-                body = order(cash(500), card(2055, "lane-1"),  # 55: the terminal takes 2 s to approve
-                             lines=[{"sku": "MUG", "quantity": 1, "unit_price": 2555}], customer_id="c1",
-                             register_id="r1")
+                body = order(
+                    cash(500),
+                    card(2055, "lane-1"),  # 55: the terminal takes 2 s to approve
+                    lines=[{"sku": "MUG", "quantity": 1, "unit_price": 2555}],
+                    customer_id="c1",
+                    register_id="r1",
+                )
                 pending = asyncio.ensure_future(client.checkout(body))
                 await asyncio.sleep(0.8)  # the intent is recorded, the card is being charged
                 port = own_pg.port

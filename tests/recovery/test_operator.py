@@ -22,15 +22,27 @@ async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gatewayd", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gatewayd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 
 
 async def _sim_sale(gw: Gateway, tpn: str, ref: str, amount: str) -> None:
-    body = {"Tpn": tpn, "Authkey": "X", "Amount": amount, "PaymentType": "Credit", "ReferenceId": ref,
-            "SPInProxyTimeout": 5}
+    body = {
+        "Tpn": tpn,
+        "Authkey": "X",
+        "Amount": amount,
+        "PaymentType": "Credit",
+        "ReferenceId": ref,
+        "SPInProxyTimeout": 5,
+    }
     async with aiohttp.ClientSession() as s, s.post(gw.sim.url + "/v2/Payment/Sale", json=body) as resp:
         assert resp.status == 200
 
@@ -61,18 +73,27 @@ async def test_reconcile_finds_both_ways(gw: Gateway) -> None:
     # The terminal's batch loses one charge (as if settled elsewhere): void it behind gatewayd's back.
     ref_lost = lost.body["tenders"][0]["reference_id"]
     async with aiohttp.ClientSession() as s:
-        await s.post(gw.sim.url + "/v2/Payment/Void", json={"Tpn": gw.tpns["lane-1"], "Authkey": "X",
-                                                             "ReferenceId": ref_lost, "SPInProxyTimeout": 5})
-    await gw.fetch("UPDATE payment_transactions SET amount = 1501, approved_amount = 1501 WHERE store_id = $1"
-                   " AND reference_id = $2", gw.store_id, ok.body["tenders"][0]["reference_id"])
+        await s.post(
+            gw.sim.url + "/v2/Payment/Void",
+            json={"Tpn": gw.tpns["lane-1"], "Authkey": "X", "ReferenceId": ref_lost, "SPInProxyTimeout": 5},
+        )
+    await gw.fetch(
+        "UPDATE payment_transactions SET amount = 1501, approved_amount = 1501 WHERE store_id = $1"
+        " AND reference_id = $2",
+        gw.store_id,
+        ok.body["tenders"][0]["reference_id"],
+    )
     answer = await gw.client.reconcile("lane-1")
     assert answer.status == 200, answer.body
     body = answer.body
     assert [d["reference_id"] for d in body["missing_in_db"]] == [stranger]
     assert [d["reference_id"] for d in body["status_mismatch"]] == [ref_lost]
     assert [d["reference_id"] for d in body["amount_mismatch"]] == [ok.body["tenders"][0]["reference_id"]]
-    assert all(d["suggested_action"] for k in ("missing_in_db", "status_mismatch", "amount_mismatch")
-               for d in body[k])
+    assert all(
+        d["suggested_action"]
+        for k in ("missing_in_db", "status_mismatch", "amount_mismatch")
+        for d in body[k]
+    )
     code, out = await cli("reconcile", "--socket", gw.daemon.config.api.socket, "--terminal", "lane-1")
     assert code == 3 and stranger in out
 
@@ -84,10 +105,14 @@ async def test_reconcile_missing_at_terminal_after_settlement(gw: Gateway) -> No
     later = await gw.checkout(card(1800, "lane-2"))
     assert later.status == 200
     async with aiohttp.ClientSession() as s:  # the terminal settles on its own, behind gatewayd's back
-        await s.post(gw.sim.url + "/v2/Payment/Settle", json={"Tpn": gw.tpns["lane-2"], "Authkey": "X",
-                                                               "ReferenceId": "S1", "SPInProxyTimeout": 5})
+        await s.post(
+            gw.sim.url + "/v2/Payment/Settle",
+            json={"Tpn": gw.tpns["lane-2"], "Authkey": "X", "ReferenceId": "S1", "SPInProxyTimeout": 5},
+        )
     body = (await gw.client.reconcile("lane-2")).body
-    assert [d["reference_id"] for d in body["missing_at_terminal"]] == [later.body["tenders"][0]["reference_id"]]
+    assert [d["reference_id"] for d in body["missing_at_terminal"]] == [
+        later.body["tenders"][0]["reference_id"]
+    ]
     assert answer.body["tenders"][0]["reference_id"] not in json.dumps(body)
 
 
@@ -107,9 +132,20 @@ async def test_cleanup_and_report_straight_to_the_database(gw: Gateway) -> None:
         """INSERT INTO orders (store_id, id, order_number, status, idempotency_key, request_hash, subtotal,
                                total, currency, created_at)
            VALUES ($1, $2, 'OLD1', 'pending_payment', 'old-1', 'h', 0, 0, 'USD', now() - interval '1 hour')""",
-        gw.store_id, uuid.uuid4())
-    code, out = await cli("cleanup", "--older-than", "30m", "--socket", "/nonexistent.sock",
-                          "--dsn", gw.dsn, "--store", gw.store_id)
+        gw.store_id,
+        uuid.uuid4(),
+    )
+    code, out = await cli(
+        "cleanup",
+        "--older-than",
+        "30m",
+        "--socket",
+        "/nonexistent.sock",
+        "--dsn",
+        gw.dsn,
+        "--store",
+        gw.store_id,
+    )
     assert code == 0 and "cancelled 1" in out, out
     await gw.checkout(card(2100))
     code, out = await cli("report", "--dsn", gw.dsn, "--store", gw.store_id)

@@ -9,20 +9,41 @@ import asyncpg
 
 from gatewayd.store import migrate
 
-TABLES = {"payment_processors", "orders", "order_items", "inventory", "loyalty_accounts", "loyalty_ledger",
-          "register_sessions", "payment_transactions", "audit_events", "refunds", "schema_migrations"}
+TABLES = {
+    "payment_processors",
+    "orders",
+    "order_items",
+    "inventory",
+    "loyalty_accounts",
+    "loyalty_ledger",
+    "register_sessions",
+    "payment_transactions",
+    "audit_events",
+    "refunds",
+    "schema_migrations",
+}
 FUNCTIONS = {"find_orphaned_payments", "cleanup_stale_pending_orders"}
-VIEWS = {"payment_success_last_hour", "order_completion_last_hour", "terminal_health_summary",
-         "terminal_success_rate_7d", "stuck_orders"}
+VIEWS = {
+    "payment_success_last_hour",
+    "order_completion_last_hour",
+    "terminal_health_summary",
+    "terminal_success_rate_7d",
+    "stuck_orders",
+}
 
 
 async def _catalog(dsn: str) -> tuple[set[str], set[str], set[str]]:
     conn = await asyncpg.connect(dsn)
     try:
-        tables = {r[0] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        functions = {r[0] for r in await conn.fetch(
-            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")}
+        tables = {
+            r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        functions = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+            )
+        }
         views = {r[0] for r in await conn.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
         return tables, functions, views
     finally:
@@ -31,8 +52,13 @@ async def _catalog(dsn: str) -> tuple[set[str], set[str], set[str]]:
 
 async def _run_cli(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        sys.executable,
+        "-m",
+        "gatewayd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 
@@ -63,7 +89,9 @@ async def test_migrations_are_rerunnable_sql(empty_dsn: str) -> None:
 
 
 async def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
-    results = await asyncio.gather(_run_cli("migrate", "--dsn", empty_dsn), _run_cli("migrate", "--dsn", empty_dsn))
+    results = await asyncio.gather(
+        _run_cli("migrate", "--dsn", empty_dsn), _run_cli("migrate", "--dsn", empty_dsn)
+    )
     assert [code for code, _ in results] == [0, 0], results
     outputs = "".join(out for _, out in results)
     assert outputs.count("applied 001_schema") == 1

@@ -54,7 +54,9 @@ async def test_idempotency_keys_unique_per_store(conn: asyncpg.Connection, store
 
 
 async def test_reserved_never_above_on_hand(conn: asyncpg.Connection, store_id: str) -> None:
-    await conn.execute("INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 5, 5)", store_id)
+    await conn.execute(
+        "INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 5, 5)", store_id
+    )
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("UPDATE inventory SET reserved = 6 WHERE store_id = $1", store_id)
     with pytest.raises(asyncpg.CheckViolationError):
@@ -87,7 +89,9 @@ async def test_find_orphaned_payments(conn: asyncpg.Connection, store_id: str) -
 
 async def test_cleanup_cancels_stale_pending_and_releases(conn: asyncpg.Connection, store_id: str) -> None:
     await rows.terminal(conn, store_id)
-    await conn.execute("INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 10, 7)", store_id)
+    await conn.execute(
+        "INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 10, 7)", store_id
+    )
     stale = await rows.order(conn, store_id, minutes_old=30)
     await rows.item(conn, store_id, stale, "A", 3)
     await rows.tender(conn, store_id, stale, status="pending")
@@ -99,14 +103,20 @@ async def test_cleanup_cancels_stale_pending_and_releases(conn: asyncpg.Connecti
         await rows.item(conn, store_id, risky[status], "A", 0 + 1)
         await rows.tender(conn, store_id, risky[status], status=status)
     assert await conn.fetchval("SELECT cleanup_stale_pending_orders(15)") >= 1
-    statuses = {r["id"]: r["status"] for r in await conn.fetch(
-        "SELECT id, status FROM orders WHERE store_id = $1", store_id)}
+    statuses = {
+        r["id"]: r["status"]
+        for r in await conn.fetch("SELECT id, status FROM orders WHERE store_id = $1", store_id)
+    }
     assert statuses[stale] == "cancelled"
     assert statuses[fresh] == "pending_payment"
     assert {statuses[o] for o in risky.values()} == {"pending_payment"}
     assert await conn.fetchval("SELECT reserved FROM inventory WHERE store_id = $1", store_id) == 4
-    assert await conn.fetchval(
-        "SELECT status FROM payment_transactions WHERE store_id = $1 AND order_id = $2", store_id, stale) == "failed"
+    assert (
+        await conn.fetchval(
+            "SELECT status FROM payment_transactions WHERE store_id = $1 AND order_id = $2", store_id, stale
+        )
+        == "failed"
+    )
     assert await conn.fetchval("SELECT cleanup_stale_pending_orders(15, $1)", store_id) == 0
 
 
@@ -115,15 +125,23 @@ async def test_monitoring_views(conn: asyncpg.Connection, store_id: str) -> None
     await rows.terminal(conn, store_id, "lane-2", "Lane 2")
     for status in ("approved", "approved", "approved", "declined"):
         await rows.tender(conn, store_id, await rows.order(conn, store_id, status="completed"), status=status)
-    await rows.tender(conn, store_id, await rows.order(conn, store_id), status="approved", terminal_id="lane-2")
-    rate = {r["status"]: (r["count"], float(r["percentage"])) for r in await conn.fetch(
-        "SELECT * FROM payment_success_last_hour WHERE store_id = $1", store_id)}
+    await rows.tender(
+        conn, store_id, await rows.order(conn, store_id), status="approved", terminal_id="lane-2"
+    )
+    rate = {
+        r["status"]: (r["count"], float(r["percentage"]))
+        for r in await conn.fetch("SELECT * FROM payment_success_last_hour WHERE store_id = $1", store_id)
+    }
     assert rate == {"approved": (4, 80.0), "declined": (1, 20.0)}
-    by_terminal = {r["terminal_id"]: float(r["success_rate"]) for r in await conn.fetch(
-        "SELECT * FROM terminal_success_rate_7d WHERE store_id = $1", store_id)}
+    by_terminal = {
+        r["terminal_id"]: float(r["success_rate"])
+        for r in await conn.fetch("SELECT * FROM terminal_success_rate_7d WHERE store_id = $1", store_id)
+    }
     assert by_terminal == {"lane-1": 75.0, "lane-2": 100.0}
-    completion = {r["status"]: r["count"] for r in await conn.fetch(
-        "SELECT * FROM order_completion_last_hour WHERE store_id = $1", store_id)}
+    completion = {
+        r["status"]: r["count"]
+        for r in await conn.fetch("SELECT * FROM order_completion_last_hour WHERE store_id = $1", store_id)
+    }
     assert completion == {"completed": 4, "pending_payment": 1}
     health = await conn.fetch("SELECT * FROM terminal_health_summary WHERE store_id = $1", store_id)
     assert {r["processor_name"] for r in health} == {"Lane 1", "Lane 2"}

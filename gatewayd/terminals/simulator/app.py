@@ -114,8 +114,9 @@ def _proxy_timeout_s(body: dict[str, Any]) -> float:
         return 120.0
 
 
-async def _card_op(request: web.Request, term: Terminal, op: str, ref: str, amount: int,
-                   proxy_timeout_s: float = 120.0) -> web.Response:
+async def _card_op(
+    request: web.Request, term: Terminal, op: str, ref: str, amount: int, proxy_timeout_s: float = 120.0
+) -> web.Response:
     """One card transaction. Like the real proxy, its outcome is decided by SPInProxyTimeout:
     a terminal slower than that is answered 2007 with the transaction recorded as it ended."""
     config = request.app[CONFIG_KEY]
