@@ -39,7 +39,10 @@ class TerminalStore:
         )
 
     async def write_health(self, rows: Sequence[tuple[str, str, datetime, str | None]]) -> None:
-        """One statement for a whole sweep: (terminal id, state, checked at, error)."""
+        """One statement for a whole sweep: (terminal id, state, checked at, error).
+
+        A row older than what is stored (a sweep that finished after a newer check) is ignored.
+        """
         if not rows:
             return
         await self.db.run(
@@ -49,7 +52,8 @@ class TerminalStore:
                       last_health_error = h.error, updated_at = now()
                  FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[])
                       AS h(id, state, checked_at, error)
-                WHERE p.store_id = $1 AND p.id = h.id""",
+                WHERE p.store_id = $1 AND p.id = h.id
+                  AND (p.last_health_check IS NULL OR p.last_health_check <= h.checked_at)""",
                 self.store_id,
                 [r[0] for r in rows],
                 [r[1] for r in rows],
