@@ -23,38 +23,32 @@ from tests.invariants import check_money_invariants
 STOCK = {"COFFEE-1KG": 50, "MUG": 10, "LAST-ONE": 1}
 
 
-@dataclass
-class Gateway:
-    daemon: Daemon
-    client: GatewayClient
-    sim: Simulator
-    store_id: str
+class StoreProbe:
+    """One store's rows in PostgreSQL and its terminals' ledger in the simulator, for assertions."""
+
     dsn: str
+    store_id: str
     tpns: dict[str, str]
-    stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
+    stock: dict[str, int]
+    sim_url: str
+
+    async def _sim_state(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(self.sim_url + "/_sim/ledger") as resp:
+            data: dict[str, Any] = await resp.json()
+        return data
 
     async def ledger(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as s, s.get(self.sim.url + "/_sim/ledger") as resp:
-            data = await resp.json()
+        """This store's transactions in the simulator's own ledger."""
+        data = await self._sim_state()
         return [t for t in data["transactions"] if t["tpn"] in set(self.tpns.values())]
 
     async def max_concurrency(self) -> dict[str, int]:
-        async with aiohttp.ClientSession() as s, s.get(self.sim.url + "/_sim/ledger") as resp:
-            data = await resp.json()
+        data = await self._sim_state()
         return {k: v for k, v in data["max_concurrency"].items() if k in set(self.tpns.values())}
 
     async def sim_post(self, path: str) -> None:
-        async with aiohttp.ClientSession() as s, s.post(self.sim.url + path) as resp:
+        async with aiohttp.ClientSession() as s, s.post(self.sim_url + path) as resp:
             assert resp.status == 200, await resp.text()
-
-    async def check_invariants(self) -> dict[str, int]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return await check_money_invariants(
-                conn, self.store_id, await self.ledger(), self.tpns, self.stock
-            )
-        finally:
-            await conn.close()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.dsn)
@@ -66,6 +60,29 @@ class Gateway:
     async def fetchval(self, query: str, *args: Any) -> Any:
         rows = await self.fetch(query, *args)
         return rows[0][0] if rows else None
+
+    async def check_invariants(self) -> dict[str, int]:
+        """I1-I8 between the database and the simulator's ledger (raises InvariantViolation)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await check_money_invariants(conn, self.store_id, await self.ledger(), self.tpns, self.stock)
+        finally:
+            await conn.close()
+
+
+@dataclass
+class Gateway(StoreProbe):
+    daemon: Daemon
+    client: GatewayClient
+    sim: Simulator
+    store_id: str
+    dsn: str
+    tpns: dict[str, str]
+    stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
+
+    @property  # type: ignore[override]
+    def sim_url(self) -> str:
+        return self.sim.url
 
     async def checkout(
         self,

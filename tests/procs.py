@@ -13,14 +13,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
-from tests.harness import STOCK, config_text
-from tests.invariants import check_money_invariants
+from tests.harness import STOCK, StoreProbe, config_text
 
 
 def free_port() -> int:
@@ -56,7 +54,7 @@ async def simulator_process(slow_s: float = 3.0) -> AsyncIterator[str]:
 
 
 @dataclass
-class Store:
+class Store(StoreProbe):
     """One store's config, database and simulator terminals, shared by its daemon processes."""
 
     dsn: str
@@ -88,15 +86,6 @@ class Store:
         path.write_text(text)
         return path
 
-    async def ledger(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as s, s.get(self.sim_url + "/_sim/ledger") as resp:
-            data = await resp.json()
-        return [t for t in data["transactions"] if t["tpn"] in set(self.tpns.values())]
-
-    async def sim_post(self, path: str) -> None:
-        async with aiohttp.ClientSession() as s, s.post(self.sim_url + path) as resp:
-            assert resp.status == 200
-
     async def quiescent(self, timeout_s: float = 30.0) -> float:
         """Wait until nothing is unfinished; returns how long it took."""
         started = time.monotonic()
@@ -116,28 +105,12 @@ class Store:
                 if open_orders == 0 and open_tx == 0:
                     return time.monotonic() - started
                 if time.monotonic() - started > timeout_s:
-                    raise AssertionError(
-                        f"not quiescent after {timeout_s}s: {open_orders} orders, {open_tx} tenders"
-                    )
+                    raise AssertionError(f"not quiescent after {timeout_s}s: {open_orders} orders, {open_tx} tenders")
                 await asyncio.sleep(0.1)
         finally:
             await conn.close()
 
-    async def check(self) -> dict[str, int]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return await check_money_invariants(
-                conn, self.store_id, await self.ledger(), self.tpns, self.stock
-            )
-        finally:
-            await conn.close()
-
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
+    check = StoreProbe.check_invariants
 
 
 class DaemonProcess:
