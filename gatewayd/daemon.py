@@ -200,9 +200,7 @@ class Daemon:
             missing = await migrate.pending(conn)
         if missing:
             names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
-            raise ConfigError(
-                f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate"
-            )
+            raise ConfigError(f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate")
 
     async def _serve_api(self) -> None:
         assert self.db is not None and self.fleet is not None and self.coordinator is not None

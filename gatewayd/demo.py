@@ -51,8 +51,7 @@ def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) ->
     text = (
         f'store_id = "demo-store"\nstate_dir = "{state_dir}"\n[database]\ndsn = "{dsn}"\n'
         f'[api]\nsocket = "{state_dir / "gatewayd.sock"}"\nsocket_mode = "0660"\ncheckout_wait_s = 30\n'
-        f'[metrics]\nlisten = "{metrics_listen}"\n[health]\ninterval_s = 5\n[recovery]\ninterval_s = 10\n'
-        + terminals
+        f'[metrics]\nlisten = "{metrics_listen}"\n[health]\ninterval_s = 5\n[recovery]\ninterval_s = 10\n' + terminals
     )
     return parse(text, "<demo>")
 

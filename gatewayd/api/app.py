@@ -147,9 +147,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except CheckoutError as exc:
         return error_response(exc.code, exc.message, exc.details)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(
-            "payload_too_large", "the body is over the limit", {"max_bytes": request.app[MAX_BODY]}
-        )
+        return error_response("payload_too_large", "the body is over the limit", {"max_bytes": request.app[MAX_BODY]})
     except web.HTTPNotFound:
         return error_response("not_found", f"no such path: {request.path}")
     except web.HTTPMethodNotAllowed as exc:

@@ -61,9 +61,7 @@ class GatewayClient:
 
     async def __aenter__(self) -> GatewayClient:
         connector = aiohttp.UnixConnector(path=self._socket_path) if self._socket_path else None
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
-        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -89,9 +87,7 @@ class GatewayClient:
         assert self._session is not None
         data = raw if raw is not None else (None if body is None else msgspec.json.encode(body))
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        async with self._session.request(
-            method, self._base + path, data=data, params=params, headers=headers
-        ) as resp:
+        async with self._session.request(method, self._base + path, data=data, params=params, headers=headers) as resp:
             payload = await resp.read()
             try:
                 decoded = msgspec.json.decode(payload) if payload else None
@@ -123,9 +119,7 @@ class GatewayClient:
     async def void(self, checkout_id: str) -> Answer:
         return await self.request("POST", f"/v1/checkouts/{checkout_id}/void")
 
-    async def refund(
-        self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False
-    ) -> Answer:
+    async def refund(self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False) -> Answer:
         return await self.request(
             "POST",
             f"/v1/checkouts/{checkout_id}/refunds",
@@ -136,11 +130,7 @@ class GatewayClient:
         return await self.request("GET", "/v1/orphans")
 
     async def reconcile(self, terminal_id: str | None = None) -> Answer:
-        return await self.request(
-            "POST", "/v1/reconcile", {"terminal_id": terminal_id} if terminal_id else {}
-        )
+        return await self.request("POST", "/v1/reconcile", {"terminal_id": terminal_id} if terminal_id else {})
 
     async def cleanup(self, older_than_minutes: int) -> Answer:
-        return await self.request(
-            "POST", "/v1/maintenance/cleanup", {"older_than_minutes": older_than_minutes}
-        )
+        return await self.request("POST", "/v1/maintenance/cleanup", {"older_than_minutes": older_than_minutes})

@@ -107,21 +107,15 @@ def document() -> dict[str, Any]:
             "get": _op(
                 "Find a checkout by idempotency key",
                 CheckoutView,
-                params=[
-                    {"name": "idempotency_key", "in": "query", "required": True, "schema": {"type": "string"}}
-                ],
+                params=[{"name": "idempotency_key", "in": "query", "required": True, "schema": {"type": "string"}}],
             ),
         },
         "/v1/checkouts/{id}": {"get": _op("A checkout in whatever state it is", CheckoutView, params=_ID)},
         "/v1/checkouts/{id}/void": {
-            "post": _op(
-                "Void every card tender and cancel the order", CheckoutView, params=_ID, errors=all_errors
-            )
+            "post": _op("Void every card tender and cancel the order", CheckoutView, params=_ID, errors=all_errors)
         },
         "/v1/checkouts/{id}/refunds": {
-            "post": _op(
-                "Refund through the terminal", CheckoutView, params=_ID, body=RefundRequest, errors=all_errors
-            )
+            "post": _op("Refund through the terminal", CheckoutView, params=_ID, body=RefundRequest, errors=all_errors)
         },
         "/v1/orphans": {
             "get": {
@@ -136,9 +130,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "OK"}, "400": _json(ErrorBody, _ERRORS["400"])},
             }
         },
-        "/v1/maintenance/cleanup": {
-            "post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)
-        },
+        "/v1/maintenance/cleanup": {"post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)},
     }
     return {
         "openapi": "3.1.0",

@@ -101,9 +101,7 @@ def _failure_for(outcome: Outcome) -> TenderFailure:
     if isinstance(outcome, Busy):
         return TenderFailure("terminal_busy", "terminal busy: nothing charged")
     if isinstance(outcome, Misconfigured):
-        return TenderFailure(
-            "terminal_misconfigured", outcome.message or "terminal refused our configuration"
-        )
+        return TenderFailure("terminal_misconfigured", outcome.message or "terminal refused our configuration")
     return TenderFailure("card_declined", "payment not completed")
 
 
@@ -268,9 +266,7 @@ class Coordinator:
         self._inflight[request.idempotency_key].order_id = order_id
         result = await self._db(self.store.prepare(self._intent(order_id, request, digest)))
         if result["outcome"] == "insufficient":
-            raise InsufficientInventory(
-                "not enough stock; nothing was charged", details={"skus": result["skus"]}
-            )
+            raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
         if result["outcome"] == "exists" and uuid.UUID(result["id"]) != order_id:
             return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest), False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
@@ -331,8 +327,7 @@ class Coordinator:
             "lease_owner": self.instance_id,
             "lease_s": self.lease_s,
             "lines": [
-                {"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price}
-                for line in request.lines
+                {"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price} for line in request.lines
             ],
             "tenders": tenders,
         }
@@ -350,9 +345,7 @@ class Coordinator:
             if view.final:
                 return view
             claimed = await self._maybe(
-                self.store.claim_unfinished(
-                    self.instance_id, self.lease_s, take_own=True, limit=1, only=order_id
-                )
+                self.store.claim_unfinished(self.instance_id, self.lease_s, take_own=True, limit=1, only=order_id)
             )
             if claimed:
                 charge = view.status == "pending_payment"
@@ -425,9 +418,7 @@ class Coordinator:
         lane = self.lanes.get(tender["payment_processor_id"])
         ref, amount = tender["reference_id"], tender["amount"]
         if lane is None:
-            await self._record(
-                tender, "failed", last_error="terminal no longer configured", from_=("pending",)
-            )
+            await self._record(tender, "failed", last_error="terminal no longer configured", from_=("pending",))
             return "failed", TenderFailure("unknown_terminal", "terminal no longer configured")
         if not await self._persist(lambda: self.store.mark_sent(order_id, tender["id"])):
             return "failed", TenderFailure("cancelled", "the order was cancelled before the charge")
@@ -455,7 +446,7 @@ class Coordinator:
             except TerminalBusy:
                 await asyncio.sleep(1.0)
                 continue
-            if isinstance(outcome, TermNotFound) and not self._past_timeout(tender):
+            if isinstance(outcome, TermNotFound) and not self.past_timeout(tender):
                 await asyncio.sleep(min(2.0, self._until_timeout_s(tender)))
                 continue
             if isinstance(outcome, (Busy, Offline, Unknown)):
@@ -473,7 +464,8 @@ class Coordinator:
         limit = sent + timedelta(seconds=(tender["timeout_s"] or 120) + NOT_FOUND_MARGIN_S)
         return max(0.0, (limit - datetime.now(UTC)).total_seconds())
 
-    def _past_timeout(self, tender: Any) -> bool:
+    def past_timeout(self, tender: Any) -> bool:
+        """True once a "not found" for this tender is believable: its terminal's timeout has passed."""
         return self._until_timeout_s(tender) <= 0
 
     async def _apply(self, tender: Any, outcome: Outcome) -> tuple[str, TenderFailure | None]:
@@ -583,9 +575,7 @@ class Coordinator:
     async def _commit(self, order_id: uuid.UUID, rows: Any) -> None:
         # Never void because the database blinked: the charge stands, the commit is retried.
         result = await self._persist(
-            lambda: self.store.commit(
-                order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit
-            )
+            lambda: self.store.commit(order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit)
         )
         if result["outcome"] not in ("completed", "already"):
             raise CheckoutError(f"checkout {order_id} could not be committed: {result}")
@@ -617,11 +607,7 @@ class Coordinator:
     async def _rollback(self, order_id: uuid.UUID, failure: TenderFailure) -> None:
         rows = await self._persist(lambda: self.store.load(order_id=order_id))
         for tender in rows.tenders:
-            if (
-                tender["kind"] == "payment"
-                and tender["tender_type"] == "card"
-                and tender["status"] == "approved"
-            ):
+            if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
                 if not await self.void_tender(tender):
                     log.error(
                         "checkout %s: void of %s failed; recovery will retry",

@@ -27,12 +27,8 @@ CheckoutStatus = Literal[
     "refunded",
     "partially_refunded",
 ]
-TenderStatus = Literal[
-    "pending", "processing", "approved", "declined", "failed", "unknown", "voided", "refunded"
-]
-FINAL_STATUSES = frozenset(
-    {"completed", "payment_failed", "cancelled", "voided", "refunded", "partially_refunded"}
-)
+TenderStatus = Literal["pending", "processing", "approved", "declined", "failed", "unknown", "voided", "refunded"]
+FINAL_STATUSES = frozenset({"completed", "payment_failed", "cancelled", "voided", "refunded", "partially_refunded"})
 
 
 class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

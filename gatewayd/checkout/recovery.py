@@ -31,6 +31,7 @@ class RecoveryReport:
     refunds: int = 0
     captures: int = 0
     orphans_voided: int = 0
+    voids: int = 0
     seconds: float = 0.0
 
     def count(self, status: str) -> None:
@@ -76,6 +77,7 @@ class Recovery:
         report.refunds = await self._refunds()
         report.captures = await self._captures()
         report.orphans_voided = await self._orphans()
+        report.voids = await self._half_voided()
         report.seconds = time.monotonic() - started
         return report
 
@@ -86,9 +88,7 @@ class Recovery:
         )
         await self.coordinator.drive(order_id, charge_pending=False)
         view = await self.coordinator.get(order_id)
-        await self.coordinator.store.audit(
-            "recovery.finished", order_id=order_id, detail={"status": view.status}
-        )
+        await self.coordinator.store.audit("recovery.finished", order_id=order_id, detail={"status": view.status})
         log.info("recovery: checkout %s is %s", order_id, view.status)
         return view.status
 
@@ -96,7 +96,7 @@ class Recovery:
         done = 0
         for row in await self.coordinator.store.unresolved_refunds():
             try:
-                await finish_refund(self.coordinator, row["refund_id"])
+                await finish_refund(self.coordinator, row["refund_id"], send_pending=False)
                 done += 1
             except GatewayError as exc:
                 log.warning("recovery: refund %s not finished: %s", row["refund_id"], exc.message)
@@ -126,6 +126,20 @@ class Recovery:
                     detail={"reference_id": row["reference_id"]},
                 )
         return voided
+
+    async def _half_voided(self) -> int:
+        """Completed orders whose void stopped half-way (a card voided, the order not yet): finish it."""
+        done = 0
+        for order_id in await self.maintenance.half_voided():
+            if order_id in self.coordinator.driving:
+                continue
+            try:
+                await self.coordinator.void(order_id, wait_s=60.0)
+                done += 1
+                self.coordinator.metrics.recovery_action("voided")
+            except GatewayError as exc:
+                log.warning("recovery: void of %s not finished: %s", order_id, exc.message)
+        return done
 
     async def run_forever(self, interval_s: float, min_age_s: float = 5.0) -> None:
         """The timer: a pass every `interval_s`; a failing pass is logged and retried next time."""

@@ -94,8 +94,12 @@ async def refund_checkout(coord: Coordinator, order_id: uuid.UUID, request: Refu
     return await coord._view(order_id)
 
 
-async def finish_refund(coord: Coordinator, refund_id: uuid.UUID) -> None:
-    """Send (or inquire about) a pending refund's Return and record how it ended."""
+async def finish_refund(coord: Coordinator, refund_id: uuid.UUID, *, send_pending: bool = True) -> None:
+    """Send (or inquire about) a pending refund's Return and record how it ended.
+
+    A Return is card-present (the customer taps again), so recovery (`send_pending=False`) never
+    sends one that was interrupted before it left: it fails that refund instead.
+    """
     rows = await coord._persist(coord.store.unresolved_refunds)
     tx = next((r for r in rows if r["refund_id"] == refund_id), None)
     if tx is None:
@@ -106,6 +110,9 @@ async def finish_refund(coord: Coordinator, refund_id: uuid.UUID) -> None:
     lane = coord.lanes.get(tx["payment_processor_id"])
     if lane is None:
         raise NotAllowed("the terminal that took this payment is no longer configured")
+    if tx["status"] == "pending" and not send_pending:
+        await coord._persist(lambda: coord.store.finish_refund(refund_id, False, "interrupted before it was sent"))
+        return
     if tx["status"] == "pending":
         await coord._persist(lambda: coord.store.mark_refund_sent(tx["id"]))
         op: ops.Op = ops.Refund(tx["reference_id"], tx["amount"])
@@ -115,6 +122,8 @@ async def finish_refund(coord: Coordinator, refund_id: uuid.UUID) -> None:
         outcome = await lane.execute(op)
     except TerminalBusy:
         raise OutcomePending("the terminal is busy; the refund was not sent", details={}) from None
+    if isinstance(outcome, TermNotFound) and isinstance(op, ops.Inquire) and not coord.past_timeout(tx):
+        raise OutcomePending("the terminal has not finished the refund yet", details={"refund_id": str(refund_id)})
     await _apply_refund(coord, tx, refund_id, outcome)
 
 

@@ -52,8 +52,4 @@ def validate(request: CheckoutRequest, policy: CheckoutConfig) -> None:
 
 def change_due(request: CheckoutRequest) -> int:
     """Cash handed back: tendered minus amount of the cash tender."""
-    return sum(
-        (t.tendered - t.amount)
-        for t in request.tenders
-        if isinstance(t, CashTender) and t.tendered is not None
-    )
+    return sum((t.tendered - t.amount) for t in request.tenders if isinstance(t, CashTender) and t.tendered is not None)

@@ -46,9 +46,7 @@ def _refund(row: Any, tenders: list[Any]) -> RefundView:
 def checkout_view(rows: CheckoutRows) -> CheckoutView:
     """The API's view of one stored checkout."""
     o = rows.order
-    failure = (
-        Failure(code=o["failure_code"], message=o["failure_reason"] or "") if o["failure_code"] else None
-    )
+    failure = Failure(code=o["failure_code"], message=o["failure_reason"] or "") if o["failure_code"] else None
     return CheckoutView(
         id=str(o["id"]),
         order_id=str(o["id"]),

@@ -77,11 +77,7 @@ async def _via_daemon(args: argparse.Namespace, method: str, path: str, body: An
 
 
 async def _direct(args: argparse.Namespace) -> tuple[Database, MaintenanceStore, Config | None]:
-    config = (
-        load(args.config, resolve_secrets=bool(getattr(args, "need_terminals", False)))
-        if args.config
-        else None
-    )
+    config = load(args.config, resolve_secrets=bool(getattr(args, "need_terminals", False))) if args.config else None
     store_id = args.store or (config.store_id if config else None)
     if store_id is None:
         raise ConfigError("--store is required with --dsn")
@@ -141,9 +137,7 @@ def cmd_orphans(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     async def work() -> int:
-        body = await _via_daemon(
-            args, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than}
-        )
+        body = await _via_daemon(args, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than})
         if body is None:
             db, maintenance, _ = await _direct(args)
             try:
@@ -180,9 +174,7 @@ def _print_reconcile(body: dict[str, Any]) -> None:
             for i in items
         ]
         print(table(["TERMINAL", "REFERENCE", "AMOUNT", "AT TERMINAL", "ORDER", "SUGGESTED ACTION"], rows))
-    if all(
-        not body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")
-    ):
+    if all(not body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")):
         print("nothing to do: the batches agree with the database")
 
 
@@ -219,9 +211,7 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     async def work() -> int:
-        body = await _via_daemon(
-            args, "POST", "/v1/reconcile", {"terminal_id": args.terminal} if args.terminal else {}
-        )
+        body = await _via_daemon(args, "POST", "/v1/reconcile", {"terminal_id": args.terminal} if args.terminal else {})
         if body is None:
             body = await _reconcile_direct(args)
         if args.json:

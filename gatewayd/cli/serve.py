@@ -24,8 +24,7 @@ def register(sub: Any) -> None:
 
     sub.add_parser(
         "simulate",
-        help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N]"
-        " [--slow-s S] [--tpns A,B])",
+        help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N] [--slow-s S] [--tpns A,B])",
     )
 
 

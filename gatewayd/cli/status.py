@@ -17,9 +17,7 @@ DEFAULT_SOCKET = "/run/gatewayd/gatewayd.sock"
 
 
 def add_socket_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--socket", help=f"API socket (default: $GATEWAYD_SOCKET, the config's, or {DEFAULT_SOCKET})"
-    )
+    p.add_argument("--socket", help=f"API socket (default: $GATEWAYD_SOCKET, the config's, or {DEFAULT_SOCKET})")
     p.add_argument("--config", help="read the socket path from this config file")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 

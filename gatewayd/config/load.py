@@ -80,9 +80,7 @@ def _read_secret(
     resolve: bool = True,
 ) -> Secret | None:
     given = {
-        k: v
-        for k, v in {"": value, "_env": env, "_file": file, "_credential": credential}.items()
-        if v is not None
+        k: v for k, v in {"": value, "_env": env, "_file": file, "_credential": credential}.items() if v is not None
     }
     if len(given) > 1:
         names = ", ".join(key_base + k for k in given)
@@ -106,9 +104,7 @@ def _read_secret(
     if credential is not None:
         directory = os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
-            raise _fail(
-                source, key_base + "_credential", "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)"
-            )
+            raise _fail(source, key_base + "_credential", "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)")
         file = str(Path(directory) / credential)
         key_base += "_credential"
     else:
@@ -143,9 +139,7 @@ def _resolve_terminal(source: str, index: int, t: TerminalConfig, resolve: bool)
     )
     if not resolve:
         return t
-    return msgspec.structs.replace(
-        t, authkey=key, authkey_env=None, authkey_file=None, authkey_credential=None
-    )
+    return msgspec.structs.replace(t, authkey=key, authkey_env=None, authkey_file=None, authkey_credential=None)
 
 
 def _resolve_api(source: str, api: ApiConfig, resolve: bool) -> ApiConfig:

@@ -43,9 +43,7 @@ th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eee;font-size:.85
 
 
 def _terminal_card(t: dict[str, Any]) -> str:
-    err = (
-        f'<div class="err">{html.escape(t["last_health_error"])}</div>' if t.get("last_health_error") else ""
-    )
+    err = f'<div class="err">{html.escape(t["last_health_error"])}</div>' if t.get("last_health_error") else ""
     checked = html.escape((t.get("last_health_check") or "never")[:19].replace("T", " "))
     return (
         f'<div class="card" data-terminal="{html.escape(t["id"])}" data-status="{t["status"]}">'

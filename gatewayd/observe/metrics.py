@@ -85,21 +85,13 @@ class StateCollector(Collector):
             if lane.last_health_check is not None:
                 checked.add_metric([tid], lane.last_health_check.timestamp())
         yield from (up, status, depth, busy, checked)
-        yield GaugeMetricFamily(
-            "gatewayd_database_up", "1 when the database answers", value=float(self._db.up)
-        )
-        yield GaugeMetricFamily(
-            "gatewayd_database_pool_in_use", "Connections in use", value=self._db.in_use()
-        )
+        yield GaugeMetricFamily("gatewayd_database_up", "1 when the database answers", value=float(self._db.up))
+        yield GaugeMetricFamily("gatewayd_database_pool_in_use", "Connections in use", value=self._db.in_use())
         yield GaugeMetricFamily("gatewayd_database_pool_size", "Connections open", value=self._db.size())
         yield CounterMetricFamily("gatewayd_database_errors", "Database errors", value=self._db.errors)
-        yield GaugeMetricFamily(
-            "gatewayd_checkouts_in_flight", "Checkouts being processed", value=self._in_flight()
-        )
+        yield GaugeMetricFamily("gatewayd_checkouts_in_flight", "Checkouts being processed", value=self._in_flight())
         snap = self._snapshot
-        yield GaugeMetricFamily(
-            "gatewayd_tenders_unresolved", "Tenders processing or unknown", value=snap.unresolved
-        )
+        yield GaugeMetricFamily("gatewayd_tenders_unresolved", "Tenders processing or unknown", value=snap.unresolved)
         yield GaugeMetricFamily(
             "gatewayd_oldest_unresolved_tender_age_seconds",
             "Age of the oldest unresolved tender",
@@ -121,9 +113,7 @@ class Metrics:
         self.checkout_seconds = Histogram(
             "gatewayd_checkout_duration_seconds", "Checkout duration", buckets=CHECKOUT_BUCKETS, registry=r
         )
-        self.tenders = Counter(
-            "gatewayd_tenders", "Tenders by type and outcome", ["type", "outcome"], registry=r
-        )
+        self.tenders = Counter("gatewayd_tenders", "Tenders by type and outcome", ["type", "outcome"], registry=r)
         self.terminal_seconds = Histogram(
             "gatewayd_terminal_request_duration_seconds",
             "Terminal operations by operation and outcome",
@@ -131,9 +121,7 @@ class Metrics:
             buckets=TERMINAL_BUCKETS,
             registry=r,
         )
-        self.unknown = Counter(
-            "gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r
-        )
+        self.unknown = Counter("gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r)
         self.inquiries = Counter("gatewayd_inquiries", "Status inquiries sent", ["terminal"], registry=r)
         self.recovery = Counter("gatewayd_recovery_actions", "Recovery actions", ["action"], registry=r)
         for outcome in ("completed", "payment_failed"):
@@ -144,9 +132,7 @@ class Metrics:
         if process:
             ProcessCollector(registry=r)
 
-    def watch(
-        self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]
-    ) -> None:
+    def watch(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]) -> None:
         """Register the scrape-time collector of terminal, database and checkout state."""
         self.registry.register(StateCollector(lanes, db, in_flight, self.snapshot))
 

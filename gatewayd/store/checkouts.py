@@ -164,9 +164,7 @@ class CheckoutStore:
             result = await self.db.run(lambda c: c.fetchval(query, *args), what="commit checkout")
         return result
 
-    async def fail(
-        self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed"
-    ) -> dict[str, Any]:
+    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed") -> dict[str, Any]:
         """Fail the order and release its reservation (no tender may be charged or in doubt)."""
         result: dict[str, Any] = await self.db.run(
             lambda c: c.fetchval(
@@ -333,9 +331,7 @@ class CheckoutStore:
     async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str = "") -> dict[str, Any]:
         """Complete (or fail) a refund whose terminal answer is known."""
         result: dict[str, Any] = await self.db.run(
-            lambda c: c.fetchval(
-                "SELECT gw_finish_refund($1, $2, $3, $4)", self.store_id, refund_id, ok, reason
-            ),
+            lambda c: c.fetchval("SELECT gw_finish_refund($1, $2, $3, $4)", self.store_id, refund_id, ok, reason),
             what="finish refund",
         )
         return result
@@ -368,9 +364,7 @@ class CheckoutStore:
     async def tender(self, transaction_id: uuid.UUID) -> asyncpg.Record | None:
         """One payment transaction, as the coordinator reads tenders."""
         rows = await self.db.run(
-            lambda c: c.fetch(
-                _LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id
-            ),
+            lambda c: c.fetch(_LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id),
             what="tender",
         )
         return rows[0] if rows else None

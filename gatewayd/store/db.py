@@ -50,9 +50,7 @@ def classify(exc: BaseException) -> StoreError:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """jsonb in and out as Python values, through msgspec."""
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode
-        )
+        await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
 
 
 def _encode_json(value: Any) -> str:

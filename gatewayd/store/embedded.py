@@ -102,9 +102,7 @@ class EmbeddedPostgres:
             raise StoreError("embedded PostgreSQL is not started")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
-    def _pg(
-        self, tool: str, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
+    def _pg(self, tool: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(bin_dir() / tool), *args],
             user=self._user,

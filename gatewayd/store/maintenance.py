@@ -23,9 +23,7 @@ class MaintenanceStore:
 
     async def cleanup(self, minutes: int) -> int:
         """cleanup_stale_pending_orders(minutes) for this store."""
-        return int(
-            await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id)
-        )
+        return int(await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id))
 
     async def unresolved(self, older_than_s: float = 0.0) -> list[asyncpg.Record]:
         """Tenders still processing/unknown, oldest first."""
@@ -122,3 +120,14 @@ class MaintenanceStore:
             what="unresolved summary",
         )
         return int(row["n"]), float(row["age"])
+
+    async def half_voided(self) -> list[Any]:
+        """Completed orders with a card tender already voided: a void that stopped half-way."""
+        rows = await self.db.fetch(
+            """SELECT DISTINCT o.id FROM orders o JOIN payment_transactions t
+                   ON t.store_id = o.store_id AND t.order_id = o.id
+                WHERE o.store_id = $1 AND o.status = 'completed' AND t.kind = 'payment'
+                  AND t.tender_type = 'card' AND t.status = 'voided'""",
+            self.store_id,
+        )
+        return [r["id"] for r in rows]

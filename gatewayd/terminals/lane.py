@@ -421,9 +421,7 @@ def _stopped(op: Op, *, sent: bool) -> Result | BaseException:
 
 def _failed(op: Op, exc: Exception, terminal_id: str) -> Result | BaseException:
     if isinstance(op, Batch):
-        return (
-            exc if isinstance(exc, TerminalError) else TerminalError("batch failed", terminal_id=terminal_id)
-        )
+        return exc if isinstance(exc, TerminalError) else TerminalError("batch failed", terminal_id=terminal_id)
     if isinstance(op, Settle):
         return SettleResult(ok=False, message=f"outcome unknown: {type(exc).__name__}")
     if isinstance(op, HealthCheck):

@@ -265,9 +265,7 @@ async def terminal_status(request: web.Request) -> web.Response:
     tpn = query.get("request.tpn") or query.get("tpn") or ""
     term = request.app[LEDGER_KEY].terminal(tpn)
     if term is None:
-        return _json(
-            {"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": "Register not found"}, 404
-        )
+        return _json({"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": "Register not found"}, 404)
     state = "Offline" if term.offline else "Online"
     return _json({"TerminalStatus": state, "Tpn": tpn, "ErrorDescription": ""})
 

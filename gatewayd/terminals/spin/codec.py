@@ -207,9 +207,7 @@ def parse_general(answer: dict[str, Any]) -> General:
     message = _text(general.get("Message"), "Message")[:200]
     detail = _text(general.get("DetailedMessage"), "DetailedMessage")[:200]
     text = f"{message}: {detail}" if message and detail and detail != message else (message or detail)
-    return General(
-        result=result, status_code=code, message=text, delay_s=_delay(general.get("DelayBeforeNextRequest"))
-    )
+    return General(result=result, status_code=code, message=text, delay_s=_delay(general.get("DelayBeforeNextRequest")))
 
 
 # ---------------------------------------------------------------- answers: payments
@@ -240,9 +238,7 @@ def _card(answer: dict[str, Any]) -> tuple[str, str]:
     return brand_s, (last4_s if len(last4_s) == 4 and last4_s.isdigit() else "")
 
 
-def _approved(
-    answer: dict[str, Any], general: General, ref: str, requested: int | None, partial: bool
-) -> Approved:
+def _approved(answer: dict[str, Any], general: General, ref: str, requested: int | None, partial: bool) -> Approved:
     amounts = _amounts(answer)
     if partial:
         candidates = amounts + ([requested] if requested is not None else [])
@@ -337,11 +333,7 @@ def _entry_status(entry: dict[str, Any], kind: str) -> str:
     if _bool(entry.get("Voided")):
         return "voided"
     if general is not None and classify(general.status_code) not in (CodeClass.APPROVED, CodeClass.PARTIAL):
-        return (
-            "declined"
-            if classify(general.status_code) in (CodeClass.DECLINED, CodeClass.CANCELLED)
-            else "unknown"
-        )
+        return "declined" if classify(general.status_code) in (CodeClass.DECLINED, CodeClass.CANCELLED) else "unknown"
     return {"return": "returned", "capture": "captured"}.get(kind, "approved")
 
 

@@ -66,9 +66,7 @@ class SpinDriver:
         self._closed = False
 
     def __repr__(self) -> str:
-        return (
-            f"SpinDriver(terminal_id={self._terminal_id!r}, base_url={self._base!r}, tpn={self._cred.tpn!r})"
-        )
+        return f"SpinDriver(terminal_id={self._terminal_id!r}, base_url={self._base!r}, tpn={self._cred.tpn!r})"
 
     @property
     def terminal_id(self) -> str:
@@ -199,9 +197,7 @@ class SpinDriver:
         """Close the open batch; a lost answer is reported as not ok with the reason."""
         body = codec.settle_body(self._cred, uuid.uuid4().hex, self._settle_timeout_s)
         try:
-            return codec.parse_settle(
-                await self._post("Settle", body, self._settle_timeout_s + self._margin_s)
-            )
+            return codec.parse_settle(await self._post("Settle", body, self._settle_timeout_s + self._margin_s))
         except ProtocolError as exc:
             return SettleResult(ok=False, message=f"outcome unknown: {self._redact(exc.message)}")
         except _NETWORK as exc:
@@ -215,9 +211,7 @@ class SpinDriver:
         except ProtocolError as exc:
             raise ProtocolError(self._redact(exc.message), terminal_id=self._terminal_id) from exc
         except _NETWORK as exc:
-            raise TerminalError(
-                f"batch unavailable: {self._describe(exc)}", terminal_id=self._terminal_id
-            ) from exc
+            raise TerminalError(f"batch unavailable: {self._describe(exc)}", terminal_id=self._terminal_id) from exc
 
     async def aclose(self) -> None:
         """Close the session if this driver owns it (idempotent)."""

@@ -83,16 +83,12 @@ def _money_fields(ref: str, amount: int, invoice: str | None) -> dict[str, Any]:
     }
 
 
-def sale_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
+def sale_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
     """Body of `POST /v2/Payment/Sale`."""
     return _body(cred, timeout_s, {**_money_fields(ref, amount, invoice), "TipAmount": 0})
 
 
-def auth_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
+def auth_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
     """Body of `POST /v2/Payment/Auth` (no tip: SPIn refuses tips in an Auth)."""
     return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
 
@@ -102,9 +98,7 @@ def capture_body(cred: Credentials, ref: str, amount: int, timeout_s: float) -> 
     return _body(cred, timeout_s, _money_fields(ref, amount, None))
 
 
-def return_body(
-    cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None
-) -> bytes:
+def return_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
     """Body of `POST /v2/Payment/Return`; `ref` must be a new reference id."""
     return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
 

@@ -1,0 +1,62 @@
+"""Recovery finishes voids and refunds that a crash interrupted."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from tests.harness import card, running_gateway
+
+
+async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> None:
+    async with running_gateway(dsn, tmp_path) as gw:
+        answer = await gw.checkout(
+            card(1000, "lane-1"), card(2000, "lane-2"), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 3000}]
+        )
+        first = answer.body["tenders"][0]["reference_id"]
+        # the first card was voided at the terminal and recorded, then the process died
+        async with aiohttp.ClientSession() as s:
+            await s.post(
+                gw.sim_url + "/v2/Payment/Void",
+                json={"Tpn": gw.tpns["lane-1"], "Authkey": "X", "ReferenceId": first, "SPInProxyTimeout": 5},
+            )
+        await gw.fetch(
+            "UPDATE payment_transactions SET status = 'voided' WHERE store_id = $1 AND reference_id = $2",
+            gw.store_id,
+            first,
+        )
+        report = await gw.daemon.recovery.run_once()  # type: ignore[union-attr]
+        assert report.voids == 1
+        view = (await gw.client.get_checkout(answer.body["id"])).body
+        assert view["status"] == "voided"
+        assert sorted(t["status"] for t in await gw.ledger()) == ["voided", "voided"]
+        await gw.check_invariants()
+
+
+async def test_refund_interrupted_before_sending_is_failed_not_sent(dsn: str, tmp_path: Path) -> None:
+    async with running_gateway(dsn, tmp_path) as gw:
+        answer = await gw.checkout(card(1500))
+        store = gw.daemon.coordinator.store  # type: ignore[union-attr]
+        refund_id = uuid.uuid4()
+        result = await store.begin_refund(
+            {
+                "order_id": answer.body["id"],
+                "refund_id": str(refund_id),
+                "transaction_id": str(uuid.uuid4()),
+                "idempotency_key": "rf-crash",
+                "request_hash": "h",
+                "amount": 500,
+                "restock": False,
+                "reference_id": uuid.uuid4().hex[:20].upper(),
+                "timeout_s": 2,
+            }
+        )
+        assert result["outcome"] == "created"
+        report = await gw.daemon.recovery.run_once()  # type: ignore[union-attr]
+        assert report.refunds == 1
+        view = (await gw.client.get_checkout(answer.body["id"])).body
+        assert view["status"] == "completed" and view["refunds"][0]["status"] == "failed"
+        assert [t["type"] for t in await gw.ledger()] == ["sale"]
+        await gw.check_invariants()
