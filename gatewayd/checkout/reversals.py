@@ -131,7 +131,10 @@ async def _apply_refund(coord: Coordinator, tx: Any, refund_id: uuid.UUID, outco
     if isinstance(outcome, Approved):
         await coord._record(tx, "approved", outcome=outcome)
         await coord._persist(lambda: coord.store.finish_refund(refund_id, True))
-    elif isinstance(outcome, (Declined, TermNotFound, Offline, Misconfigured, Busy)):
+    elif isinstance(outcome, (Declined, TermNotFound)) or (
+        isinstance(outcome, (Offline, Misconfigured, Busy)) and tx["status"] == "pending"
+    ):
+        # Offline/Busy to the Return itself means it never started; to an inquiry it says nothing.
         reason = getattr(outcome, "message", "") or type(outcome).__name__
         await coord._record(
             tx, "declined" if isinstance(outcome, Declined) else "failed", outcome=outcome, last_error=reason

@@ -277,8 +277,12 @@ class Lane:
             if self._pending_by_ref.get(job.key[1]) is job:
                 del self._pending_by_ref[job.key[1]]
         if isinstance(job.op, MONEY_OPS) and isinstance(result, Approved | Declined | NotFound):
-            _keep(self._known, job.op.ref, result, self._results_kept)
-            if job.key is not None and isinstance(result, Approved | Declined):
+            # A refused void or capture is not final: a later one of the same charge must really
+            # be sent, so only its success is kept (a charge's decline is final for its ref).
+            retryable = isinstance(job.op, Void | Capture) and not isinstance(result, Approved)
+            if not retryable:
+                _keep(self._known, job.op.ref, result, self._results_kept)
+            if job.key is not None and isinstance(result, Approved | Declined) and not retryable:
                 _keep(self._replay, job.key, (job.op, result), self._results_kept)
         _settle_future(job.future, result)
         if self._on_result is not None:
