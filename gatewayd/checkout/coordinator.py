@@ -54,7 +54,7 @@ class LaneLike(Protocol):
     @property
     def state(self) -> str: ...
 
-    async def execute(self, op: Any) -> Any: ...
+    async def execute(self, op: Any, *, before_send: Any = None) -> Any: ...
 
 
 class CheckoutMetrics(Protocol):
@@ -420,11 +420,18 @@ class Coordinator:
         if lane is None:
             await self._record(tender, "failed", last_error="terminal no longer configured", from_=("pending",))
             return "failed", TenderFailure("unknown_terminal", "terminal no longer configured")
-        if not await self._persist(lambda: self.store.mark_sent(order_id, tender["id"])):
-            return "failed", TenderFailure("cancelled", "the order was cancelled before the charge")
         op: ops.Op = ops.Auth(ref, amount) if tender["operation"] == "auth" else ops.Sale(ref, amount)
+        marked = False
+
+        async def before_send() -> bool:
+            # The intent, stamped when the request really leaves (after any queue wait): recovery
+            # believes a "not found" only a terminal timeout after this moment.
+            nonlocal marked
+            marked = bool(await self._persist(lambda: self.store.mark_sent(order_id, tender["id"])))
+            return marked
+
         try:
-            pending = asyncio.ensure_future(lane.execute(op))
+            pending = asyncio.ensure_future(lane.execute(op, before_send=before_send))
             if failpoints.armed("after_sale_sent"):
                 await asyncio.wait({pending}, timeout=0.3)
                 await failpoints.hit("after_sale_sent")
@@ -432,6 +439,8 @@ class Coordinator:
         except TerminalBusy:
             await self._record(tender, "failed", last_error="terminal queue full: not sent")
             return "failed", TenderFailure("terminal_busy", "terminal busy: nothing charged")
+        if not marked:
+            return "failed", TenderFailure("cancelled", "the order was cancelled before the charge")
         await failpoints.hit("after_sale_answer")
         return await self._apply(tender, outcome)
 
@@ -473,7 +482,8 @@ class Coordinator:
         if isinstance(outcome, Approved):
             await self._record(tender, "approved", outcome=outcome)
             self.metrics.tender_finished("card", "approved")
-            if outcome.partial:
+            # Judged against the tender: a Status answer does not say what was asked for.
+            if outcome.amount < tender["amount"]:
                 return "voided", await self._void_partial(
                     {**dict(tender), "status": "approved", "approved_amount": outcome.amount}
                 )
@@ -547,6 +557,8 @@ class Coordinator:
         lane = self.lanes.get(tender["payment_processor_id"])
         if lane is None:
             return False
+        # The void's intent first: if we die with the void in flight, recovery asks the terminal.
+        await self._persist(lambda: self.store.mark_void_requested(tender["id"]))
         for attempt in range(VOID_ATTEMPTS):
             await failpoints.hit("during_void")
             try:

@@ -55,6 +55,10 @@ def _refund_hash(request: RefundRequest) -> str:
 async def refund_checkout(coord: Coordinator, order_id: uuid.UUID, request: RefundRequest) -> CheckoutView:
     """Refund through the terminal's Return (a new reference id); idempotent by the refund's key."""
     refund_id, tx_id = uuid.uuid4(), uuid.uuid4()
+    if await coord._db(coord.store.void_pending(order_id)):
+        raise NotAllowed(
+            "a void of this checkout is under way; it cannot be refunded", details={"checkout_id": str(order_id)}
+        )
     if request.amount > coord.policy.max_amount:
         raise InvalidRequest("amount", f"over the maximum amount {coord.policy.max_amount}")
     result = await coord._db(

@@ -121,6 +121,7 @@ class CheckoutStore:
                           transaction_number = coalesce($10, transaction_number),
                           status_code = coalesce($11, status_code), raw_response = coalesce($12, raw_response),
                           last_error = $13,
+                          capture_status = CASE WHEN $3 IN ('voided', 'failed') THEN NULL ELSE capture_status END,
                           resolved_at = CASE WHEN $3 IN ('processing', 'unknown') THEN NULL ELSE now() END,
                           updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND status = ANY($4::text[])
@@ -293,7 +294,8 @@ class CheckoutStore:
         return await self.db.run(
             lambda c: c.fetch(
                 """SELECT id, order_id, reference_id, payment_processor_id, amount FROM payment_transactions
-                WHERE store_id = $1 AND capture_status = 'pending' ORDER BY created_at LIMIT $2""",
+                WHERE store_id = $1 AND capture_status = 'pending' AND status = 'approved'
+                ORDER BY created_at LIMIT $2""",
                 self.store_id,
                 limit,
             ),
@@ -346,6 +348,34 @@ class CheckoutStore:
                 self.store_id,
             ),
             what="unresolved refunds",
+        )
+
+    async def mark_void_requested(self, transaction_id: uuid.UUID) -> None:
+        """Just before a Void leaves: the charge may be voided from here on."""
+        await self.db.run(
+            lambda c: c.execute(
+                """UPDATE payment_transactions SET void_requested_at = coalesce(void_requested_at, now()),
+                          updated_at = now()
+                    WHERE store_id = $1 AND id = $2""",
+                self.store_id,
+                transaction_id,
+            ),
+            what="mark void requested",
+        )
+
+    async def void_pending(self, order_id: uuid.UUID) -> bool:
+        """True while a void of one of the order's charges was sent but is not known to be done."""
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """SELECT EXISTS (SELECT 1 FROM payment_transactions
+                                       WHERE store_id = $1 AND order_id = $2 AND kind = 'payment'
+                                         AND void_requested_at IS NOT NULL AND status = 'approved')""",
+                    self.store_id,
+                    order_id,
+                ),
+                what="void pending",
+            )
         )
 
     async def mark_refund_sent(self, transaction_id: uuid.UUID) -> None:

@@ -122,12 +122,13 @@ class MaintenanceStore:
         return int(row["n"]), float(row["age"])
 
     async def half_voided(self) -> list[Any]:
-        """Completed orders with a card tender already voided: a void that stopped half-way."""
+        """Completed orders whose void stopped half-way: a card tender voided, or its void sent."""
         rows = await self.db.fetch(
             """SELECT DISTINCT o.id FROM orders o JOIN payment_transactions t
                    ON t.store_id = o.store_id AND t.order_id = o.id
                 WHERE o.store_id = $1 AND o.status = 'completed' AND t.kind = 'payment'
-                  AND t.tender_type = 'card' AND t.status = 'voided'""",
+                  AND t.tender_type = 'card'
+                  AND (t.status = 'voided' OR (t.status = 'approved' AND t.void_requested_at IS NOT NULL))""",
             self.store_id,
         )
         return [r["id"] for r in rows]

@@ -60,6 +60,8 @@ __all__ = ["Auth", "Batch", "Capture", "HealthCheck", "Inquire", "Lane", "Refund
 log = logging.getLogger("gatewayd.terminals.lane")
 
 OnResult = Callable[[str, str, float], None]
+# Awaited by the owner task right before the operation is sent; False withdraws it unsent.
+BeforeSend = Callable[[], Awaitable[bool]]
 Result = Outcome | SettleResult | list[BatchEntry] | Health
 
 
@@ -68,6 +70,7 @@ class _Job:
     op: Op
     future: asyncio.Future[Any]
     key: tuple[str, str] | None
+    before_send: BeforeSend | None = None
 
 
 def _key(op: Op) -> tuple[str, str] | None:
@@ -176,23 +179,27 @@ class Lane:
     # ------------------------------------------------------------ callers
 
     @overload
-    async def execute(self, op: Settle) -> SettleResult: ...
+    async def execute(self, op: Settle, *, before_send: BeforeSend | None = None) -> SettleResult: ...
     @overload
-    async def execute(self, op: Batch) -> list[BatchEntry]: ...
+    async def execute(self, op: Batch, *, before_send: BeforeSend | None = None) -> list[BatchEntry]: ...
     @overload
-    async def execute(self, op: HealthCheck) -> Health: ...
+    async def execute(self, op: HealthCheck, *, before_send: BeforeSend | None = None) -> Health: ...
     @overload
-    async def execute(self, op: MoneyOp | Inquire) -> Outcome: ...
+    async def execute(self, op: MoneyOp | Inquire, *, before_send: BeforeSend | None = None) -> Outcome: ...
 
-    async def execute(self, op: Op) -> Result:
-        """Run `op` on the terminal (or join the same operation already queued or running)."""
+    async def execute(self, op: Op, *, before_send: BeforeSend | None = None) -> Result:
+        """Run `op` on the terminal (or join the same operation already queued or running).
+
+        `before_send` runs in the owner task just before the request leaves (after any queue
+        wait): the caller records its intent there, stamped with the real send time.
+        """
         if self._closed:
             raise TerminalError("lane is stopped", terminal_id=self.terminal_id)
         joined = self._join(op)
         if joined is not None:
             result: Result = await joined
             return result
-        job = _Job(op=op, future=asyncio.get_running_loop().create_future(), key=_key(op))
+        job = _Job(op=op, future=asyncio.get_running_loop().create_future(), key=_key(op), before_send=before_send)
         job.future.add_done_callback(_consume)
         try:
             self._queue.put_nowait(job)
@@ -248,7 +255,14 @@ class Lane:
                 started = self._clock()
                 result: Result | BaseException
                 try:
-                    result = await self._perform(job.op)
+                    if job.before_send is not None and not await job.before_send():
+                        result = Declined(
+                            reference_id=getattr(job.op, "ref", ""),
+                            status_code="",
+                            message="not sent: withdrawn by the caller",
+                        )
+                    else:
+                        result = await self._perform(job.op)
                 except asyncio.CancelledError:
                     _settle_future(job.future, _stopped(job.op, sent=True))
                     raise
