@@ -79,6 +79,10 @@ class FleetApi:
     def views(self) -> list[TerminalView]:
         return [v for tid in self.fleet if (v := self.view(tid)) is not None]
 
+    def counts(self) -> tuple[int, int]:
+        """(total, online) without building a view per terminal (GET /v1/health)."""
+        return len(self.fleet), sum(1 for lane in self.fleet.values() if lane.state == "online")
+
     async def settle(self, terminal_id: str) -> SettleView:
         result = await self.operations.settle(terminal_id)
         return SettleView(

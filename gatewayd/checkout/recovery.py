@@ -52,11 +52,29 @@ class Recovery:
         started = time.monotonic()
         report = RecoveryReport()
         coord = self.coordinator
-        ids = await coord.store.claim_unfinished(
-            coord.instance_id, coord.lease_s, take_own=startup, limit=self.batch, older_than_s=min_age_s
-        )
-        ids = [oid for oid in ids if oid not in coord.driving]
-        report.claimed = len(ids)
+        # Batch after batch until a claim comes back short: a crash with more than `batch` orders in
+        # flight is finished in one pass, not one batch per `interval_s`. An order seen in this pass
+        # (left undecided, its lease released) is not driven twice in it.
+        seen: set[uuid.UUID] = set()
+        while True:
+            claimed = await coord.store.claim_unfinished(
+                coord.instance_id, coord.lease_s, take_own=startup, limit=self.batch, older_than_s=min_age_s
+            )
+            ids = [oid for oid in claimed if oid not in coord.driving and oid not in seen]
+            seen.update(ids)
+            await self._drive_batch(ids, report)
+            if len(claimed) < self.batch or not ids:
+                break
+        report.refunds = await self._refunds()
+        report.captures = await self._captures()
+        report.orphans_voided = await self._orphans()
+        report.voids = await self._half_voided()
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _drive_batch(self, ids: list[uuid.UUID], report: RecoveryReport) -> None:
+        coord = self.coordinator
+        report.claimed += len(ids)
         if ids:
             log.info("recovery: %d unfinished order(s) claimed", len(ids))
         results = await asyncio.gather(*(self._recover(oid) for oid in ids), return_exceptions=True)
@@ -74,12 +92,6 @@ class Recovery:
                 if result in ("payment_failed", "cancelled")
                 else "inquired"
             )
-        report.refunds = await self._refunds()
-        report.captures = await self._captures()
-        report.orphans_voided = await self._orphans()
-        report.voids = await self._half_voided()
-        report.seconds = time.monotonic() - started
-        return report
 
     async def _recover(self, order_id: uuid.UUID) -> str:
         await failpoints.hit("during_recovery")

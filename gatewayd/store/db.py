@@ -53,6 +53,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (a round trip on every release).
+
+    asyncpg still rolls back a transaction left open before calling this; gatewayd sets no session
+    state on pooled connections (no SET, LISTEN, cursors, or advisory locks outside the migration
+    runner, which unlocks in `finally`), so there is nothing else to reset.
+    """
+
+
 def _encode_json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
@@ -98,6 +107,7 @@ class Database:
                 statement_cache_size=100 if self._statement_cache else 0,
                 max_inactive_connection_lifetime=300,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):

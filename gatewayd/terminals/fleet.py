@@ -7,6 +7,8 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
+import aiohttp
+
 from gatewayd.config import HealthConfig, TerminalConfig
 from gatewayd.terminals import ops
 from gatewayd.terminals.health import HealthMonitor, Write
@@ -21,7 +23,12 @@ ResultHook = Callable[[str, str, str, float], None]  # terminal, operation, outc
 EventHook = Callable[[str, str], None]  # terminal, "unknown" | "inquiry"
 
 
-def _make_lane(config: TerminalConfig, on_result: ResultHook | None, on_event: EventHook | None) -> Lane:
+def _make_lane(
+    config: TerminalConfig,
+    on_result: ResultHook | None,
+    on_event: EventHook | None,
+    session: aiohttp.ClientSession | None = None,
+) -> Lane:
     assert config.authkey is not None, "secrets are resolved when the config is loaded"
     driver = SpinDriver(
         config.id,
@@ -30,6 +37,7 @@ def _make_lane(config: TerminalConfig, on_result: ResultHook | None, on_event: E
         config.authkey.reveal(),
         config.timeout_s,
         http_margin_s=config.http_margin_s,
+        session=session,
     )
     return Lane(
         config.id,
@@ -64,6 +72,10 @@ class Fleet(Mapping[str, Lane]):
             write=write_health,
         )
         self._monitor_task: asyncio.Task[None] | None = None
+        # One HTTP session for every terminal: keep-alive connections are pooled per host and reused
+        # across terminals (a sweep needs as many as it checks at once, not one per terminal). The
+        # lane already allows one operation at a time per terminal, so no per-connector limit.
+        self._session: aiohttp.ClientSession | None = None
 
     # Mapping
     def __getitem__(self, terminal_id: str) -> Lane:
@@ -84,8 +96,15 @@ class Fleet(Mapping[str, Lane]):
             self._add(config)
         self._monitor_task = asyncio.create_task(self.monitor.run(), name="health-monitor")
 
+    def _shared_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+            )
+        return self._session
+
     def _add(self, config: TerminalConfig) -> None:
-        lane = _make_lane(config, self._on_result, self._on_event)
+        lane = _make_lane(config, self._on_result, self._on_event, self._shared_session())
         self.configs[config.id] = config
         self._lanes[config.id] = lane
         self._tasks[config.id] = asyncio.create_task(lane.run(), name=f"lane-{config.id}")
@@ -131,3 +150,6 @@ class Fleet(Mapping[str, Lane]):
         for lane in self._lanes.values():
             await lane.driver.aclose()
         self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
