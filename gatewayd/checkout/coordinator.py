@@ -35,7 +35,7 @@ from gatewayd.checkout.validate import change_due, request_hash, validate
 from gatewayd.checkout.views import checkout_view
 from gatewayd.config import CheckoutConfig
 from gatewayd.errors import StoreError, TerminalBusy, TransientStoreError
-from gatewayd.store.checkouts import CheckoutStore
+from gatewayd.store.checkouts import CheckoutRows, CheckoutStore
 from gatewayd.store.db import retry_delay_s
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline, Outcome, Unknown
@@ -89,6 +89,37 @@ class _Inflight:
     request_hash: str
     task: asyncio.Task[CheckoutView]
     order_id: uuid.UUID | None = None
+
+
+def _prepared_rows(intent: dict[str, Any]) -> CheckoutRows:
+    """The rows gw_prepare_checkout wrote for this intent, as `load` would return them."""
+    tenders = [
+        {
+            "id": uuid.UUID(t["id"]),
+            "kind": "payment",
+            "refund_id": None,
+            "tender_index": i,
+            "tender_type": t["type"],
+            "operation": t["operation"],
+            "amount": t["amount"],
+            "approved_amount": None,
+            "tendered": t.get("tendered"),
+            "status": "pending",
+            "capture_status": None,
+            "reference_id": t["reference_id"],
+            "payment_processor_id": t.get("terminal_id"),
+            "auth_code": None,
+            "card_brand": None,
+            "last4": None,
+            "status_code": None,
+            "last_error": None,
+            "timeout_s": t.get("timeout_s"),
+            "sent_at": None,
+            "attempts": 0,
+        }
+        for i, t in enumerate(intent["tenders"])
+    ]
+    return CheckoutRows({"id": uuid.UUID(intent["id"]), "status": "pending_payment"}, tenders, [])
 
 
 def _failure_for(outcome: Outcome) -> TenderFailure:
@@ -264,14 +295,15 @@ class Coordinator:
             return await self._existing(found[0], found[1], digest), False
         order_id = uuid.uuid4()
         self._inflight[request.idempotency_key].order_id = order_id
-        result = await self._db(self.store.prepare(self._intent(order_id, request, digest)))
+        intent = self._intent(order_id, request, digest)
+        result = await self._db(self.store.prepare(intent))
         if result["outcome"] == "insufficient":
             raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
         if result["outcome"] == "exists" and uuid.UUID(result["id"]) != order_id:
             return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest), False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
         await failpoints.hit("after_intent_commit")
-        await self.drive(order_id, charge_pending=True)
+        await self.drive(order_id, charge_pending=True, rows=_prepared_rows(intent))
         return await self._view(order_id), True
 
     def _preflight(self, request: CheckoutRequest) -> CheckoutError | None:
@@ -366,18 +398,20 @@ class Coordinator:
         """Orders this process is driving right now."""
         return set(self._driving)
 
-    async def drive(self, order_id: uuid.UUID, *, charge_pending: bool) -> None:
+    async def drive(self, order_id: uuid.UUID, *, charge_pending: bool, rows: CheckoutRows | None = None) -> None:
         """Settle the order once at a time in this process (recovery and retries join)."""
         running = self._driving.get(order_id)
         if running is None:
-            running = self._spawn(self.settle(order_id, charge_pending=charge_pending))
+            running = self._spawn(self.settle(order_id, charge_pending=charge_pending, rows=rows))
             self._driving[order_id] = running
             running.add_done_callback(lambda _: self._driving.pop(order_id, None))
         await asyncio.shield(running)
 
-    async def settle(self, order_id: uuid.UUID, *, charge_pending: bool) -> None:
-        """Drive a stored order to completed or failed from whatever state its rows are in."""
-        rows = await self._persist(lambda: self.store.load(order_id=order_id))
+    async def settle(self, order_id: uuid.UUID, *, charge_pending: bool, rows: CheckoutRows | None = None) -> None:
+        """Drive a stored order to completed or failed from whatever state its rows are in
+        (`rows`: the order just prepared, so that it need not be read back)."""
+        if rows is None:
+            rows = await self._persist(lambda: self.store.load(order_id=order_id))
         if rows is None or rows.order["status"] not in (
             "pending_payment",
             "payment_processing",

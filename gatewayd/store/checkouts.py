@@ -25,6 +25,16 @@ class CheckoutRows:
     refunds: list[asyncpg.Record]
 
 
+# One round trip for an order with its tenders and refunds (arrays of the tables' row types, which
+# asyncpg decodes into records with the columns' own types).
+_LOAD = """
+SELECT o,
+       coalesce((SELECT array_agg(t ORDER BY t.kind, t.tender_index, t.created_at) FROM payment_transactions t
+                  WHERE t.store_id = o.store_id AND t.order_id = o.id), '{{}}') AS tenders,
+       coalesce((SELECT array_agg(r ORDER BY r.created_at) FROM refunds r
+                  WHERE r.store_id = o.store_id AND r.order_id = o.id), '{{}}') AS refunds
+  FROM orders o WHERE o.store_id = $1 AND {where}"""
+
 _LOAD_TENDERS = """
 SELECT id, kind, refund_id, tender_index, tender_type, operation, amount, approved_amount, tendered, status,
        capture_status, reference_id, payment_processor_id, auth_code, card_brand, last4, status_code,
@@ -199,26 +209,13 @@ class CheckoutStore:
     async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> CheckoutRows | None:
         """An order with its tenders and refunds, by id or idempotency key."""
 
+        where = "o.id = $2" if order_id is not None else "o.idempotency_key = $2"
+
         async def work(c: asyncpg.Connection) -> CheckoutRows | None:
-            if order_id is not None:
-                order = await c.fetchrow(
-                    "SELECT * FROM orders WHERE store_id = $1 AND id = $2", self.store_id, order_id
-                )
-            else:
-                order = await c.fetchrow(
-                    "SELECT * FROM orders WHERE store_id = $1 AND idempotency_key = $2", self.store_id, key
-                )
-            if order is None:
+            row = await c.fetchrow(_LOAD.format(where=where), self.store_id, order_id if order_id else key)
+            if row is None:
                 return None
-            tenders = list(await c.fetch(_LOAD_TENDERS, self.store_id, order["id"]))
-            refunds = list(
-                await c.fetch(
-                    "SELECT * FROM refunds WHERE store_id = $1 AND order_id = $2 ORDER BY created_at",
-                    self.store_id,
-                    order["id"],
-                )
-            )
-            return CheckoutRows(order, tenders, refunds)
+            return CheckoutRows(row["o"], list(row["tenders"]), list(row["refunds"]))
 
         return await self.db.run(work, what="load checkout")
 

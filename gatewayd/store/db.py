@@ -38,19 +38,37 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+# Client-side errors that no retry can fix (they would otherwise look like InterfaceError).
+_PERMANENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.DataError,
+)
+
+
 def classify(exc: BaseException) -> StoreError:
     """The StoreError class that says whether retrying `exc` can help."""
     if isinstance(exc, StoreError):
         return exc
+    if isinstance(exc, _PERMANENT):
+        return PermanentStoreError(f"database client error: {type(exc).__name__}: {exc}")
     if isinstance(exc, _TRANSIENT):
         return TransientStoreError(f"database unavailable: {type(exc).__name__}: {exc}")
     return PermanentStoreError(f"database refused: {type(exc).__name__}: {exc}")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb in and out as Python values, through msgspec."""
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, schema="pg_catalog", encoder=_encode_json, decoder=msgspec.json.decode)
+    """json and jsonb in and out as Python values, through msgspec.
+
+    Binary format, so that rows holding jsonb can also be decoded inside composite values
+    (a table's row type in an array), which asyncpg only supports in binary.
+    """
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", format="binary", encoder=msgspec.json.encode, decoder=msgspec.json.decode
+    )
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary", encoder=_encode_jsonb, decoder=_decode_jsonb
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -62,8 +80,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-def _encode_json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + msgspec.json.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return msgspec.json.decode(data[1:])
 
 
 def retry_delay_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
