@@ -1,0 +1,273 @@
+"""One simulated gatewayd process: the real lanes, health monitor, coordinator, recovery and
+maintenance schedule, wired as gatewayd/daemon.py wires them, over the fakes.
+
+A crash is `kill -9`: every task of the process is cancelled where it stands, its in-memory
+objects are dropped, and nothing it would still have written reaches the fake database.
+A restart builds everything afresh with the same instance id (the same daemon, restarted by
+systemd) and runs start-up recovery before the API takes requests, as Daemon.start does.
+
+The coordinator and recovery are thin subclasses that only COUNT (which recovery branch ran);
+the lane subclass counts terminal operations per POS request (I6: a refused request makes
+none). No behaviour of gatewayd is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import random
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
+
+from gatewayd import failpoints
+from gatewayd.checkout.coordinator import Coordinator, TenderFailure
+from gatewayd.checkout.operations import Operations
+from gatewayd.checkout.recovery import Recovery, RecoveryReport
+from gatewayd.config import CheckoutConfig
+from gatewayd.terminals.health import HealthMonitor
+from gatewayd.terminals.lane import Lane
+from gatewayd.terminals.ops import Op
+from tests.sim.determinism import vnow
+from tests.sim.faults import Coverage
+from tests.sim.loop import OWNER
+from tests.sim.terminal import FakeDriver
+
+if TYPE_CHECKING:
+    from tests.sim.world import World
+
+INSTANCE_ID = "sim-host:sim-store:0a1b2c3d"
+LEASE_S = 600.0
+RECOVERY_INTERVAL_S = 60.0
+MAINTENANCE_INTERVAL_S = 300.0
+HEALTH_INTERVAL_S = 30.0
+STARTUP_WAIT_S = 5.0
+
+# Which POS request (if any) the current task works for: the lane counts terminal operations by it.
+REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("sim_request", default=None)
+
+
+class SimMetrics:
+    """The coordinator's metrics hooks, counted into the run's coverage."""
+
+    def __init__(self, coverage: Coverage) -> None:
+        self.coverage = coverage
+        self.outcomes: Counter[str] = Counter()
+
+    def checkout_finished(self, outcome: str, seconds: float) -> None:
+        self.outcomes[outcome] += 1
+
+    def tender_finished(self, tender_type: str, outcome: str) -> None:
+        pass
+
+    def recovery_action(self, action: str) -> None:
+        name = {
+            "completed": "recovery.completed",
+            "rolled_back": "recovery.rolled_back",
+            "voided": "recovery.voided_orphan",
+        }.get(action, f"recovery.{action}")
+        self.coverage.hit(name)
+
+
+class SimLane(Lane):
+    """A real Lane; counts the operations each POS request causes."""
+
+    calls_by_request: Counter[str]
+
+    async def execute(self, op: Op, *args: Any, **kwargs: Any) -> Any:
+        tag = REQUEST.get()
+        if tag is not None:
+            self.calls_by_request[tag] += 1
+        return await super().execute(op, *args, **kwargs)  # type: ignore[arg-type]
+
+
+class SimCoordinator(Coordinator):
+    """The real coordinator; counts how inquiries by reference id resolved."""
+
+    coverage: Coverage
+
+    async def _resolve(self, order_id: uuid.UUID, tender: Any) -> tuple[str, TenderFailure | None]:
+        status, failure = await super()._resolve(order_id, tender)
+        branch = {"approved": "approved", "declined": "declined", "failed": "not_found"}.get(status)
+        if branch is not None:
+            self.coverage.hit(f"recovery.inquiry_{branch}")
+        return status, failure
+
+
+class SimRecovery(Recovery):
+    """The real recovery; counts the refunds it finished."""
+
+    coverage: Coverage
+
+    async def run_once(self, *, startup: bool = False, min_age_s: float = 0.0) -> RecoveryReport:
+        report = await super().run_once(startup=startup, min_age_s=min_age_s)
+        if report.refunds:
+            self.coverage.hit("recovery.refund_finished", report.refunds)
+        return report
+
+
+class SimProcess:
+    """One run of the daemon, from start to crash (or to the end of the simulation)."""
+
+    def __init__(self, world: World, generation: int) -> None:
+        self.world = world
+        self.generation = generation
+        self.alive = True
+        self.ready = False
+        self.tasks: dict[asyncio.Task[Any], None] = {}
+        self.lanes: dict[str, SimLane] = {}
+        self.coordinator: SimCoordinator | None = None
+        self.recovery: SimRecovery | None = None
+
+    # ------------------------------------------------------------ tasks
+
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        self.tasks[task] = None
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.pop(task, None)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], request: str | None = None) -> asyncio.Task[Any]:
+        """A task of this process (and, with `request`, working for that POS request)."""
+        ctx = contextvars.copy_context()
+        ctx.run(OWNER.set, self)
+        ctx.run(REQUEST.set, request)
+        return asyncio.get_running_loop().create_task(coro, context=ctx)
+
+    def kill(self) -> None:
+        """kill -9: every task stops at its current await; nothing more of it runs."""
+        self.alive = False
+        self.ready = False
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _watch(self, task: asyncio.Task[Any], what: str) -> None:
+        """A background task that dies of an unexpected error takes the daemon down (anyio task group)."""
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if t.cancelled() or not self.alive:
+                return
+            exc = t.exception()
+            if exc is not None:
+                self.world.anomaly(f"{what} died: {type(exc).__name__}: {exc}")
+                self.world.crash("daemon task died", planned=False)
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------ start-up, as Daemon.start
+
+    async def start(self) -> None:
+        w = self.world
+        loop = asyncio.get_running_loop()
+        lane_rng = random.Random(f"lane:{w.seed}:{self.generation}")
+        calls: Counter[str] = w.calls_by_request
+        for tid, term in w.terminals.items():
+            lane = SimLane(
+                tid,
+                FakeDriver(term),
+                queue_depth=w.plan.queue_depth,
+                clock=loop.time,
+                sleep=asyncio.sleep,
+                rand=lane_rng.random,
+            )
+            lane.calls_by_request = calls
+            self.lanes[tid] = lane
+            self._watch(self.spawn(lane.run()), f"lane {tid}")
+        monitor = HealthMonitor(
+            self.lanes.values(),
+            HEALTH_INTERVAL_S,
+            failure_threshold=2,
+            offline_backoff_cap_s=300.0,
+            clock=loop.time,
+            sleep=asyncio.sleep,
+            rand=lane_rng.random,
+            now=vnow,
+        )
+        self._watch(self.spawn(monitor.run()), "health monitor")
+        coordinator = SimCoordinator(  # the fakes duck-type CheckoutStore / MaintenanceStore
+            w.store,  # type: ignore[arg-type]
+            self.lanes,
+            CheckoutConfig(card_mode=w.plan.card_mode),
+            instance_id=INSTANCE_ID,
+            lease_s=LEASE_S,
+            metrics=w.metrics,
+        )
+        coordinator.coverage = w.coverage
+        recovery = SimRecovery(coordinator, w.maintenance)  # type: ignore[arg-type]
+        recovery.coverage = w.coverage
+        self.coordinator, self.recovery = coordinator, recovery
+        operations = Operations(w.maintenance, self.lanes)  # type: ignore[arg-type]
+        startup = self.spawn(recovery.run_once(startup=True))
+        done, _ = await asyncio.wait({startup}, timeout=STARTUP_WAIT_S)
+        if done and startup.exception() is not None:
+            w.trace("proc", self.generation, "startup_recovery_failed", type(startup.exception()).__name__)
+        self.ready = True
+        w.trace("proc", self.generation, "ready")
+        self._watch(self.spawn(recovery.run_forever(RECOVERY_INTERVAL_S)), "recovery timer")
+        self._watch(self.spawn(operations.maintain_forever(MAINTENANCE_INTERVAL_S, 15, 10)), "maintenance")
+
+    async def call(
+        self,
+        work: Callable[[SimCoordinator], Awaitable[Any]],
+        request: str,
+        patience_s: float | None,
+        cancel_on_disconnect: bool,
+    ) -> Any:
+        """One API request: served by a task of this process; a crash resets the connection."""
+        assert self.coordinator is not None
+        coordinator = self.coordinator
+        task = self.spawn(_call(work, coordinator), request)
+        done, _ = await asyncio.wait({task}, timeout=patience_s)
+        if not done:
+            if cancel_on_disconnect:
+                task.cancel()
+            task.add_done_callback(_quiet)
+            raise Disconnected("the POS stopped waiting")
+        if task.cancelled():
+            raise Disconnected("connection reset: the daemon went away")
+        return task.result()
+
+
+async def _call(work: Callable[[SimCoordinator], Awaitable[Any]], coordinator: SimCoordinator) -> Any:
+    return await work(coordinator)
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class Disconnected(Exception):
+    """The POS lost the connection (or stopped waiting) before the answer."""
+
+
+class Refused(Exception):
+    """The daemon is not running (crashed, restarting): connection refused."""
+
+
+# ------------------------------------------------------------ failpoints as crash points
+
+
+@contextlib.contextmanager
+def failpoint_crashes(world: World) -> Iterator[None]:
+    """Make gatewayd's named failpoints places where the simulated process may be killed."""
+    saved = (failpoints.hit, failpoints.armed)
+
+    async def hit(name: str) -> None:
+        owner = OWNER.get()
+        if isinstance(owner, SimProcess) and owner.alive and world.failpoint_roll(name):
+            world.crash(f"failpoint {name}", planned=True, failpoint=True)
+            await asyncio.sleep(0)  # the kill lands here: this task is cancelled with the others
+
+    def armed(name: str) -> bool:
+        return name == "after_sale_sent" and world.plan.failpoint_crash > 0
+
+    failpoints.hit = hit  # type: ignore[assignment]
+    failpoints.armed = armed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        failpoints.hit, failpoints.armed = saved  # type: ignore[assignment]

@@ -1,0 +1,176 @@
+"""Differential check of the fake store against PostgreSQL.
+
+The fake tables (tests/sim/tables.py) are a second implementation of the SQL functions; if
+they drift, the simulation tests a store that does not exist. So: take a seed's history (every
+statement the fake applied, in order, with its arguments and its answer), replay it through
+the REAL CheckoutStore/MaintenanceStore against a migrated database under a fresh store_id,
+and compare each answer and, at the end, the rows (orders, tenders, refunds, inventory,
+loyalty, register sessions).
+
+Statements whose effect depends on the clock (claim_unfinished, release_lease: leases only)
+are not replayed; cleanup_stale_pending_orders is replayed as the gw_fail_checkout calls it
+made. The replay runs outside the virtual loop, on a real event loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from gatewayd.store.checkouts import CheckoutStore
+from gatewayd.store.db import Database
+from gatewayd.store.maintenance import MaintenanceStore
+from tests.sim.tables import Tables
+from tests.sim.world import SeedResult
+
+SKIP = frozenset({"claim_unfinished", "release_lease", "record_settlement"})
+
+
+def _answer(name: str, value: Any) -> Any:
+    """What must agree between the fake and PostgreSQL (sequence numbers and times do not)."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "order_number"}
+    if name in ("mark_sent", "record_tender"):
+        return bool(value)
+    return value
+
+
+async def _setup(conn: asyncpg.Connection, store_id: str, result: SeedResult, store: CheckoutStore) -> None:
+    for tid in result.setup["terminals"]:
+        await conn.execute(
+            "INSERT INTO payment_processors (store_id, id, processor_name, driver) VALUES ($1, $2, $2, 'spin')",
+            store_id,
+            tid,
+        )
+    for sku, stock in result.setup["stock"].items():
+        await conn.execute("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)", store_id, sku, stock)
+    for legacy in result.setup["legacy"]:
+        payload = legacy["payload"]
+        await store.prepare(payload)
+        await conn.execute(
+            "UPDATE payment_transactions SET status = 'approved', approved_amount = amount,"
+            " sent_at = now(), attempts = 1 WHERE store_id = $1 AND id = $2",
+            store_id,
+            uuid.UUID(legacy["tender_id"]),
+        )
+        await conn.execute(
+            "UPDATE orders SET status = 'payment_failed', payment_status = 'failed',"
+            " failure_code = 'legacy', failure_reason = 'old POS flow', lease_owner = NULL,"
+            " lease_until = NULL, failed_at = now() WHERE store_id = $1 AND id = $2",
+            store_id,
+            uuid.UUID(payload["id"]),
+        )
+
+
+async def _apply(
+    store: CheckoutStore,
+    maintenance: MaintenanceStore,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    fake: Any,
+) -> tuple[Any, Any]:
+    """Run one statement of the history for real; (real answer, fake answer) to compare."""
+    if name == "cleanup":
+        for order_id in fake:
+            await store.fail(order_id, "stale_pending", f"pending_payment for more than {args[0]} minutes", "cancelled")
+        return len(fake), len(fake)
+    if name == "audit":
+        await store.audit(args[0])
+        return None, None
+    if name == "record_tender":
+        tender_id, status = args
+        return await store.record_tender(tender_id, status, **kwargs), fake
+    method = getattr(store, name)
+    return await method(*args, **kwargs), fake
+
+
+async def replay(dsn: str, result: SeedResult) -> list[str]:
+    """Replay `result.history` against PostgreSQL; the disagreements (empty when none)."""
+    store_id = f"sim-{result.seed}-{uuid.uuid4().hex[:8]}"
+    db = Database(dsn, pool_min=1, pool_max=2)
+    await db.open()
+    problems: list[str] = []
+    try:
+        store, maintenance = CheckoutStore(db, store_id), MaintenanceStore(db, store_id)
+        async with db.connection() as conn:
+            await _setup(conn, store_id, result, store)
+        for i, (name, args, kwargs, fake) in enumerate(result.history):
+            if name in SKIP:
+                continue
+            real, expected = await _apply(store, maintenance, name, args, kwargs, fake)
+            if _answer(name, real) != _answer(name, expected):
+                problems.append(f"#{i} {name}{args!r:.120}: postgres {real!r}, fake {expected!r}")
+                if len(problems) > 10:
+                    break
+        async with db.connection() as conn:
+            problems += await _compare_rows(conn, store_id, result)
+    finally:
+        await db.close()
+    return problems
+
+
+async def _compare_rows(conn: asyncpg.Connection, store_id: str, result: SeedResult) -> list[str]:
+    tables: Tables = result.tables
+    problems: list[str] = []
+
+    def same(what: str, real: dict[Any, Any], fake: dict[Any, Any]) -> None:
+        differ = [k for k in sorted(set(real) | set(fake), key=str) if real.get(k) != fake.get(k)]
+        for key in differ[:5]:
+            problems.append(f"{what} {key}: postgres {real.get(key)!r}, fake {fake.get(key)!r}")
+        if len(differ) > 5:
+            problems.append(f"{what}: {len(differ) - 5} more rows differ")
+
+    cols = ("status", "payment_status", "total", "refunded_amount", "loyalty_points", "failure_code")
+    real_orders = {
+        r["id"]: tuple(r[c] for c in cols)
+        for r in await conn.fetch(f"SELECT id, {', '.join(cols)} FROM orders WHERE store_id = $1", store_id)
+    }
+    same("orders", real_orders, {o["id"]: tuple(o[c] for c in cols) for o in tables.orders.values()})
+    cols = ("status", "approved_amount", "capture_status", "amount", "kind", "attempts")
+    real_txs = {
+        r["id"]: tuple(r[c] for c in cols)
+        for r in await conn.fetch(
+            f"SELECT id, {', '.join(cols)} FROM payment_transactions WHERE store_id = $1", store_id
+        )
+    }
+    same("payment_transactions", real_txs, {t["id"]: tuple(t[c] for c in cols) for t in tables.txs.values()})
+    real_refunds = {
+        r["id"]: (r["status"], r["amount"])
+        for r in await conn.fetch("SELECT id, status, amount FROM refunds WHERE store_id = $1", store_id)
+    }
+    same("refunds", real_refunds, {r["id"]: (r["status"], r["amount"]) for r in tables.refunds.values()})
+    real_inventory = {
+        r["sku"]: (r["on_hand"], r["reserved"])
+        for r in await conn.fetch("SELECT sku, on_hand, reserved FROM inventory WHERE store_id = $1", store_id)
+    }
+    same("inventory", real_inventory, {k: (v["on_hand"], v["reserved"]) for k, v in tables.inventory.items()})
+    real_loyalty = {
+        r["customer_id"]: r["points"]
+        for r in await conn.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", store_id)
+    }
+    same("loyalty_accounts", real_loyalty, dict(tables.loyalty))
+    totals = ("cash_total", "card_total", "checkout_count", "refund_total")
+    real_sessions = {
+        r["register_id"]: tuple(r[c] for c in totals)
+        for r in await conn.fetch(
+            f"SELECT register_id, {', '.join(totals)} FROM register_sessions WHERE store_id = $1", store_id
+        )
+    }
+    same(
+        "register_sessions",
+        real_sessions,
+        {s["register_id"]: tuple(s[c] for c in totals) for s in tables.sessions.values()},
+    )
+    real_items = {
+        (r["order_id"], r["line_no"]): r["restocked"]
+        for r in await conn.fetch("SELECT order_id, line_no, restocked FROM order_items WHERE store_id = $1", store_id)
+    }
+    same(
+        "order_items.restocked",
+        real_items,
+        {(oid, line["line_no"]): line["restocked"] for oid, lines in tables.items.items() for line in lines},
+    )
+    return problems

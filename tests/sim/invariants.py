@@ -1,0 +1,366 @@
+"""RELIABILITY.md's invariants over the simulation's state: the fake tables and the terminals'
+own ledgers (the ground truth), in the spirit of tests/invariants.py.
+
+Two levels:
+
+* `step` checks, after every statement that changed the tables and every change of a ledger,
+  what must hold at ALL times (money never silently moves: a tender the database calls
+  declined/failed/voided is not charged at its terminal; approved means charged; inventory,
+  loyalty and register totals always match a recomputation; every terminal transaction is
+  known by its reference id; no void for a charge that was never approved);
+* `final` checks, at quiescence after the healed phase, the full set I1-I9 (money only for
+  completed orders, exactly their card amounts; nothing left undecided; refunds as the
+  terminal did them; captures done; no card number anywhere).
+
+A violation names its invariant first ("I2 ..."), then the order/reference, with enough
+detail to read the trace from.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tests.sim.tables import COMPLETED, OPEN_ORDER, Tables
+from tests.sim.terminal import CHARGES, Entry, FakeTerminal
+
+FAILED = ("payment_failed", "cancelled", "voided")
+_PAN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
+_IDS = re.compile(r"[0-9A-Fa-f-]{20,}")  # reference ids, UUIDs, digests: ours, not card numbers
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: str  # I1 ... I9
+    message: str
+    at: float  # virtual seconds
+
+    def __str__(self) -> str:
+        return f"{self.code} @{self.at:.3f}s: {self.message}"
+
+
+def luhn(number: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+class Checker:
+    """Holds the violations found so far (each reported once, at its first sighting)."""
+
+    def __init__(
+        self,
+        tables: Tables,
+        terminals: Mapping[str, FakeTerminal],
+        initial_stock: Mapping[str, int],
+        points_per_unit: int,
+        minor_per_unit: int,
+        clock: Any,
+    ) -> None:
+        self.t = tables
+        self.terminals = terminals
+        self.initial = dict(initial_stock)
+        self.ppu = points_per_unit
+        self.mpu = minor_per_unit
+        self.clock = clock
+        self.violations: list[Violation] = []
+        self._seen: set[str] = set()
+
+    def fail(self, code: str, message: str, key: str | None = None) -> None:
+        key = key or f"{code}:{message}"
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.violations.append(Violation(code, message, self.clock()))
+
+    # ------------------------------------------------------------ hooks
+
+    def on_store_step(self, name: str, args: tuple[Any, ...]) -> None:
+        t = self.t
+        orders: list[uuid.UUID] = []
+        if name == "prepare":
+            orders = [uuid.UUID(args[0]["id"])]
+        elif name in ("mark_sent", "commit", "fail", "void_order"):
+            orders = [args[0]]
+        elif name in ("record_tender", "mark_refund_sent", "set_captured"):
+            tx = t.txs.get(args[0])
+            orders = [tx["order_id"]] if tx else []
+        elif name == "begin_refund":
+            orders = [uuid.UUID(args[0]["order_id"])]
+        elif name == "finish_refund":
+            refund = t.refunds.get(args[0])
+            orders = [refund["order_id"]] if refund else []
+        elif name == "cleanup":
+            orders = list(t.orders)
+        for order_id in orders:
+            if order_id in t.orders:
+                self.order(order_id)
+        if name in ("prepare", "commit", "fail", "void_order", "finish_refund", "cleanup"):
+            self.aggregates()
+
+    def on_ledger(self, terminal_id: str, ref: str) -> None:
+        tx_id = self.t.tx_by_ref.get(ref)
+        if tx_id is None:
+            self.fail("I8", f"terminal {terminal_id} recorded {ref}, which gatewayd does not know")
+            return
+        self.order(self.t.txs[tx_id]["order_id"])
+
+    def on_void_request(self, terminal_id: str, ref: str, entry: Entry | None) -> None:
+        if entry is None or entry.type not in CHARGES or entry.status == "declined":
+            state = "nothing" if entry is None else f"{entry.type} {entry.status}"
+            self.fail(
+                "I8",
+                f"void sent for {ref} on {terminal_id}, where the terminal holds {state}: "
+                "a void for a charge that was not approved",
+            )
+
+    # ------------------------------------------------------------ what holds at all times
+
+    def _entry(self, tx: Mapping[str, Any]) -> Entry | None:
+        term = self.terminals.get(tx["payment_processor_id"] or "")
+        return None if term is None else term.ledger.get(tx["reference_id"])
+
+    def order(self, order_id: uuid.UUID, *, final: bool = False) -> None:
+        o = self.t.orders[order_id]
+        txs = self.t.tenders_of(order_id)
+        card_total = 0
+        charged_total = 0
+        for tx in txs:
+            if tx["tender_type"] != "card":
+                continue
+            e = self._entry(tx)
+            ref = tx["reference_id"]
+            if tx["kind"] == "refund":
+                self._refund_tx(o, tx, e, final)
+                continue
+            card_total += tx["amount"]
+            charged = e is not None and e.type in CHARGES and e.moves_money()
+            if charged:
+                assert e is not None
+                charged_total += e.amount
+            if tx["status"] in ("pending", "declined", "failed", "voided") and charged:
+                assert e is not None
+                self.fail(
+                    "I2",
+                    f"tender {ref} of {o['status']} order {o['order_number']} is {tx['status']} in the "
+                    f"database, but terminal {tx['payment_processor_id']} holds an approved charge of "
+                    f"{e.amount}: the customer is charged and nobody will void it",
+                    key=f"I2:notcharged:{ref}",
+                )
+            if tx["status"] == "approved":
+                if e is None or e.type not in CHARGES or e.status == "declined":
+                    self.fail(
+                        "I3",
+                        f"tender {ref} is approved in the database, the terminal has "
+                        f"{'nothing' if e is None else e.status}",
+                        key=f"I3:approved:{ref}",
+                    )
+                elif e.amount != tx["approved_amount"]:
+                    self.fail("I2", f"tender {ref}: database approved {tx['approved_amount']}, terminal {e.amount}")
+                elif e.voided and final:
+                    self.fail(
+                        "I3",
+                        f"tender {ref} of {o['status']} order {o['order_number']} is approved in the "
+                        "database but voided at the terminal",
+                        key=f"I3:voided:{ref}",
+                    )
+        status = o["status"]
+        if charged_total > card_total:
+            self.fail(
+                "I2", f"order {o['order_number']}: terminals hold {charged_total} for {card_total} of card tenders"
+            )
+        if status in COMPLETED:
+            for tx in txs:
+                if tx["kind"] != "payment":
+                    continue
+                bad = tx["status"] != "approved"
+                if bad and not final and tx["tender_type"] == "card" and tx["status"] in ("voided", "failed"):
+                    bad = False  # a void of the completed order is on its way; final() requires it to finish
+                if bad:
+                    self.fail(
+                        "I3",
+                        f"{status} order {o['order_number']} has a {tx['tender_type']} tender "
+                        f"{tx['reference_id']} that is {tx['status']}",
+                        key=f"I3:tender:{tx['id']}",
+                    )
+                elif (
+                    tx["tender_type"] == "card" and tx["status"] == "approved" and tx["approved_amount"] != tx["amount"]
+                ):
+                    self.fail(
+                        "I3",
+                        f"{status} order {o['order_number']}: tender {tx['reference_id']} approved "
+                        f"{tx['approved_amount']} of {tx['amount']}",
+                    )
+            if final and charged_total != card_total:
+                self.fail(
+                    "I2",
+                    f"{status} order {o['order_number']}: card tenders {card_total}, terminals hold {charged_total}",
+                )
+            if o["customer_id"] is not None and o["loyalty_points"] != (o["total"] * self.ppu) // self.mpu:
+                self.fail("I5", f"order {o['order_number']} earned {o['loyalty_points']} points")
+        elif status in FAILED:
+            if any(
+                tx["kind"] == "payment" and tx["tender_type"] == "card" and tx["status"] in ("processing", "unknown")
+                for tx in txs
+            ):
+                self.fail("I7", f"{status} order {o['order_number']} has a tender still in doubt")
+            if final and charged_total:
+                self.fail(
+                    "I1",
+                    f"{status} order {o['order_number']} still has {charged_total} charged at its "
+                    "terminal(s): money without goods",
+                    key=f"I1:failed:{order_id}",
+                )
+
+    def _refund_tx(self, o: Mapping[str, Any], tx: Mapping[str, Any], e: Entry | None, final: bool) -> None:
+        returned = e is not None and e.type == "return" and e.moves_money()
+        ref = tx["reference_id"]
+        if returned and tx["status"] in ("pending", "declined", "failed"):
+            self.fail(
+                "I2",
+                f"refund {ref} of order {o['order_number']} is {tx['status']} in the database, but "
+                f"terminal {tx['payment_processor_id']} returned {e.amount if e else 0} to the card: "
+                "the customer got the money back and the books say they did not",
+                key=f"I2:refund:{ref}",
+            )
+        if tx["status"] == "approved" and not returned:
+            self.fail(
+                "I2",
+                f"refund {ref} is approved in the database, the terminal returned nothing",
+                key=f"I2:refund-approved:{ref}",
+            )
+        refund = self.t.refunds[tx["refund_id"]]
+        if refund["status"] == "completed" and tx["status"] != "approved":
+            self.fail("I2", f"refund {ref} completed with its transaction {tx['status']}")
+        if final and returned and e is not None and e.amount != tx["amount"]:
+            self.fail("I2", f"refund {ref}: {tx['amount']} asked, {e.amount} returned")
+
+    def aggregates(self) -> None:
+        t = self.t
+        sold: dict[str, int] = {}
+        reserved: dict[str, int] = {}
+        for order_id, o in t.orders.items():
+            for line in t.items.get(order_id, []):
+                if o["status"] in COMPLETED:
+                    sold[line["sku"]] = sold.get(line["sku"], 0) + line["quantity"] - line["restocked"]
+                elif o["status"] in OPEN_ORDER:
+                    reserved[line["sku"]] = reserved.get(line["sku"], 0) + line["quantity"]
+        for sku, inv in t.inventory.items():
+            expected = self.initial.get(sku, 0) - sold.get(sku, 0)
+            if inv["on_hand"] != expected:
+                self.fail("I4", f"{sku}: on hand {inv['on_hand']}, expected {expected}", key=f"I4:onhand:{sku}")
+            if inv["reserved"] != reserved.get(sku, 0):
+                self.fail(
+                    "I4",
+                    f"{sku}: reserved {inv['reserved']}, open orders hold {reserved.get(sku, 0)}",
+                    key=f"I4:reserved:{sku}",
+                )
+            if inv["on_hand"] < 0 or not 0 <= inv["reserved"] <= inv["on_hand"]:
+                self.fail("I4", f"{sku}: on hand {inv['on_hand']}, reserved {inv['reserved']}")
+        points: dict[str, int] = {}
+        sessions: dict[uuid.UUID, list[int]] = {}
+        for order_id, o in t.orders.items():
+            if o["status"] not in COMPLETED:
+                continue
+            if o["customer_id"] is not None:
+                earned = o["loyalty_points"] - (o["loyalty_points"] * o["refunded_amount"]) // max(o["total"], 1)
+                points[o["customer_id"]] = points.get(o["customer_id"], 0) + earned
+            if o["register_session_id"] is not None:
+                acc = sessions.setdefault(o["register_session_id"], [0, 0, 0, 0])
+                for tx in t.tenders_of(order_id):
+                    if tx["kind"] == "payment":
+                        acc[0 if tx["tender_type"] == "cash" else 1] += tx["amount"]
+                acc[2] += 1
+                acc[3] += sum(
+                    r["amount"] for r in t.refunds.values() if r["order_id"] == order_id and r["status"] == "completed"
+                )
+        for customer in sorted(set(points) | set(t.loyalty)):
+            if t.loyalty.get(customer, 0) != points.get(customer, 0):
+                self.fail(
+                    "I5",
+                    f"loyalty {customer}: {t.loyalty.get(customer, 0)} points, completed orders "
+                    f"earned {points.get(customer, 0)}",
+                    key=f"I5:loyalty:{customer}",
+                )
+        for session_id, s in t.sessions.items():
+            have = [s["cash_total"], s["card_total"], s["checkout_count"], s["refund_total"]]
+            want = sessions.get(session_id, [0, 0, 0, 0])
+            if have != want:
+                self.fail(
+                    "I5",
+                    f"register {s['register_id']} session (cash, card, count, refunds) {have}, "
+                    f"completed orders give {want}",
+                    key=f"I5:session:{session_id}",
+                )
+
+    # ------------------------------------------------------------ at quiescence
+
+    def final(self, log_lines: Iterable[str] = ()) -> None:
+        t = self.t
+        for order_id in t.orders:
+            self.order(order_id, final=True)
+        self.aggregates()
+        for terminal_id, term in self.terminals.items():
+            for ref, e in term.ledger.items():
+                tx_id = t.tx_by_ref.get(ref)
+                if tx_id is None:
+                    self.fail("I8", f"terminal {terminal_id} transaction {ref} ({e.type}) unknown to gatewayd")
+                    continue
+                tx = t.txs[tx_id]
+                o = t.orders[tx["order_id"]]
+                if e.type in CHARGES and e.moves_money():
+                    if o["status"] not in COMPLETED:
+                        self.fail(
+                            "I1",
+                            f"charge {ref} ({e.amount}) on {terminal_id} belongs to a {o['status']} order "
+                            f"{o['order_number']}: money without goods",
+                            key=f"I1:failed:{o['id']}",
+                        )
+                    elif e.amount != tx["amount"]:
+                        self.fail("I1", f"charge {ref} is {e.amount}, its tender {tx['amount']}")
+                    if tx["operation"] == "auth" and e.type != "capture" and o["status"] in COMPLETED:
+                        self.fail("I7", f"authorization {ref} of completed order {o['order_number']} never captured")
+                if e.type == "return" and e.moves_money() and tx["kind"] != "refund":
+                    self.fail("I2", f"return {ref} is not a refund gatewayd knows")
+        for tx in t.txs.values():
+            if tx["status"] in ("processing", "unknown"):
+                self.fail("I7", f"{tx['kind']} {tx['reference_id']} still {tx['status']} after healing")
+            if tx["capture_status"] == "pending":
+                self.fail("I7", f"capture of {tx['reference_id']} still pending after healing")
+        for o in t.orders.values():
+            if o["status"] in OPEN_ORDER:
+                self.fail("I7", f"order {o['order_number']} still {o['status']} after healing")
+        for r in t.refunds.values():
+            if r["status"] == "pending":
+                self.fail("I7", f"refund {r['id']} still pending after healing")
+        self.hygiene(log_lines)
+
+    def hygiene(self, log_lines: Iterable[str]) -> None:
+        """I9: no card number (13-19 digits passing Luhn) in any stored value or log line."""
+
+        def scan(value: Any, where: str) -> None:
+            if isinstance(value, str):
+                for m in _PAN.finditer(_IDS.sub(" ", value)):
+                    if luhn(m.group()):
+                        self.fail("I9", f"card-number-like {m.group()[:4]}... in {where}")
+            elif isinstance(value, Mapping):
+                for k, v in value.items():
+                    if k not in ("request_hash", "idempotency_key"):  # hex digests; keys are the POS's
+                        scan(v, where)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    scan(v, where)
+
+        scan(list(self.t.orders.values()), "orders")
+        scan(list(self.t.txs.values()), "payment_transactions")
+        scan(self.t.audit_events, "audit_events")
+        scan(list(self.t.refunds.values()), "refunds")
+        for line in log_lines:
+            scan(line, "logs")

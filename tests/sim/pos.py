@@ -1,0 +1,367 @@
+"""Point-of-sale clients: checkouts, retries, duplicates, key reuse, voids and refunds.
+
+Each client is a register of the store. It behaves like a real POS app under a flaky
+network: it resends the same request (same idempotency key) after an error, a timeout or a
+reset connection, sometimes twice at once, sometimes stops waiting, sometimes gives up for
+good; now and then it reuses an old key with another body (which must be refused without a
+single terminal operation) and voids or refunds one of its completed checkouts.
+
+Every answer is kept for the I6 checks (`Answers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gatewayd.checkout.errors import (
+    CheckoutError,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InsufficientInventory,
+    InvalidRequest,
+    NotAllowed,
+    NotFound,
+    OutcomePending,
+    TerminalOffline,
+    UnknownTerminalRequested,
+)
+from gatewayd.checkout.model import CardTender, CashTender, CheckoutRequest, CheckoutView, Line, RefundRequest
+from gatewayd.checkout.validate import request_hash
+from tests.sim.daemon import Disconnected, Refused
+
+if TYPE_CHECKING:
+    from tests.sim.world import World
+
+# sku -> (unit price, initial stock range; None: untracked)
+CATALOGUE: dict[str, tuple[int, tuple[int, int] | None]] = {
+    "COFFEE-1KG": (1299, (20, 60)),
+    "MUG": (850, (3, 12)),
+    "LAST-ONE": (4999, (1, 1)),
+    "SCARCE": (2500, (1, 3)),
+    "SERVICE": (500, None),
+    "GIFTWRAP": (199, None),
+}
+NO_ORDER = (InsufficientInventory, TerminalOffline, UnknownTerminalRequested)
+
+
+@dataclass
+class Answer:
+    """One answer the POS got."""
+
+    at: float
+    request: str  # the request tag (lane operations are counted by it)
+    key: str
+    digest: str
+    kind: str  # view | conflict | error name
+    order_id: str | None = None
+    status: str | None = None
+
+
+@dataclass
+class Answers:
+    """Every checkout answer, for the idempotency checks."""
+
+    items: list[Answer] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class Client:
+    """One register."""
+
+    def __init__(self, world: World, index: int) -> None:
+        self.world = world
+        self.index = index
+        self.register = f"REG-{index + 1}"
+        self.rng = random.Random(f"client:{world.seed}:{index}")
+        self.completed: dict[str, CheckoutView] = {}  # order id -> last view seen
+        self.keys: list[tuple[str, CheckoutRequest]] = []
+        self.seq = 0
+        self.requests = 0
+
+    # ------------------------------------------------------------ sending
+
+    def _tag(self) -> str:
+        self.requests += 1
+        return f"{self.register}#{self.requests}"
+
+    async def _send(self, work: Callable[[Any], Awaitable[Any]], tag: str) -> Any:
+        w, rng = self.world, self.rng
+        proc = w.process
+        if proc is None or not proc.ready:
+            raise Refused("connection refused")
+        disconnect = w.faults_on and rng.random() < w.plan.disconnect
+        patience = rng.uniform(0.05, 5.0) if disconnect else None
+        try:
+            return await proc.call(work, tag, patience, cancel_on_disconnect=rng.random() < 0.5)
+        except Disconnected:
+            if disconnect:
+                w.coverage.hit("pos.disconnect")
+            raise
+
+    def _request(self) -> CheckoutRequest:
+        w, rng = self.world, self.rng
+        self.seq += 1
+        key = f"{self.register}-{self.seq}-{rng.getrandbits(32):08x}"
+        skus = list(CATALOGUE)
+        lines = []
+        for sku in rng.sample(skus, rng.randint(1, 3)):
+            lines.append(Line(sku=sku, quantity=rng.choice((1, 1, 1, 2, 3)), unit_price=CATALOGUE[sku][0]))
+        total = sum(line.quantity * line.unit_price for line in lines)
+        terminals = list(w.terminals)
+        mix = rng.choice(("cash", "card", "card", "card", "split", "card+card"))
+        tenders: list[CashTender | CardTender] = []
+        if mix == "cash":
+            tenders = [CashTender(amount=total, tendered=total + rng.choice((0, 1, 500)))]
+        elif mix == "card" or total < 2:
+            tenders = [CardTender(amount=total, terminal_id=rng.choice(terminals))]
+        elif mix == "split":
+            cash = rng.randint(1, total - 1)
+            tenders = [CashTender(amount=cash), CardTender(amount=total - cash, terminal_id=rng.choice(terminals))]
+        else:
+            first = rng.randint(1, total - 1)
+            a, b = rng.sample(terminals, 2) if len(terminals) > 1 else (terminals[0], terminals[0])
+            tenders = [CardTender(amount=first, terminal_id=a), CardTender(amount=total - first, terminal_id=b)]
+        customer = rng.choice((None, None, "C-ALICE", "C-BOB", "C-CAROL"))
+        return CheckoutRequest(
+            idempotency_key=key, lines=lines, tenders=tenders, register_id=self.register, customer_id=customer
+        )
+
+    def _record(self, tag: str, request: CheckoutRequest, kind: str, view: CheckoutView | None = None) -> None:
+        w = self.world
+        digest = request_hash(request)
+        w.answers.items.append(
+            Answer(
+                w.now(),
+                tag,
+                request.idempotency_key,
+                digest,
+                kind,
+                view.id if view else None,
+                view.status if view else None,
+            )
+        )
+        w.trace("pos", tag, request.idempotency_key, kind, view.status if view else None)
+        stored = w.tables.find_key(request.idempotency_key)
+        if kind == "conflict":
+            if stored is not None and stored[1] == digest:
+                w.answers.problems.append(
+                    f"I6: {tag} was refused as a conflict, but key {request.idempotency_key} "
+                    "is stored with this very body"
+                )
+        elif view is not None:
+            if stored is None or str(stored[0]) != view.id or stored[1] != digest:
+                w.answers.problems.append(
+                    f"I6: {tag} got checkout {view.id} for key {request.idempotency_key}, "
+                    f"which the store holds as {stored}"
+                )
+            if view.final and view.status in ("completed", "partially_refunded", "refunded"):
+                self.completed[view.id] = view
+            elif view.id in self.completed and view.final:
+                self.completed[view.id] = view
+
+    # ------------------------------------------------------------ one checkout, to its end
+
+    async def checkout(self, request: CheckoutRequest, *, other_body: bool = False) -> None:
+        """Send until the answer is final (or the cashier gives up); poll or resend meanwhile."""
+        w, rng = self.world, self.rng
+        delay = 0.5
+        poll = False
+        for attempt in range(200):
+            if attempt and w.faults_on and rng.random() < w.plan.give_up:
+                w.trace("pos", self.register, request.idempotency_key, "gives_up")
+                return
+            if attempt and not poll:
+                w.coverage.hit("pos.retry_same_key")
+            copies = 1
+            if not poll and w.faults_on and rng.random() < w.plan.duplicate:
+                copies = rng.randint(2, 3)
+                w.coverage.hit("pos.concurrent_duplicate")
+            wait_s = rng.choice((5.0, 15.0, 30.0, 90.0))
+            if poll:
+                results = [await self._poll(request)]
+            else:
+                results = list(await asyncio.gather(*(self._one(request, wait_s) for _ in range(copies))))
+            if "final" in results or "conflict" in results:
+                return
+            if "no_order" in results:
+                if other_body or not (w.faults_on and rng.random() < 0.3):
+                    return
+                await asyncio.sleep(rng.uniform(1.0, 30.0))  # the cashier tries once more
+                continue
+            poll = "pending" in results and rng.random() < 0.7
+            await asyncio.sleep(rng.uniform(0.0, delay))
+            delay = min(delay * 2, 20.0)
+        w.anomaly(f"checkout {request.idempotency_key}: no final answer after 200 attempts")
+
+    async def _one(self, request: CheckoutRequest, wait_s: float) -> str:
+        tag = self._tag()
+        try:
+            view: CheckoutView = await self._send(lambda c: c.checkout(request, wait_s), tag)
+        except IdempotencyConflict:
+            self._record(tag, request, "conflict")
+            calls = self.world.calls_by_request[tag]
+            if calls:
+                self.world.answers.problems.append(
+                    f"I6: {tag} was refused as a conflict after {calls} terminal operation(s)"
+                )
+            return "conflict"
+        except NO_ORDER as exc:
+            self._record(tag, request, type(exc).__name__)
+            return "no_order"
+        except OutcomePending:
+            self._record(tag, request, "pending")
+            return "pending"
+        except (DatabaseUnavailable, Disconnected, Refused) as exc:
+            self._record(tag, request, type(exc).__name__)
+            return "retry"
+        except CheckoutError as exc:  # internal_error: the API answers 500
+            self._record(tag, request, f"error:{exc.code}")
+            self.world.answers.problems.append(
+                f"I6: checkout {request.idempotency_key} answered {exc.code} (a 5xx, not a checkout outcome): {exc}"
+            )
+            return "retry"
+        except Exception as exc:  # an exception the API does not map: a 500
+            self._record(tag, request, f"internal:{type(exc).__name__}")
+            self.world.answers.problems.append(
+                f"I6: checkout {request.idempotency_key} raised {type(exc).__name__} (a 5xx): {exc}"
+            )
+            return "retry"
+        self._record(tag, request, "view", view)
+        return "final" if view.final else "pending"
+
+    async def _poll(self, request: CheckoutRequest) -> str:
+        tag = self._tag()
+        try:
+            view: CheckoutView = await self._send(lambda c: c.get(key=request.idempotency_key), tag)
+        except NotFound:
+            return "retry"  # not created (yet): resend the checkout
+        except (CheckoutError, Disconnected, Refused):
+            return "retry"
+        except Exception as exc:
+            self.world.anomaly(f"poll {request.idempotency_key}: unexpected {type(exc).__name__}: {exc}")
+            return "retry"
+        self._record(tag, request, "view", view)
+        return "final" if view.final else "pending"
+
+    # ------------------------------------------------------------ reversals
+
+    async def void(self, view: CheckoutView) -> None:
+        w, rng = self.world, self.rng
+        w.coverage.hit("pos.void")
+        for attempt in range(20):
+            if attempt and (w.faults_on and rng.random() < w.plan.give_up):
+                w.trace("pos", self.register, view.id, "void_gives_up")
+                return
+            tag = self._tag()
+            try:
+                result: CheckoutView = await self._send(lambda c: c.void(uuid.UUID(view.id), 30.0), tag)
+            except (NotAllowed, NotFound) as exc:
+                w.trace("pos", tag, "void", view.id, type(exc).__name__)
+                return
+            except (OutcomePending, DatabaseUnavailable, Disconnected, Refused) as exc:
+                w.trace("pos", tag, "void", view.id, type(exc).__name__)
+                await asyncio.sleep(rng.uniform(1.0, 10.0))
+                continue
+            except Exception as exc:
+                w.anomaly(f"void {view.id}: unexpected {type(exc).__name__}: {exc}")
+                await asyncio.sleep(rng.uniform(1.0, 10.0))
+                continue
+            w.trace("pos", tag, "void", view.id, result.status)
+            self.completed.pop(view.id, None)
+            return
+
+    async def refund(self, view: CheckoutView) -> None:
+        """Refund part of a completed checkout, resending with the same key until it is answered;
+        then, now and then, send the same key with another amount (it must be refused)."""
+        w, rng = self.world, self.rng
+        w.coverage.hit("pos.refund")
+        left = view.total - view.refunded_amount
+        if left <= 0:
+            return
+        amount = rng.choice((left, max(1, left // 2), rng.randint(1, left)))
+        request = RefundRequest(
+            idempotency_key=f"{self.register}-R{rng.getrandbits(32):08x}", amount=amount, restock=rng.random() < 0.5
+        )
+        for attempt in range(20):
+            if attempt and w.faults_on and rng.random() < w.plan.give_up:
+                return
+            answer = await self._refund_once(view, request)
+            if answer == "done":
+                break
+            if answer == "final":
+                return
+        else:
+            return
+        if w.faults_on and rng.random() < w.plan.key_reuse * 3:
+            w.coverage.hit("pos.key_reuse_other_body")
+            other = msgspec.structs.replace(request, amount=amount - 1 if amount > 1 else amount + 1)
+            if await self._refund_once(view, other, expect_conflict=True) == "done":
+                w.answers.problems.append(
+                    f"I6: refund key {request.idempotency_key} reused with another amount was accepted"
+                )
+
+    async def _refund_once(self, view: CheckoutView, request: RefundRequest, *, expect_conflict: bool = False) -> str:
+        """One refund request: "done" (answered with the checkout), "final" (refused), or "retry"."""
+        w, rng = self.world, self.rng
+        tag = self._tag()
+        try:
+            result: CheckoutView = await self._send(lambda c: c.refund(uuid.UUID(view.id), request, 30.0), tag)
+        except IdempotencyConflict:
+            w.trace("pos", tag, "refund", view.id, "conflict")
+            if not expect_conflict:
+                w.answers.problems.append(
+                    f"I6: refund {request.idempotency_key} refused as a conflict with its own body"
+                )
+            if w.calls_by_request[tag]:
+                w.answers.problems.append(f"I6: refund {tag} refused after terminal operations")
+            return "final"
+        except (NotAllowed, NotFound, InvalidRequest) as exc:
+            w.trace("pos", tag, "refund", view.id, type(exc).__name__)
+            return "final"
+        except (OutcomePending, DatabaseUnavailable, Disconnected, Refused) as exc:
+            w.trace("pos", tag, "refund", view.id, type(exc).__name__)
+            await asyncio.sleep(rng.uniform(1.0, 10.0))
+            return "retry"
+        except Exception as exc:
+            w.anomaly(f"refund {view.id}: unexpected {type(exc).__name__}: {exc}")
+            await asyncio.sleep(rng.uniform(1.0, 10.0))
+            return "retry"
+        w.trace("pos", tag, "refund", view.id, result.status, result.refunded_amount)
+        if result.status in ("completed", "partially_refunded", "refunded"):
+            self.completed[view.id] = result
+        return "done"
+
+    # ------------------------------------------------------------ the register's day
+
+    async def run(self) -> None:
+        w, rng = self.world, self.rng
+        while w.faults_on:
+            await asyncio.sleep(rng.uniform(0.5, 25.0))
+            if not w.faults_on:
+                break
+            roll = rng.random()
+            if roll < w.plan.void and self.completed:
+                view = self.completed[rng.choice(sorted(self.completed))]
+                await self.void(view)
+            elif roll < w.plan.void + w.plan.refund and self.completed:
+                view = self.completed[rng.choice(sorted(self.completed))]
+                await self.refund(view)
+            elif roll < w.plan.void + w.plan.refund + w.plan.key_reuse and self.keys:
+                key, old = self.keys[rng.randrange(len(self.keys))]
+                other = self._request()
+                other = msgspec.structs.replace(other, idempotency_key=key)
+                if request_hash(other) == request_hash(old):
+                    continue
+                w.coverage.hit("pos.key_reuse_other_body")
+                await self.checkout(other, other_body=True)
+            else:
+                request = self._request()
+                self.keys.append((request.idempotency_key, request))
+                await self.checkout(request)

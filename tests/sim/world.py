@@ -1,0 +1,324 @@
+"""One seeded run: the store, its terminals, the daemon, the POS clients and the nemesis.
+
+Phases: a fault phase (`plan.fault_minutes` of virtual time: POS traffic, terminal, database
+and process faults at the seed's rates), then the healed phase (every fault off, terminals
+online, the daemon running; the POS finishes what it was doing and recovery must bring every
+checkout to a final state within `HEAL_BOUND_S`), then the final check of I1-I9.
+Safety invariants are checked after every step throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.sim.daemon import LEASE_S, RECOVERY_INTERVAL_S, SimMetrics, SimProcess
+from tests.sim.db import FakeServer, SimDatabase
+from tests.sim.faults import Coverage, FaultPlan
+from tests.sim.invariants import Checker
+from tests.sim.pos import CATALOGUE, Answers, Client
+from tests.sim.store import SimCheckoutStore, SimMaintenanceStore
+from tests.sim.tables import COMPLETED, OPEN_ORDER, Tables
+from tests.sim.terminal import Entry, FakeTerminal, world_task
+
+# I7: once the faults stop, everything is final within this (an expired lease, a recovery
+# pass, a terminal timeout and a void's retries, with room to spare).
+HEAL_BOUND_S = LEASE_S + 5 * RECOVERY_INTERVAL_S + 300.0
+MAX_CRASHES = 6
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    violations: list[str]
+    anomalies: list[str]
+    coverage: Counter[str]
+    trace_hash: str
+    stats: dict[str, Any]
+    trace: list[tuple[Any, ...]] = field(default_factory=list)
+    history: list[tuple[str, tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+    tables: Any = None  # the final rows (kept with the history, for the differential check)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class World:
+    """Everything one seed owns; the daemon comes and goes, the rest persists."""
+
+    def __init__(self, seed: int, *, verbose: bool = False) -> None:
+        self.seed = seed
+        self.plan = FaultPlan.draw(seed)
+        self.verbose = verbose
+        self.events: list[tuple[Any, ...]] = []
+        self.coverage = Coverage()
+        self.anomalies: list[str] = []
+        self.faults_on = True
+        self.crashes = 0
+        self.generation = 0
+        self.process: SimProcess | None = None
+        self.calls_by_request: Counter[str] = Counter()
+        self.answers = Answers()
+        self.metrics = SimMetrics(self.coverage)
+        self.nemesis = random.Random(f"nemesis:{seed}")
+        self.failpoints = random.Random(f"failpoints:{seed}")
+        world_rng = random.Random(f"world:{seed}")
+        self.tables = Tables(uuid.uuid4)
+        self.initial_stock: dict[str, int] = {}
+        for sku, (_, stock) in CATALOGUE.items():
+            if stock is not None:
+                self.initial_stock[sku] = world_rng.randint(*stock)
+                self.tables.inventory[sku] = {"on_hand": self.initial_stock[sku], "reserved": 0, "updated_at": None}
+        self.server = FakeServer(self.tables, random.Random(f"db:{seed}"), self.plan.store, self.coverage, self.trace)
+        self.db = SimDatabase(self.server)
+        self.store = SimCheckoutStore(self.db, self.tables)
+        self.maintenance = SimMaintenanceStore(self.db, self.tables)
+        self.terminals: dict[str, FakeTerminal] = {}
+        for i in range(self.plan.terminals):
+            tid = f"T{i + 1}"
+            self.terminals[tid] = FakeTerminal(
+                tid, self.plan.timeout_s, random.Random(f"term:{seed}:{tid}"), self.plan.term, self.coverage, self.trace
+            )
+        self.checker = Checker(self.tables, self.terminals, self.initial_stock, 1, 100, self.now)
+        self.server.on_step = self.checker.on_store_step
+        for term in self.terminals.values():
+            term.on_ledger = functools.partial(self._ledger_changed, term.terminal_id)
+            term.on_void_request = functools.partial(self.checker.on_void_request, term.terminal_id)
+        self.setup: dict[str, Any] = {
+            "stock": dict(self.initial_stock),
+            "terminals": list(self.terminals),
+            "legacy": [],
+        }
+        self.stats: dict[str, Any] = {}
+        self.log_lines: Callable[[], list[str]] = list
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _ledger_changed(self, terminal_id: str, ref: str, what: str) -> None:
+        self.checker.on_ledger(terminal_id, ref)
+
+    def now(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return -1.0
+
+    def trace(self, *fields: Any) -> None:
+        event = (round(self.now(), 6), *fields)
+        self.events.append(event)
+        if self.verbose:
+            print(f"{event[0]:10.3f} " + " ".join(str(f) for f in fields))
+
+    def anomaly(self, message: str) -> None:
+        self.anomalies.append(f"@{self.now():.3f}s {message}")
+        self.trace("anomaly", message)
+
+    # ------------------------------------------------------------ the daemon's life
+
+    def start_process(self) -> None:
+        self.generation += 1
+        proc = SimProcess(self, self.generation)
+        self.process = proc
+        self.trace("proc", self.generation, "start")
+        proc.spawn(proc.start())
+
+    def crash(self, reason: str, *, planned: bool, failpoint: bool = False) -> None:
+        proc = self.process
+        if proc is None or not proc.alive or (planned and self.crashes >= MAX_CRASHES):
+            return
+        self.crashes += 1
+        if planned:
+            self.coverage.hit("proc.crash_failpoint" if failpoint else "proc.crash_random")
+        self.trace("proc", proc.generation, "killed", reason)
+        proc.kill()
+        self.process = None
+        world_task(self._restart(self.nemesis.uniform(1.0, 10.0)))
+
+    async def _restart(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        if self.process is None:
+            self.start_process()
+
+    def failpoint_roll(self, name: str) -> bool:
+        return (
+            self.faults_on
+            and self.plan.failpoint_crash > 0
+            and self.crashes < MAX_CRASHES
+            and self.failpoints.random() < self.plan.failpoint_crash
+        )
+
+    # ------------------------------------------------------------ the nemesis
+
+    async def _at(self, t: float) -> None:
+        await asyncio.sleep(max(0.0, t - self.now()))
+
+    async def _crash_schedule(self, fault_s: float) -> None:
+        for t in sorted(self.nemesis.uniform(5.0, fault_s) for _ in range(self.plan.crashes)):
+            await self._at(t)
+            self.crash("random", planned=True)
+
+    async def _terminal_schedule(self, term: FakeTerminal, fault_s: float) -> None:
+        rng = random.Random(f"term-nemesis:{self.seed}:{term.terminal_id}")
+        events = [(rng.uniform(0.0, fault_s), "offline") for _ in range(self.plan.term.offline_windows)]
+        events += [(rng.uniform(0.0, fault_s), "reboot") for _ in range(self.plan.term.reboots)]
+        for t, what in sorted(events):
+            await self._at(t)
+            if what == "offline":
+                term.go_offline(rng.uniform(5.0, 120.0))
+            else:
+                term.reboot(rng.uniform(10.0, 60.0))
+
+    async def _db_schedule(self, fault_s: float) -> None:
+        rng = random.Random(f"db-nemesis:{self.seed}")
+        for t in sorted(rng.uniform(0.0, fault_s) for _ in range(self.plan.store.outages)):
+            await self._at(t)
+            self.server.stop_for(rng.uniform(1.0, 60.0))
+
+    # ------------------------------------------------------------ setup: what the old POS flow left behind
+
+    def add_legacy_orphans(self) -> None:
+        """Approved charges of failed orders, left by the old flow (the seed document's 17.7%):
+        recovery's orphan voider is the only thing that can repair them."""
+        rng = random.Random(f"legacy:{self.seed}")
+        now = self.server.now()
+        for i in range(self.plan.legacy_orphans):
+            tid = rng.choice(list(self.terminals))
+            amount = rng.randint(100, 5000)
+            order_id, tender_id = uuid.uuid4(), uuid.uuid4()
+            ref = f"LEGACY{i}{uuid.uuid4().hex[:10].upper()}"
+            payload = {
+                "id": str(order_id),
+                "idempotency_key": f"legacy-{i}",
+                "request_hash": "legacy",
+                "card_mode": "sale",
+                "subtotal": amount,
+                "tax": 0,
+                "discount": 0,
+                "total": amount,
+                "change_due": 0,
+                "currency": "USD",
+                "register_id": None,
+                "customer_id": None,
+                "lease_owner": None,
+                "lease_s": 0,
+                "lines": [{"sku": "SERVICE", "quantity": 1, "unit_price": amount}],
+                "tenders": [
+                    {
+                        "id": str(tender_id),
+                        "amount": amount,
+                        "reference_id": ref,
+                        "type": "card",
+                        "operation": "sale",
+                        "terminal_id": tid,
+                        "timeout_s": self.plan.timeout_s,
+                    }
+                ],
+            }
+            self.tables.prepare(now, payload)
+            self.tables.txs[tender_id].update(status="approved", approved_amount=amount, sent_at=now, attempts=1)
+            self.tables.orders[order_id].update(
+                status="payment_failed",
+                payment_status="failed",
+                failure_code="legacy",
+                failure_reason="old POS flow",
+                lease_owner=None,
+                lease_until=None,
+                failed_at=now,
+            )
+            term = self.terminals[tid]
+            term.ledger[ref] = Entry(ref, "sale", amount, amount, "approved", "0000", term.batch, len(term.ledger) + 1)
+            self.setup["legacy"].append({"payload": payload, "tender_id": str(tender_id)})
+            self.trace("setup", "legacy_orphan", tid, ref, amount)
+
+    # ------------------------------------------------------------ the run
+
+    def heal(self) -> None:
+        self.faults_on = False
+        self.plan = self.plan.calm()
+        self.server.rates = self.plan.store
+        self.server.down_until = min(self.server.down_until, self.now())
+        for term in self.terminals.values():
+            term.heal()
+        self.trace("phase", "healed")
+
+    def quiescent(self) -> bool:
+        t = self.tables
+        proc = self.process
+        return (
+            proc is not None
+            and proc.ready
+            and not any(o["status"] in OPEN_ORDER for o in t.orders.values())
+            and not any(
+                x["status"] in ("processing", "unknown") or x["capture_status"] == "pending" for x in t.txs.values()
+            )
+            and not any(r["status"] == "pending" for r in t.refunds.values())
+            and not t.orphans(self.server.now())
+            and not t.half_voided()
+            and not any(term.current is not None for term in self.terminals.values())
+        )
+
+    async def run(self) -> None:
+        fault_s = self.plan.fault_minutes * 60.0
+        self.add_legacy_orphans()
+        self.start_process()
+        nemeses = [world_task(self._crash_schedule(fault_s)), world_task(self._db_schedule(fault_s))]
+        nemeses += [world_task(self._terminal_schedule(term, fault_s)) for term in self.terminals.values()]
+        clients = [world_task(Client(self, i).run()) for i in range(self.plan.clients)]
+        await asyncio.sleep(fault_s)
+        for task in nemeses:
+            task.cancel()
+        self.heal()
+        deadline = self.now() + HEAL_BOUND_S
+        await asyncio.wait(clients, timeout=HEAL_BOUND_S)
+        while self.now() < deadline and not self.quiescent():  # noqa: ASYNC110 - polling the world is the point
+            await asyncio.sleep(5.0)
+        healed_in = self.now() - (deadline - HEAL_BOUND_S)
+        self.trace("phase", "final_check", round(healed_in, 3))
+        self.checker.final(self.log_lines())
+        for problem in self.answers.problems:
+            self.checker.fail("I6", problem)
+        self.stats["healed_in_s"] = round(healed_in, 3)
+        self.stats["virtual_s"] = round(self.now(), 3)
+        if self.process is not None:
+            self.process.kill()
+
+    def result(self, keep_trace: bool, keep_history: bool) -> SeedResult:
+        digest = hashlib.sha256()
+        for event in self.events:
+            digest.update(repr(event).encode())
+            digest.update(b"\n")
+        orders = list(self.tables.orders.values())
+        stats = {
+            **self.stats,
+            "orders": len(orders),
+            "completed": sum(o["status"] in COMPLETED for o in orders),
+            "failed": sum(o["status"] in ("payment_failed", "cancelled") for o in orders),
+            "voided": sum(o["status"] == "voided" for o in orders),
+            "refunds": len(self.tables.refunds),
+            "crashes": self.crashes,
+            "statements": self.server.statements,
+            "terminal_calls": sum(sum(t.calls.values()) for t in self.terminals.values()),
+            "answers": len(self.answers.items),
+            "events": len(self.events),
+        }
+        return SeedResult(
+            self.seed,
+            [str(v) for v in self.checker.violations],
+            list(self.anomalies),
+            Counter(self.coverage.counts),
+            digest.hexdigest(),
+            stats,
+            trace=self.events if keep_trace else [],
+            history=list(self.server.history) if keep_history else [],
+            setup=self.setup if keep_history else {},
+            tables=self.tables if keep_history else None,
+        )
