@@ -22,9 +22,7 @@ def _charges(ledger: list[dict[str, Any]], tpns: set[str]) -> list[dict[str, Any
     return [
         t
         for t in ledger
-        if t["tpn"] in tpns
-        and t["type"] in ("sale", "auth", "capture")
-        and t["status"] in ("approved", "captured")
+        if t["tpn"] in tpns and t["type"] in ("sale", "auth", "capture") and t["status"] in ("approved", "captured")
     ]
 
 
@@ -59,9 +57,7 @@ async def check_money_invariants(
         if row is None:
             problems.append(f"I8: terminal charge {c['reference_id']} unknown to gatewayd")
         elif row["order_status"] not in COMPLETED:
-            problems.append(
-                f"I1: charge {c['reference_id']} ({c['amount']}) belongs to a {row['order_status']} order"
-            )
+            problems.append(f"I1: charge {c['reference_id']} ({c['amount']}) belongs to a {row['order_status']} order")
         elif c["amount"] != row["amount"]:
             problems.append(f"I1: charge {c['reference_id']} is {c['amount']}, the tender is {row['amount']}")
 
@@ -80,9 +76,7 @@ async def check_money_invariants(
             if sum(t["amount"] for t in tenders) != o["total"]:
                 problems.append(f"I3: order {o['id']} tenders do not add up to its total")
             if charged[o["id"]] != card:
-                problems.append(
-                    f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}"
-                )
+                problems.append(f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}")
         elif o["status"] in ("payment_failed", "cancelled", "voided") and charged[o["id"]]:
             problems.append(f"I2: {o['status']} order {o['id']} still charged {charged[o['id']]}")
 
@@ -120,15 +114,11 @@ async def check_money_invariants(
     )
     accounts = {
         r["customer_id"]: r["points"]
-        for r in await conn.fetch(
-            "SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", store_id
-        )
+        for r in await conn.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", store_id)
     }
     for r in expected_points:
         if accounts.get(r["customer_id"], 0) != r["pts"]:
-            problems.append(
-                f"I5: loyalty {r['customer_id']} has {accounts.get(r['customer_id'])}, expected {r['pts']}"
-            )
+            problems.append(f"I5: loyalty {r['customer_id']} has {accounts.get(r['customer_id'])}, expected {r['pts']}")
     mismatch = await conn.fetch(
         """SELECT o.total, o.loyalty_points FROM orders o WHERE o.store_id = $1 AND o.status = ANY($2::text[])
               AND o.customer_id IS NOT NULL AND o.loyalty_points <> (o.total * $3) / 100""",

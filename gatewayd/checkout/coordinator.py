@@ -212,6 +212,11 @@ class Coordinator:
 
         return await self._exclusive(order_id, lambda: refund_checkout(self, order_id, request), wait_s)
 
+    def reversal_running(self, order_id: uuid.UUID) -> bool:
+        """True while a void or refund of this order runs in this process."""
+        lock = self._locks.get(order_id)
+        return lock is not None and lock.locked()
+
     async def _exclusive(
         self, order_id: uuid.UUID, work: Callable[[], Awaitable[CheckoutView]], wait_s: float
     ) -> CheckoutView:

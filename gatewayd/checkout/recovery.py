@@ -41,8 +41,16 @@ class RecoveryReport:
 class Recovery:
     """Finds unfinished work in the database and drives it to an end."""
 
-    def __init__(self, coordinator: Coordinator, maintenance: MaintenanceStore, *, batch: int = 200) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        maintenance: MaintenanceStore,
+        *,
+        batch: int = 200,
+        min_refund_age_s: float = 5.0,
+    ) -> None:
         self.coordinator = coordinator
+        self.min_refund_age_s = min_refund_age_s
         self.maintenance = maintenance
         self.batch = batch
 
@@ -65,7 +73,7 @@ class Recovery:
             await self._drive_batch(ids, report)
             if len(claimed) < self.batch or not ids:
                 break
-        report.refunds = await self._refunds()
+        report.refunds = await self._refunds(startup)
         report.captures = await self._captures()
         report.orphans_voided = await self._orphans()
         report.voids = await self._half_voided()
@@ -104,9 +112,12 @@ class Recovery:
         log.info("recovery: checkout %s is %s", order_id, view.status)
         return view.status
 
-    async def _refunds(self) -> int:
+    async def _refunds(self, startup: bool) -> int:
         done = 0
-        for row in await self.coordinator.store.unresolved_refunds():
+        age_s = 0.0 if startup else self.min_refund_age_s  # after a crash, nothing of ours is in flight
+        for row in await self.coordinator.store.unresolved_refunds(older_than_s=age_s):
+            if self.coordinator.reversal_running(row["order_id"]):
+                continue
             try:
                 await finish_refund(self.coordinator, row["refund_id"], send_pending=False)
                 done += 1

@@ -27,7 +27,11 @@ async def void_checkout(coord: Coordinator, order_id: uuid.UUID) -> CheckoutView
     status = rows.order["status"]
     if status == "voided":
         return await coord._view(order_id)
-    if status != "completed" or rows.order["refunded_amount"] > 0:
+    if (
+        status != "completed"
+        or rows.order["refunded_amount"] > 0
+        or any(r["status"] == "pending" for r in rows.refunds)
+    ):
         raise NotAllowed(
             f"a checkout that is {status} cannot be voided",
             details={"status": status, "checkout_id": str(order_id)},
@@ -115,17 +119,27 @@ async def finish_refund(coord: Coordinator, refund_id: uuid.UUID, *, send_pendin
     if lane is None:
         raise NotAllowed("the terminal that took this payment is no longer configured")
     if tx["status"] == "pending" and not send_pending:
-        await coord._persist(lambda: coord.store.finish_refund(refund_id, False, "interrupted before it was sent"))
+        # Atomic: fails it only if the Return still has not left (a POS retry may be sending it now).
+        await coord._persist(lambda: coord.store.fail_unsent_refund(refund_id, "interrupted before it was sent"))
         return
+    timeout_s = int(getattr(getattr(lane, "driver", None), "timeout_s", 120))
+    marked = False
+
+    async def before_send() -> bool:
+        nonlocal marked
+        marked = bool(await coord._persist(lambda: coord.store.mark_refund_sent(tx["id"], timeout_s)))
+        return marked
+
     if tx["status"] == "pending":
-        await coord._persist(lambda: coord.store.mark_refund_sent(tx["id"]))
         op: ops.Op = ops.Refund(tx["reference_id"], tx["amount"])
     else:
         op = ops.Inquire(tx["reference_id"])
     try:
-        outcome = await lane.execute(op)
+        outcome = await lane.execute(op, before_send=before_send if isinstance(op, ops.Refund) else None)
     except TerminalBusy:
         raise OutcomePending("the terminal is busy; the refund was not sent", details={}) from None
+    if isinstance(op, ops.Refund) and not marked:
+        raise OutcomePending("the refund is being finished elsewhere; ask again", details={"refund_id": str(refund_id)})
     if isinstance(outcome, TermNotFound) and isinstance(op, ops.Inquire) and not coord.past_timeout(tx):
         raise OutcomePending("the terminal has not finished the refund yet", details={"refund_id": str(refund_id)})
     await _apply_refund(coord, tx, refund_id, outcome)

@@ -89,7 +89,7 @@ class CheckoutStore:
                       AND status IN ('pending_payment', 'payment_processing')
                    RETURNING id)
                UPDATE payment_transactions
-                  SET status = 'processing', sent_at = coalesce(sent_at, now()),
+                  SET status = 'processing', sent_at = now(),
                       attempts = attempts + 1, updated_at = now()
                 WHERE store_id = $1 AND id = $3 AND order_id IN (SELECT id FROM o)
                   AND status IN ('pending', 'processing', 'unknown')
@@ -335,14 +335,16 @@ class CheckoutStore:
         )
         return result
 
-    async def unresolved_refunds(self) -> list[asyncpg.Record]:
-        """Refund transactions whose terminal answer was never stored."""
+    async def unresolved_refunds(self, older_than_s: float = 0.0) -> list[asyncpg.Record]:
+        """Refund transactions whose terminal answer was never stored (untouched for `older_than_s`)."""
         return await self.db.run(
             lambda c: c.fetch(
                 """SELECT t.*, r.id AS refund_row FROM payment_transactions t JOIN refunds r
                  ON r.store_id = t.store_id AND r.id = t.refund_id
-                WHERE t.store_id = $1 AND t.kind = 'refund' AND r.status = 'pending'""",
+                WHERE t.store_id = $1 AND t.kind = 'refund' AND r.status = 'pending'
+                  AND t.updated_at <= now() - make_interval(secs => $2)""",
                 self.store_id,
+                older_than_s,
             ),
             what="unresolved refunds",
         )
@@ -375,17 +377,48 @@ class CheckoutStore:
             )
         )
 
-    async def mark_refund_sent(self, transaction_id: uuid.UUID) -> None:
-        """Just before a Return leaves for the terminal."""
-        await self.db.run(
-            lambda c: c.execute(
-                """UPDATE payment_transactions SET status = 'processing', sent_at = coalesce(sent_at, now()),
-                      attempts = attempts + 1, updated_at = now()
-                WHERE store_id = $1 AND id = $2 AND status = 'pending'""",
-                self.store_id,
-                transaction_id,
-            ),
-            what="mark refund sent",
+    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int) -> bool:
+        """Just before a Return leaves (or leaves again): stamped with the real send time and the
+        terminal's own timeout. False when the transaction is no longer pending or in progress."""
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """UPDATE payment_transactions SET status = 'processing', sent_at = now(), timeout_s = $3,
+                              attempts = attempts + 1, updated_at = now()
+                        WHERE store_id = $1 AND id = $2 AND status IN ('pending', 'processing')
+                       RETURNING true""",
+                    self.store_id,
+                    transaction_id,
+                    timeout_s,
+                ),
+                what="mark refund sent",
+            )
+        )
+
+    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str) -> bool:
+        """Fail a refund whose Return never left, atomically: only while its transaction is pending."""
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """WITH t AS (
+                           UPDATE payment_transactions SET status = 'failed', last_error = $3, updated_at = now()
+                            WHERE store_id = $1 AND refund_id = $2 AND status = 'pending'
+                           RETURNING refund_id, order_id),
+                       r AS (
+                           UPDATE refunds SET status = 'failed', failure_reason = $3
+                             FROM t WHERE refunds.store_id = $1 AND refunds.id = t.refund_id
+                              AND refunds.status = 'pending'
+                           RETURNING refunds.id, refunds.order_id)
+                       INSERT INTO audit_events (store_id, kind, order_id, detail)
+                       SELECT $1, 'refund.failed', r.order_id, jsonb_build_object('refund_id', r.id, 'reason', $3::text)
+                         FROM r
+                       RETURNING true""",
+                    self.store_id,
+                    refund_id,
+                    reason,
+                ),
+                what="fail unsent refund",
+            )
         )
 
     async def tender(self, transaction_id: uuid.UUID) -> asyncpg.Record | None:

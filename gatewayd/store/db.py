@@ -170,7 +170,15 @@ class Database:
         """A pooled connection; driver errors come out as StoreError subclasses."""
         try:
             async with self.pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except Exception as exc:
+                    # Whatever the error says, a connection that is now closed was lost (a backend
+                    # terminated behind a proxy surfaces as a client error): the pool drops it and
+                    # the same work on another connection may well succeed.
+                    if conn.is_closed() and not isinstance(classify(exc), TransientStoreError):
+                        raise TransientStoreError(f"database connection lost: {type(exc).__name__}: {exc}") from exc
+                    raise
             self.up = True
         except (asyncio.CancelledError, GeneratorExit):
             raise

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gatewayd.errors import TerminalBusy, TerminalError, UnknownTerminal
+from gatewayd.errors import GatewayError, TerminalBusy, TerminalError, UnknownTerminal
 from gatewayd.terminals.backoff import backoff_s
 from gatewayd.terminals.lane import Lane
 from gatewayd.terminals.ops import HealthCheck
@@ -209,6 +209,9 @@ class HealthMonitor:
             return
         try:
             await self._write(rows)
+        except GatewayError as exc:  # the database blinked: the next sweep writes again
+            log.warning("health write of %d rows failed: %s", len(rows), exc.message)
+            return
         except Exception:
             log.exception("health write of %d rows failed", len(rows))
             return

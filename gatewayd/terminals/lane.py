@@ -345,6 +345,10 @@ class Lane:
                     outcome.retry_after_s,
                 )
                 await self._sleep(outcome.retry_after_s)
+                # The caller's intent is stamped again: a "not found" counts from this send.
+                hook = self._current.before_send if self._current is not None else None
+                if hook is not None and not await hook():
+                    return Declined(reference_id=op.ref, status_code="", message="not sent: withdrawn by the caller")
                 continue
             if self._ambiguous(outcome, sent_at):
                 self._emit("unknown")

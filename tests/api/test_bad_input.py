@@ -167,9 +167,7 @@ CASES = [
     post("tenders-short", dict(good(), tenders=[card(999)]), 400, "validation_error", "tenders"),
     post("tenders-over", dict(good(), tenders=[card(600), cash(600)]), 400, "validation_error", "tenders"),
     post("discount-over-subtotal", good(discount=1001), 400, "validation_error", "discount"),
-    post(
-        "two-cash-tenders", dict(good(), tenders=[cash(500), cash(500)]), 400, "validation_error", "tenders"
-    ),
+    post("two-cash-tenders", dict(good(), tenders=[cash(500), cash(500)]), 400, "validation_error", "tenders"),
     post(
         "tendered-below-amount",
         dict(good(), tenders=[cash(1000, tendered=999)]),
@@ -250,9 +248,7 @@ CASES = [
     ),
     get("unknown-path", "/v1/checkout", 404, "not_found"),
     get("unknown-version", "/v2/health", 404, "not_found"),
-    Case(
-        "wrong-method-delete", "DELETE", "/v1/checkouts", None, 405, "method_not_allowed", content_type=None
-    ),
+    Case("wrong-method-delete", "DELETE", "/v1/checkouts", None, 405, "method_not_allowed", content_type=None),
     Case("wrong-method-put", "PUT", "/v1/health", b"{}", 405, "method_not_allowed"),
     get("wrong-method-get-void", f"/v1/checkouts/{NO_SUCH_ID}/void", 405, "method_not_allowed"),
     # --- lookups
@@ -373,9 +369,7 @@ async def session(gw: Gateway) -> AsyncIterator[aiohttp.ClientSession]:
 async def send(session: aiohttp.ClientSession, case: Case) -> tuple[int, Any]:
     headers = {"Content-Type": case.content_type} if case.content_type else {}
     data = io.BytesIO(case.body) if case.body is not None and len(case.body) > MAX_BODY else case.body
-    async with session.request(
-        case.method, "http://gatewayd" + case.path, data=data, headers=headers
-    ) as resp:
+    async with session.request(case.method, "http://gatewayd" + case.path, data=data, headers=headers) as resp:
         payload = await resp.read()
         assert resp.content_type == "application/json", (resp.content_type, payload[:200])
         return resp.status, msgspec.json.decode(payload)

@@ -86,9 +86,7 @@ def base_url(gw: Gateway) -> str:
     return f"http://{listen}"
 
 
-async def raw_tcp(
-    gw: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None
-) -> tuple[int, Any]:
+async def raw_tcp(gw: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as s,
         s.request(
@@ -127,9 +125,7 @@ async def test_tcp_without_a_valid_token_is_401(gw: Gateway, name: str, path: st
 
 async def test_tcp_checkout_without_token_charges_nothing(gw: Gateway) -> None:
     before = await gw.ledger()
-    status, body = await raw_tcp(
-        gw, "POST", "/v1/checkouts", {"Content-Type": "application/json"}, order(card(1200))
-    )
+    status, body = await raw_tcp(gw, "POST", "/v1/checkouts", {"Content-Type": "application/json"}, order(card(1200)))
     assert status == 401 and body["error"]["code"] == "unauthorized", body
     assert await gw.ledger() == before
 
@@ -143,9 +139,9 @@ async def test_tcp_with_the_token(gw: Gateway) -> None:
         again = await tcp.get_checkout(answer.body["id"])
         assert again.status == 200 and again.body == answer.body
     ref = answer.body["tenders"][0]["reference_id"]
-    assert [
-        (t["reference_id"], t["amount"], t["status"]) for t in await gw.ledger() if t["reference_id"] == ref
-    ] == [(ref, 2454, "approved")]
+    assert [(t["reference_id"], t["amount"], t["status"]) for t in await gw.ledger() if t["reference_id"] == ref] == [
+        (ref, 2454, "approved")
+    ]
 
 
 async def test_unix_socket_needs_no_token(gw: Gateway) -> None:

@@ -19,8 +19,9 @@ async def test_authorize_commit_then_capture(dsn: str, tmp_path: Path) -> None:
         assert view["payment_status"] == "paid"
         ledger = await gw.ledger()
         assert [(t["type"], t["status"], t["amount"]) for t in ledger] == [("capture", "captured", 2500)]
-        rows = await gw.fetch("SELECT operation, capture_status FROM payment_transactions WHERE store_id = $1",
-                              gw.store_id)
+        rows = await gw.fetch(
+            "SELECT operation, capture_status FROM payment_transactions WHERE store_id = $1", gw.store_id
+        )
         assert [(r["operation"], r["capture_status"]) for r in rows] == [("auth", "captured")]
         await gw.check_invariants()
 

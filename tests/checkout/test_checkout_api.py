@@ -24,9 +24,7 @@ async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 async def _stock(gw: Gateway, sku: str) -> tuple[int, int]:
-    rows = await gw.fetch(
-        "SELECT on_hand, reserved FROM inventory WHERE store_id = $1 AND sku = $2", gw.store_id, sku
-    )
+    rows = await gw.fetch("SELECT on_hand, reserved FROM inventory WHERE store_id = $1 AND sku = $2", gw.store_id, sku)
     return rows[0]["on_hand"], rows[0]["reserved"]
 
 
@@ -207,9 +205,7 @@ async def test_totals_after_mixed_run(gw: Gateway) -> None:
         assert answer.status == status, answer.body
     assert await _stock(gw, "COFFEE-1KG") == (47, 0)
     assert await _stock(gw, "MUG") == (9, 0)
-    points = dict(
-        await gw.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", gw.store_id)
-    )
+    points = dict(await gw.fetch("SELECT customer_id, points FROM loyalty_accounts WHERE store_id = $1", gw.store_id))
     assert points == {"c1": 31 + 15, "c2": 15}
     sessions = {
         r["register_id"]: (r["cash_total"], r["card_total"], r["checkout_count"])
@@ -252,9 +248,7 @@ async def test_void_checkout(gw: Gateway) -> None:
 
 
 async def test_refunds(gw: Gateway) -> None:
-    answer = await gw.checkout(
-        card(2000), lines=[{"sku": "MUG", "quantity": 2, "unit_price": 1000}], customer_id="c5"
-    )
+    answer = await gw.checkout(card(2000), lines=[{"sku": "MUG", "quantity": 2, "unit_price": 1000}], customer_id="c5")
     cid = answer.body["id"]
     first = await gw.client.refund(cid, "rf-1", 500)
     assert first.status == 200, first.body

@@ -37,9 +37,7 @@ def test_out_of_range_and_missing() -> None:
     )
     assert "store.toml: store_id: required key is missing" == str(_error("[api]\n"))
     assert "terminals[0].authkey: one of" in str(_error(f'store_id = "s"\n{TERMINAL}'))
-    assert "duplicate terminal id" in str(
-        _error(f'store_id = "s"\n{TERMINAL}authkey="K"\n{TERMINAL}authkey="K"\n')
-    )
+    assert "duplicate terminal id" in str(_error(f'store_id = "s"\n{TERMINAL}authkey="K"\n{TERMINAL}authkey="K"\n'))
     assert "checkout.card_mode" in str(_error('store_id = "s"\n[checkout]\ncard_mode = "later"\n'))
 
 

@@ -155,13 +155,9 @@ money: st.SearchStrategy[Any] = st.one_of(
 )
 texts = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(
-        ["", "lane-1", "lane-2", "USD", "usd", "COFFEE-1KG", "a\x00b", "k" * 201, "réf", 7, None]
-    ),
+    st.sampled_from(["", "lane-1", "lane-2", "USD", "usd", "COFFEE-1KG", "a\x00b", "k" * 201, "réf", 7, None]),
 )
-line = st.fixed_dictionaries(
-    {}, optional={"sku": texts, "quantity": money, "unit_price": money, "colour": texts}
-)
+line = st.fixed_dictionaries({}, optional={"sku": texts, "quantity": money, "unit_price": money, "colour": texts})
 tender = st.fixed_dictionaries(
     {},
     optional={
@@ -174,9 +170,7 @@ tender = st.fixed_dictionaries(
 )
 any_json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=10,
 )
 checkout_shaped = st.fixed_dictionaries(
@@ -219,9 +213,7 @@ def adding_up(draw: st.DrawFn) -> dict[str, Any]:
     ]
     if cash_part or not tenders:
         tendered = draw(st.none() | st.integers(cash_part, cash_part + 10_000))
-        tenders.insert(
-            0, {"type": "cash", "amount": cash_part} | ({} if tendered is None else {"tendered": tendered})
-        )
+        tenders.insert(0, {"type": "cash", "amount": cash_part} | ({} if tendered is None else {"tendered": tendered}))
     return {
         "idempotency_key": draw(
             st.text(alphabet=string.ascii_letters + string.digits + "-_.:", min_size=1, max_size=200)
@@ -342,9 +334,7 @@ toml_value = st.one_of(toml_scalar, st.text(max_size=8))  # sometimes not TOML a
 @st.composite
 def toml_documents(draw: st.DrawFn) -> tuple[str, str]:
     """A config made of real keys with random values; the authkey is a recognisable secret."""
-    secret = SECRET_PREFIX + draw(
-        st.text(alphabet=string.ascii_letters + string.digits, min_size=8, max_size=16)
-    )
+    secret = SECRET_PREFIX + draw(st.text(alphabet=string.ascii_letters + string.digits, min_size=8, max_size=16))
     out: list[str] = []
     if draw(st.booleans()):
         out.append(f"store_id = {draw(st.sampled_from(STORE_IDS))}")
@@ -401,14 +391,11 @@ def test_config_on_arbitrary_bytes(data: bytes) -> None:
 @given(toml_documents())
 @example(
     (
-        'store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://x"\ntpn = "T1"\n'
-        'authkey_file = "a\\u0000b"\n',
+        'store_id = "s"\n[[terminals]]\nid = "lane-1"\nbase_url = "http://x"\ntpn = "T1"\nauthkey_file = "a\\u0000b"\n',
         "unused-" + secrets.token_hex(4),
     )
 )  # NUL in a path
-@example(
-    ('store_id = "s"\n[api]\ntcp_listen = "127.0.0.1:1"\ntcp_token = "SeCrEtVaLuE123"\n', "SeCrEtVaLuE123")
-)
+@example(('store_id = "s"\n[api]\ntcp_listen = "127.0.0.1:1"\ntcp_token = "SeCrEtVaLuE123"\n', "SeCrEtVaLuE123"))
 def test_config_on_real_keys_with_random_values(document: tuple[str, str]) -> None:
     text, secret = document
     only_config_errors(text, secret)

@@ -25,8 +25,15 @@ async def test_stale_socket_replaced_live_one_refused(dsn: str, tmp_path: Path) 
         first = await DaemonProcess(config).start()
         try:
             second = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gatewayd", "run", "--config", str(config),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "gatewayd",
+                "run",
+                "--config",
+                str(config),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
             out, _ = await asyncio.wait_for(second.communicate(), 60)
             assert second.returncode == 2, out.decode()
             assert "another gatewayd is already serving this socket" in out.decode()
@@ -41,15 +48,30 @@ async def test_missing_migrations_refused_unless_asked(empty_dsn: str, tmp_path:
         store = Store(empty_dsn, sim_url, tmp_path)
         config = store.config()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gatewayd", "run", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "gatewayd",
+            "run",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 2 and "gatewayd migrate" in out.decode()
         daemon = DaemonProcess(config)
         daemon.failpoints = ""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gatewayd", "run", "--config", str(config), "--migrate",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "gatewayd",
+            "run",
+            "--config",
+            str(config),
+            "--migrate",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         daemon.proc = proc
         try:
             await daemon.ready()
@@ -63,8 +85,7 @@ async def test_health_sweep_writes_payment_processors(dsn: str, tmp_path: Path, 
         await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/offline")
         await gw.daemon.fleet.monitor.check_now("lane-2")  # type: ignore[union-attr]
         await asyncio.sleep(0.6)  # one interval: the sweeper has written every terminal
-        rows = {r["id"]: r for r in await gw.fetch(
-            "SELECT * FROM payment_processors WHERE store_id = $1", gw.store_id)}
+        rows = {r["id"]: r for r in await gw.fetch("SELECT * FROM payment_processors WHERE store_id = $1", gw.store_id)}
         assert set(rows) == {"lane-1", "lane-2", "lane-3"}
         assert rows["lane-1"]["health_status"] == "online" and rows["lane-1"]["last_health_check"] is not None
         assert rows["lane-2"]["health_status"] == "offline" and rows["lane-2"]["last_health_error"]

@@ -57,9 +57,7 @@ class NotifySocket:
         raise AssertionError(f"{text!r} never arrived: {self.messages}")
 
 
-async def test_notify_watchdog_and_stopping(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_notify_watchdog_and_stopping(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")

@@ -74,9 +74,7 @@ async def test_metric_values_after_known_traffic(gw: Gateway) -> None:
     await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
-)
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
 async def test_promtool_accepts_a_real_scrape(gw: Gateway) -> None:
     assert (await gw.checkout(card(1000))).status == 200
     _, text = await _get(_url(gw) + "/metrics")

@@ -121,9 +121,7 @@ def _promtool() -> str:
 
 
 def test_promtool_check_rules() -> None:
-    result = subprocess.run(
-        [_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -250,9 +248,7 @@ REQUIRED_PANELS = {
     "queue depth": lambda e: "gatewayd_terminal_queue_depth" in e,
     "checkouts by outcome rate": lambda e: "by (outcome)" in e and "rate(gatewayd_checkouts_total" in e,
     "failure rate": lambda e: "gatewayd_checkouts_total" in e and '"completed|' in e and "/" in e,
-    "checkout p95": lambda e: (
-        "histogram_quantile(0.95" in e and "gatewayd_checkout_duration_seconds_bucket" in e
-    ),
+    "checkout p95": lambda e: "histogram_quantile(0.95" in e and "gatewayd_checkout_duration_seconds_bucket" in e,
     "tenders unresolved": lambda e: "gatewayd_tenders_unresolved" in e,
     "orphans": lambda e: "gatewayd_orphaned_payments" in e,
     "database up": lambda e: "gatewayd_database_up" in e,

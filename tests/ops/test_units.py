@@ -294,9 +294,7 @@ def test_verify_is_clean(tmp_path: Path) -> None:
 def test_verify_complains_only_about_the_binary() -> None:
     """The real unit: the only complaint allowed is /usr/bin/gatewayd missing on this machine."""
     tool = _analyze()
-    result = subprocess.run(
-        [tool, "verify", str(SERVICE), str(SOCKET)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([tool, "verify", str(SERVICE), str(SOCKET)], capture_output=True, text=True, timeout=60)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "gatewayd" in line]
     other = [line for line in lines if "/usr/bin/gatewayd" not in line]
     assert not other, "\n".join(other)

@@ -123,9 +123,7 @@ async def test_killed_while_terminal_offline_resolves_when_back(store: Store) ->
     restarted = await DaemonProcess(config).start()
     try:
         await asyncio.sleep(2.5)
-        states = await store.fetch(
-            "SELECT status FROM payment_transactions WHERE store_id = $1", store.store_id
-        )
+        states = await store.fetch("SELECT status FROM payment_transactions WHERE store_id = $1", store.store_id)
         assert [r["status"] for r in states] in (["processing"], ["unknown"])
         await store.sim_post(f"/_sim/terminals/{store.tpns['lane-1']}/online")
         await _assert_final_and_clean(store, restarted, body)

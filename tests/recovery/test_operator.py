@@ -89,11 +89,7 @@ async def test_reconcile_finds_both_ways(gw: Gateway) -> None:
     assert [d["reference_id"] for d in body["missing_in_db"]] == [stranger]
     assert [d["reference_id"] for d in body["status_mismatch"]] == [ref_lost]
     assert [d["reference_id"] for d in body["amount_mismatch"]] == [ok.body["tenders"][0]["reference_id"]]
-    assert all(
-        d["suggested_action"]
-        for k in ("missing_in_db", "status_mismatch", "amount_mismatch")
-        for d in body[k]
-    )
+    assert all(d["suggested_action"] for k in ("missing_in_db", "status_mismatch", "amount_mismatch") for d in body[k])
     code, out = await cli("reconcile", "--socket", gw.daemon.config.api.socket, "--terminal", "lane-1")
     assert code == 3 and stranger in out
 
@@ -110,9 +106,7 @@ async def test_reconcile_missing_at_terminal_after_settlement(gw: Gateway) -> No
             json={"Tpn": gw.tpns["lane-2"], "Authkey": "X", "ReferenceId": "S1", "SPInProxyTimeout": 5},
         )
     body = (await gw.client.reconcile("lane-2")).body
-    assert [d["reference_id"] for d in body["missing_at_terminal"]] == [
-        later.body["tenders"][0]["reference_id"]
-    ]
+    assert [d["reference_id"] for d in body["missing_at_terminal"]] == [later.body["tenders"][0]["reference_id"]]
     assert answer.body["tenders"][0]["reference_id"] not in json.dumps(body)
 
 

@@ -55,7 +55,7 @@ async def test_refund_interrupted_before_sending_is_failed_not_sent(dsn: str, tm
             }
         )
         assert result["outcome"] == "created"
-        report = await gw.daemon.recovery.run_once()  # type: ignore[union-attr]
+        report = await gw.daemon.recovery.run_once(startup=True)  # type: ignore[union-attr]
         assert report.refunds == 1
         view = (await gw.client.get_checkout(answer.body["id"])).body
         assert view["status"] == "completed" and view["refunds"][0]["status"] == "failed"

@@ -57,6 +57,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "keeps the first attempt; the lane resends for up to busy_budget_s) and for Returns "
         "(mark_refund_sent runs before the lane's queue): seeds 85, 229, 1319.",
         (161, 421, 757, 85, 229, 1319),
+        fixed=True,  # the lane's before_send re-stamps sent_at before every resend; Returns too
     ),
     KnownBug(
         "inquiry-partial",
@@ -94,6 +95,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "failed (I2).",
         (4270,),
         seeds_with_other_fixes=(2130, 2957, 4211, 7261),
+        fixed=True,  # fail_unsent_refund is atomic; mark_refund_sent says whether it moved the row
     ),
     KnownBug(
         "void-refund-pending",
@@ -103,6 +105,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "totals go wrong (I2, I3, I5).",
         (3182, 1072, 2818),
         seeds_with_other_fixes=(2923, 4167),
+        fixed=True,  # a checkout with a pending refund cannot be voided
     ),
     KnownBug(
         "refund-timeout",
@@ -110,5 +113,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "timeout (up to 720 s): with a slower terminal recovery believes a 'not found' for a Return still "
         "running, fails the refund, and the terminal pays the customer moments later (I2).",
         (35,),
+        fixed=True,  # mark_refund_sent stores the terminal's own timeout
     ),
 )

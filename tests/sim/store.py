@@ -197,9 +197,12 @@ class SimCheckoutStore:
         )
         return result
 
-    async def unresolved_refunds(self) -> list[dict[str, Any]]:
+    async def unresolved_refunds(self, older_than_s: float = 0.0) -> list[dict[str, Any]]:
         return await self.db.run(
-            lambda c: c.call("unresolved_refunds", lambda now: self.t.unresolved_refunds()), what="unresolved refunds"
+            lambda c: c.call(
+                "unresolved_refunds", lambda now: self.t.unresolved_refunds(now, older_than_s), older_than_s
+            ),
+            what="unresolved refunds",
         )
 
     async def mark_void_requested(self, transaction_id: uuid.UUID) -> None:
@@ -218,12 +221,30 @@ class SimCheckoutStore:
             )
         )
 
-    async def mark_refund_sent(self, transaction_id: uuid.UUID) -> None:
-        await self.db.run(
-            lambda c: c.call(
-                "mark_refund_sent", lambda now: self.t.mark_refund_sent(now, transaction_id), transaction_id
-            ),
-            what="mark refund sent",
+    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int) -> bool:
+        return bool(
+            await self.db.run(
+                lambda c: c.call(
+                    "mark_refund_sent",
+                    lambda now: self.t.mark_refund_sent(now, transaction_id, timeout_s),
+                    transaction_id,
+                    timeout_s,
+                ),
+                what="mark refund sent",
+            )
+        )
+
+    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str) -> bool:
+        return bool(
+            await self.db.run(
+                lambda c: c.call(
+                    "fail_unsent_refund",
+                    lambda now: self.t.fail_unsent_refund(now, refund_id, reason),
+                    refund_id,
+                    reason,
+                ),
+                what="fail unsent refund",
+            )
         )
 
     async def tender(self, transaction_id: uuid.UUID) -> dict[str, Any] | None:

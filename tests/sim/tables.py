@@ -252,7 +252,7 @@ class Tables:
         tx = self.txs.get(tender_id)
         if tx is None or tx["order_id"] != order_id or tx["status"] not in ("pending", "processing", "unknown"):
             return False
-        tx.update(status="processing", sent_at=tx["sent_at"] or now, attempts=tx["attempts"] + 1, updated_at=now)
+        tx.update(status="processing", sent_at=now, attempts=tx["attempts"] + 1, updated_at=now)
         return True
 
     def record_tender(
@@ -674,10 +674,14 @@ class Tables:
         self._audit(now, "refund.completed", o["id"], detail={"refund_id": str(refund_id), "amount": r["amount"]})
         return {"outcome": "completed"}
 
-    def unresolved_refunds(self) -> list[Row]:
+    def unresolved_refunds(self, now: datetime, older_than_s: float = 0.0) -> list[Row]:
         rows = []
         for t in self.txs.values():
-            if t["kind"] == "refund" and self.refunds[t["refund_id"]]["status"] == "pending":
+            if (
+                t["kind"] == "refund"
+                and self.refunds[t["refund_id"]]["status"] == "pending"
+                and (now - t["updated_at"]).total_seconds() >= older_than_s
+            ):
                 rows.append({**t, "refund_row": t["refund_id"]})
         return rows
 
@@ -692,10 +696,23 @@ class Tables:
             for t in self.tenders_of(order_id)
         )
 
-    def mark_refund_sent(self, now: datetime, transaction_id: uuid.UUID) -> None:
+    def mark_refund_sent(self, now: datetime, transaction_id: uuid.UUID, timeout_s: int) -> bool:
         t = self.txs.get(transaction_id)
-        if t is not None and t["status"] == "pending":
-            t.update(status="processing", sent_at=t["sent_at"] or now, attempts=t["attempts"] + 1, updated_at=now)
+        if t is None or t["status"] not in ("pending", "processing"):
+            return False
+        t.update(status="processing", sent_at=now, timeout_s=timeout_s, attempts=t["attempts"] + 1, updated_at=now)
+        return True
+
+    def fail_unsent_refund(self, now: datetime, refund_id: uuid.UUID, reason: str) -> bool:
+        r = self.refunds.get(refund_id)
+        txs = [t for t in self.txs.values() if t["refund_id"] == refund_id and t["status"] == "pending"]
+        if r is None or r["status"] != "pending" or not txs:
+            return False
+        for t in txs:
+            t.update(status="failed", last_error=reason, updated_at=now)
+        r.update(status="failed", failure_reason=reason)
+        self._audit(now, "refund.failed", r["order_id"], detail={"refund_id": str(refund_id), "reason": reason})
+        return True
 
     # ------------------------------------------------------------ maintenance (find_orphaned_payments ...)
 

@@ -74,9 +74,7 @@ async def tender(
     return ref
 
 
-async def item(
-    conn: asyncpg.Connection, store: str, order_id: uuid.UUID, sku: str, qty: int, line_no: int = 0
-) -> None:
+async def item(conn: asyncpg.Connection, store: str, order_id: uuid.UUID, sku: str, qty: int, line_no: int = 0) -> None:
     await conn.execute(
         "INSERT INTO order_items (store_id, order_id, line_no, sku, quantity, unit_price)"
         " VALUES ($1, $2, $3, $4, $5, 100)",

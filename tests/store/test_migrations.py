@@ -35,14 +35,9 @@ VIEWS = {
 async def _catalog(dsn: str) -> tuple[set[str], set[str], set[str]]:
     conn = await asyncpg.connect(dsn)
     try:
-        tables = {
-            r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        }
+        tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         functions = {
-            r[0]
-            for r in await conn.fetch(
-                "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
-            )
+            r[0] for r in await conn.fetch("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")
         }
         views = {r[0] for r in await conn.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
         return tables, functions, views
@@ -89,9 +84,7 @@ async def test_migrations_are_rerunnable_sql(empty_dsn: str) -> None:
 
 
 async def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
-    results = await asyncio.gather(
-        _run_cli("migrate", "--dsn", empty_dsn), _run_cli("migrate", "--dsn", empty_dsn)
-    )
+    results = await asyncio.gather(_run_cli("migrate", "--dsn", empty_dsn), _run_cli("migrate", "--dsn", empty_dsn))
     assert [code for code, _ in results] == [0, 0], results
     outputs = "".join(out for _, out in results)
     assert outputs.count("applied 001_schema") == 1

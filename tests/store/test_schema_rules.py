@@ -54,9 +54,7 @@ async def test_idempotency_keys_unique_per_store(conn: asyncpg.Connection, store
 
 
 async def test_reserved_never_above_on_hand(conn: asyncpg.Connection, store_id: str) -> None:
-    await conn.execute(
-        "INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 5, 5)", store_id
-    )
+    await conn.execute("INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 5, 5)", store_id)
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("UPDATE inventory SET reserved = 6 WHERE store_id = $1", store_id)
     with pytest.raises(asyncpg.CheckViolationError):
@@ -89,9 +87,7 @@ async def test_find_orphaned_payments(conn: asyncpg.Connection, store_id: str) -
 
 async def test_cleanup_cancels_stale_pending_and_releases(conn: asyncpg.Connection, store_id: str) -> None:
     await rows.terminal(conn, store_id)
-    await conn.execute(
-        "INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 10, 7)", store_id
-    )
+    await conn.execute("INSERT INTO inventory (store_id, sku, on_hand, reserved) VALUES ($1, 'A', 10, 7)", store_id)
     stale = await rows.order(conn, store_id, minutes_old=30)
     await rows.item(conn, store_id, stale, "A", 3)
     await rows.tender(conn, store_id, stale, status="pending")
@@ -104,8 +100,7 @@ async def test_cleanup_cancels_stale_pending_and_releases(conn: asyncpg.Connecti
         await rows.tender(conn, store_id, risky[status], status=status)
     assert await conn.fetchval("SELECT cleanup_stale_pending_orders(15)") >= 1
     statuses = {
-        r["id"]: r["status"]
-        for r in await conn.fetch("SELECT id, status FROM orders WHERE store_id = $1", store_id)
+        r["id"]: r["status"] for r in await conn.fetch("SELECT id, status FROM orders WHERE store_id = $1", store_id)
     }
     assert statuses[stale] == "cancelled"
     assert statuses[fresh] == "pending_payment"
@@ -125,9 +120,7 @@ async def test_monitoring_views(conn: asyncpg.Connection, store_id: str) -> None
     await rows.terminal(conn, store_id, "lane-2", "Lane 2")
     for status in ("approved", "approved", "approved", "declined"):
         await rows.tender(conn, store_id, await rows.order(conn, store_id, status="completed"), status=status)
-    await rows.tender(
-        conn, store_id, await rows.order(conn, store_id), status="approved", terminal_id="lane-2"
-    )
+    await rows.tender(conn, store_id, await rows.order(conn, store_id), status="approved", terminal_id="lane-2")
     rate = {
         r["status"]: (r["count"], float(r["percentage"]))
         for r in await conn.fetch("SELECT * FROM payment_success_last_hour WHERE store_id = $1", store_id)

@@ -47,9 +47,7 @@ def scripted_lane(name: str, clock: FakeClock, health: list[Any], **scripts: lis
     return Lane(name, driver, clock=clock, sleep=clock.sleep)
 
 
-async def test_offline_flips_within_one_sweep_and_back_after_online(
-    sim: Simulator, make_driver: MakeDriver
-) -> None:
+async def test_offline_flips_within_one_sweep_and_back_after_online(sim: Simulator, make_driver: MakeDriver) -> None:
     clock, writes = FakeClock(), Writes()
     tpns = [new_tpn(), new_tpn()]
     lanes = [Lane(f"t{i}", make_driver(f"t{i}", tpn=tpn)) for i, tpn in enumerate(tpns)]
@@ -59,9 +57,7 @@ async def test_offline_flips_within_one_sweep_and_back_after_online(
         sim.set_offline(tpns[0])
         rows = await monitor.sweep()
         assert [(r[0], r[1], r[3]) for r in rows if r[0] == "t0"] == [("t0", "offline", "terminal offline")]
-        assert (
-            lanes[0].state == "offline" and monitor.status("t0") == "offline" and lanes[1].state == "online"
-        )
+        assert lanes[0].state == "offline" and monitor.status("t0") == "offline" and lanes[1].state == "online"
         sim.set_offline(tpns[0], False)
         clock.now += 60.0  # the offline backoff has run out
         rows = await monitor.sweep()
@@ -74,9 +70,7 @@ async def test_offline_flips_within_one_sweep_and_back_after_online(
     assert lanes[0].last_health_check is not None and lanes[0].last_health_error is None
 
 
-async def test_the_sweeper_task_notices_an_outage_in_real_time(
-    sim: Simulator, make_driver: MakeDriver
-) -> None:
+async def test_the_sweeper_task_notices_an_outage_in_real_time(sim: Simulator, make_driver: MakeDriver) -> None:
     tpn, writes = new_tpn(), Writes()
     lane = Lane("rt", make_driver("rt", tpn=tpn))
     monitor = HealthMonitor([lane], 0.05, write=writes, confirm_delay_s=0.0, offline_backoff_cap_s=0.1)
@@ -97,9 +91,7 @@ async def wait_for_state(lane: Lane, state: str, within_s: float = 2.0) -> None:
 
 async def test_an_online_terminal_needs_consecutive_failures_to_go_offline() -> None:
     clock, writes = FakeClock(), Writes()
-    blip = scripted_lane(
-        "blip", clock, [Health(state="online"), Health(state="offline"), Health(state="online")]
-    )
+    blip = scripted_lane("blip", clock, [Health(state="online"), Health(state="offline"), Health(state="online")])
     down = scripted_lane("down", clock, [Health(state="online"), Health(state="offline")])
     fresh = scripted_lane("fresh", clock, [Health(state="offline")])
     monitor = monitor_for([blip, down, fresh], clock, writes, failure_threshold=2)

@@ -115,9 +115,7 @@ async def test_a_late_1012_is_inquired_a_quick_one_is_final() -> None:
 
 async def test_void_is_resolved_until_the_terminal_shows_it_voided() -> None:
     clock = FakeClock()
-    driver = ScriptedDriver(
-        clock, void=[Unknown(reason="timeout")], status=[approved(), approved(voided=True)]
-    )
+    driver = ScriptedDriver(clock, void=[Unknown(reason="timeout")], status=[approved(), approved(voided=True)])
     lane = make_lane(driver, clock)
     async with running(lane):
         outcome = await lane.execute(Void("r1"))

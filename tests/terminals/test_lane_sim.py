@@ -50,9 +50,7 @@ async def test_lost_answer_is_resolved_to_approved_with_one_ledger_entry(
         outcome = await lane.execute(Sale(ref, cents))
     assert isinstance(outcome, Approved)
     assert (outcome.reference_id, outcome.amount, outcome.requested_amount) == (ref, cents, cents)
-    assert [(r["type"], r["status"], r["amount"]) for r in rows_for(sim, ref)] == [
-        ("sale", "approved", cents)
-    ]
+    assert [(r["type"], r["status"], r["amount"]) for r in rows_for(sim, ref)] == [("sale", "approved", cents)]
 
 
 async def test_57_resolves_to_not_charged_after_the_timeout(sim: Simulator, make_driver: MakeDriver) -> None:
@@ -86,9 +84,7 @@ async def test_declines_are_final(sim: Simulator, make_driver: MakeDriver, cents
     assert isinstance(outcome, Declined) and outcome.status_code == code
 
 
-async def test_caller_timeout_keeps_the_sale_and_inquiry_joins_it(
-    sim: Simulator, make_driver: MakeDriver
-) -> None:
+async def test_caller_timeout_keeps_the_sale_and_inquiry_joins_it(sim: Simulator, make_driver: MakeDriver) -> None:
     lane, ref = lane_for(make_driver()), new_ref()
     async with running(lane):
         with pytest.raises(TimeoutError):

@@ -102,9 +102,7 @@ async def test_going_offline_drops_a_held_connection(sim: Simulator, http: aioht
         await asyncio.wait_for(held, 2)
 
 
-async def test_a_second_concurrent_transaction_is_busy_and_counted(
-    sim: Simulator, http: aiohttp.ClientSession
-) -> None:
+async def test_a_second_concurrent_transaction_is_busy_and_counted(sim: Simulator, http: aiohttp.ClientSession) -> None:
     tpn = new_tpn()
     slow = asyncio.create_task(post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, new_ref(), "10.55")))
     await asyncio.sleep(0.05)
@@ -139,25 +137,15 @@ async def test_bad_requests(sim: Simulator, http: aiohttp.ClientSession) -> None
     async with http.post(f"{sim.url}/v2/Payment/Sale", data=b"{not json") as resp:
         assert resp.status == 400 and code(await resp.json()) == "2006"
     assert code((await post(http, f"{sim.url}/v2/Payment/Sale", {"Tpn": "X1"}))[1]) == "2002"
-    assert (
-        code((await post(http, f"{sim.url}/v2/Payment/Sale", body(new_tpn(), new_ref(), "0")))[1]) == "1013"
-    )
+    assert code((await post(http, f"{sim.url}/v2/Payment/Sale", body(new_tpn(), new_ref(), "0")))[1]) == "1013"
 
 
 async def test_allow_list(http: aiohttp.ClientSession) -> None:
     async with running_simulator(tpns={"TPNONLY00001"}) as sim:
-        assert (
-            code((await post(http, f"{sim.url}/v2/Payment/Sale", body("TPNOTHER0001", new_ref())))[1])
-            == "2003"
-        )
-        async with http.get(
-            f"{sim.url}/v2/Common/TerminalStatus", params={"request.tpn": "TPNOTHER0001"}
-        ) as r:
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", body("TPNOTHER0001", new_ref())))[1]) == "2003"
+        async with http.get(f"{sim.url}/v2/Common/TerminalStatus", params={"request.tpn": "TPNOTHER0001"}) as r:
             assert r.status == 404 and (await r.json())["TerminalStatus"] == "NotFound"
-        assert (
-            code((await post(http, f"{sim.url}/v2/Payment/Sale", body("TPNONLY00001", new_ref())))[1])
-            == "0000"
-        )
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", body("TPNONLY00001", new_ref())))[1]) == "0000"
 
 
 async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:

@@ -163,9 +163,7 @@ def test_documented_approved_sample() -> None:
 
 def test_documented_duplicate_sample_is_unknown() -> None:
     data = b'{"GeneralResponse":{"ResultCode":"1","StatusCode":"1011","Message":"Canceled",'
-    data += (
-        b'"DetailedMessage":"Duplicate Reference Id"},"PaymentType":"Credit","ReferenceId":"d6c871b6a580"}'
-    )
+    data += b'"DetailedMessage":"Duplicate Reference Id"},"PaymentType":"Credit","ReferenceId":"d6c871b6a580"}'
     outcome = codec.parse_payment(data, op="sale", ref=REF, requested=100)
     assert isinstance(outcome, Unknown) and outcome.status_code == "1011"
 

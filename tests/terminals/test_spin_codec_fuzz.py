@@ -29,15 +29,11 @@ scalars = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
-    st.sampled_from(
-        ["0", "1", "2", "Ok", "ApiError", "0000", "0001", "2008", "1.5", "12.345", "1e999", "-0"]
-    ),
+    st.sampled_from(["0", "1", "2", "Ok", "ApiError", "0000", "0001", "2008", "1.5", "12.345", "1e999", "-0"]),
 )
 json_values = st.recursive(
     scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 KEYS = [
@@ -97,7 +93,5 @@ def test_answer_shaped_json(value: dict[str, Any]) -> None:
 def test_deep_nesting_and_huge_numbers() -> None:
     only_protocol_errors(b"[" * 100_000)
     only_protocol_errors(b'{"GeneralResponse":' * 5000)
-    only_protocol_errors(
-        b'{"GeneralResponse":{"ResultCode":"0","StatusCode":"0001"},"Amounts":{"Amount":1e999999}}'
-    )
+    only_protocol_errors(b'{"GeneralResponse":{"ResultCode":"0","StatusCode":"0001"},"Amounts":{"Amount":1e999999}}')
     only_protocol_errors(b'{"GeneralResponse":{"ResultCode":0,"StatusCode":' + b"9" * 5000 + b"}}")

@@ -77,9 +77,7 @@ async def test_53_connection_reset_after_approval(sim: Simulator, make_driver: M
 
 async def test_54_busy_first_then_approved_with_same_ref(sim: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
-    assert await driver.sale(ref, 1054) == Busy(
-        retry_after_s=1.0, status_code="2008", message="Terminal in use"
-    )
+    assert await driver.sale(ref, 1054) == Busy(retry_after_s=1.0, status_code="2008", message="Terminal in use")
     assert ledger_rows(sim, ref) == []
     assert isinstance(await driver.sale(ref, 1054), Approved)
     assert len(ledger_rows(sim, ref)) == 1
@@ -141,9 +139,7 @@ async def test_void_refund_auth_capture(sim: Simulator, make_driver: MakeDriver)
     assert isinstance(await driver.refund(refund, 300), Approved)
     assert isinstance(await driver.auth(auth, 900), Approved)
     captured = await driver.capture(auth, 800)
-    assert (
-        isinstance(captured, Approved) and captured.amount == 800 and captured.transaction_type == "capture"
-    )
+    assert isinstance(captured, Approved) and captured.amount == 800 and captured.transaction_type == "capture"
     assert isinstance(await driver.capture(new_ref(), 100), NotFound)
     rows = {r["reference_id"]: (r["type"], r["status"], r["amount"]) for r in sim.ledger.transactions()}
     assert rows == {
@@ -180,9 +176,7 @@ async def test_connection_refused_is_offline_and_nothing_raises() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    driver = SpinDriver(
-        "t-refused", f"http://127.0.0.1:{port}", "TPN000000001", AUTHKEY, 1, http_margin_s=0.2
-    )
+    driver = SpinDriver("t-refused", f"http://127.0.0.1:{port}", "TPN000000001", AUTHKEY, 1, http_margin_s=0.2)
     try:
         assert isinstance(await driver.sale(new_ref(), 100), Offline)
         assert isinstance(await driver.status(new_ref()), Offline)
@@ -216,9 +210,7 @@ async def test_http_timeout_is_longer_than_proxy_timeout() -> None:
     assert (driver.timeout_s, driver.transaction_timeout_s) == (120, 130)
 
 
-async def test_authkey_never_printed(
-    sim: Simulator, make_driver: MakeDriver, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_authkey_never_printed(sim: Simulator, make_driver: MakeDriver, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     driver = make_driver()
     assert AUTHKEY not in repr(driver)
