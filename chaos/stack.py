@@ -19,6 +19,7 @@ import asyncpg
 from gatewayd.api.client import GatewayClient
 from gatewayd.store import migrate
 from gatewayd.store.embedded import EmbeddedPostgres, free_port
+from gatewayd.terminals.simulator.server import simulator_subprocess
 
 log = logging.getLogger("chaos.stack")
 
@@ -124,31 +125,10 @@ def config_text(
 
 @contextlib.asynccontextmanager
 async def simulator_process(slow_s: float = 3.0):  # type: ignore[no-untyped-def]
-    """`gatewayd simulate` in its own process; yields its port."""
+    """`gatewayd simulate` in its own process (dying with us); yields its port."""
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gatewayd",
-        "simulate",
-        "--port",
-        str(port),
-        "--slow-s",
-        str(slow_s),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"listening" not in line:
-        raise RuntimeError(f"simulator did not start: {line!r}")
-    try:
+    async with simulator_subprocess(port, slow_s=slow_s, preexec_fn=_die_with_parent):
         yield port
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
 
 
 class DaemonSupervisor:

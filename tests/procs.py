@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
+from gatewayd.terminals.simulator.server import simulator_subprocess
 from tests.harness import STOCK, StoreProbe, config_text
 
 
@@ -30,27 +31,8 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def simulator_process(slow_s: float = 3.0) -> AsyncIterator[str]:
     """`gatewayd simulate` in its own process; yields its URL."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gatewayd",
-        "simulate",
-        "--port",
-        str(port),
-        "--slow-s",
-        str(slow_s),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert b"listening" in line, line
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        await proc.wait()
+    async with simulator_subprocess(free_port(), slow_s=slow_s) as url:
+        yield url
 
 
 @dataclass

@@ -157,6 +157,10 @@ class FakeConnection:
     async def call(self, name: str, apply: Callable[[datetime], Any], *args: Any, **kwargs: Any) -> Any:
         return await self.server.execute(name, apply, args, kwargs)
 
+    def is_closed(self) -> bool:
+        """The fake raises connection losses as their own (transient) exception classes."""
+        return False
+
 
 class _Acquire:
     def __init__(self, server: FakeServer) -> None:

@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -83,3 +84,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatewayd simulate: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.asynccontextmanager
+async def simulator_subprocess(
+    port: int, *, host: str = "127.0.0.1", slow_s: float = 3.0, preexec_fn: Callable[[], Any] | None = None
+) -> AsyncIterator[str]:
+    """`gatewayd simulate` in a process of its own (tests, chaos runs, benchmarks); yields its URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gatewayd",
+        "simulate",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--slow-s",
+        str(slow_s),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=preexec_fn,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if b"listening" not in line:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"simulator did not start: {line!r}")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
