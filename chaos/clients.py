@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from chaos.workload import Spec, checkouts
+from chaos.workload import ClientPool, Spec, checkouts
 from gatewayd.api.client import Answer, GatewayClient
 
 CHECKOUT_DEADLINE_S = 40.0  # a cashier gives up on one checkout after this long
@@ -47,32 +47,16 @@ def _status_of(answer: Answer) -> str | None:
     return None
 
 
-class GatewayClients:
+class GatewayClients(ClientPool):
     """`n` POS clients (registers) checking out through gatewayd until told to stop."""
 
     def __init__(self, socket_path: str, seed: int, n: int, lanes: int, terminal_ids: list[str]) -> None:
+        super().__init__(n)
         self.socket_path = socket_path
         self.seed = seed
-        self.n = n
         self.lanes = lanes
         self.terminal_ids = terminal_ids
         self.records: list[CheckoutRecord] = []
-        self.stop_new = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._client(i)) for i in range(self.n)]
-
-    async def finish(self, timeout_s: float) -> bool:
-        """Stop taking new checkouts; wait for the in-flight ones (bounded). True if all ended."""
-        self.stop_new.set()
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        return not pending
 
     async def _client(self, index: int) -> None:
         rng = random.Random(f"chaos:{self.seed}:gw-retry:{index}")

@@ -31,7 +31,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from chaos.workload import Spec, checkouts
+from chaos.workload import ClientPool, Spec, checkouts
 from gatewayd.terminals.spin.requests import Credentials, sale_body
 
 MAX_ATTEMPTS = 2
@@ -61,26 +61,24 @@ class OldRecord:
     told: str | None = None  # completed | declined | failed
 
 
-class OldFlow:
+class OldFlow(ClientPool):
     """`n` old-style POS clients on their own terminals."""
 
     def __init__(
         self, seed: int, n: int, lanes: int, terminal_url: str, tpns: list[str], authkeys: list[str], dsn: str
     ) -> None:
+        super().__init__(n)
         self.seed = seed
-        self.n = n
         self.lanes = lanes
         self.terminal_url = terminal_url.rstrip("/")
         self.creds = [Credentials(tpn=t, authkey=k) for t, k in zip(tpns, authkeys, strict=True)]
         self.dsn = dsn
         self.records: list[OldRecord] = []
         self.refs: dict[str, tuple[str, int, int]] = {}  # reference id -> (checkout, tender index, attempt)
-        self.stop_new = asyncio.Event()
         self.running = asyncio.Event()  # cleared while the app is frozen
         self.running.set()
         self.crashes = 0
         self._inflight: set[asyncio.Task[str]] = set()
-        self._tasks: list[asyncio.Task[None]] = []
 
     @staticmethod
     async def create_schema(conn: asyncpg.Connection) -> None:
@@ -104,19 +102,9 @@ class OldFlow:
 
     # ------------------------------------------------------------------ clients
 
-    def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._client(i)) for i in range(self.n)]
-
     async def finish(self, timeout_s: float) -> bool:
-        self.stop_new.set()
         self.thaw()
-        if not self._tasks:
-            return True
-        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        return not pending
+        return await super().finish(timeout_s)
 
     async def _client(self, index: int) -> None:
         rng = random.Random(f"chaos:{self.seed}:old-retry:{index}")

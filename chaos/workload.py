@@ -6,6 +6,7 @@ SKU, customer), whichever flow runs it, so the two rows of the table see the sam
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,3 +106,29 @@ def checkouts(seed: int, client: int, lanes: int) -> Iterator[Spec]:
         sku = "LAST-ONE" if rng.random() < 0.01 else rng.choice(SKUS)
         customer = f"cust-{rng.randint(1, 20)}" if rng.random() < 0.5 else None
         yield Spec(client=client, seq=seq, kind=kind, sku=sku, tenders=tenders, customer_id=customer)
+
+
+class ClientPool:
+    """`n` POS clients run as tasks until told to stop; subclasses give `_client(index)`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stop_new = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._client(i)) for i in range(self.n)]
+
+    async def finish(self, timeout_s: float) -> bool:
+        """Stop taking new checkouts; wait for the in-flight ones (bounded). True if all ended."""
+        self.stop_new.set()
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return not pending

@@ -28,6 +28,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def run_cli(*args: str, timeout_s: float = 120) -> tuple[int, str]:
+    """`python -m gatewayd ARGS` to its end: (exit code, stdout and stderr together)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+    return proc.returncode or 0, out.decode()
+
+
 @contextlib.asynccontextmanager
 async def simulator_process(slow_s: float = 3.0) -> AsyncIterator[str]:
     """`gatewayd simulate` in its own process; yields its URL."""
@@ -98,9 +107,10 @@ class Store(StoreProbe):
 class DaemonProcess:
     """`gatewayd run` as a real subprocess."""
 
-    def __init__(self, config: Path, *, failpoints: str = "", name: str = "a") -> None:
+    def __init__(self, config: Path, *, failpoints: str = "", name: str = "a", args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.failpoints = failpoints
+        self.args = args
         self.socket = str(config).replace(".toml", ".sock")
         self.proc: asyncio.subprocess.Process | None = None
         self.log = config.with_suffix(f".{name}.log")
@@ -115,6 +125,7 @@ class DaemonProcess:
                 "run",
                 "--config",
                 str(self.config),
+                *self.args,
                 env=env,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,

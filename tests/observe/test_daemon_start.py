@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.harness import running_gateway
-from tests.procs import DaemonProcess, Store, simulator_process
+from tests.procs import DaemonProcess, Store, run_cli, simulator_process
 
 
 async def test_stale_socket_replaced_live_one_refused(dsn: str, tmp_path: Path) -> None:
@@ -24,19 +23,9 @@ async def test_stale_socket_replaced_live_one_refused(dsn: str, tmp_path: Path) 
         stale.close()
         first = await DaemonProcess(config).start()
         try:
-            second = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gatewayd",
-                "run",
-                "--config",
-                str(config),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            out, _ = await asyncio.wait_for(second.communicate(), 60)
-            assert second.returncode == 2, out.decode()
-            assert "another gatewayd is already serving this socket" in out.decode()
+            code, out = await run_cli("run", "--config", str(config), timeout_s=60)
+            assert code == 2, out
+            assert "another gatewayd is already serving this socket" in out
             async with first.client() as client:
                 assert (await client.health()).status == 200
         finally:
@@ -47,32 +36,9 @@ async def test_missing_migrations_refused_unless_asked(empty_dsn: str, tmp_path:
     async with simulator_process() as sim_url:
         store = Store(empty_dsn, sim_url, tmp_path)
         config = store.config()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gatewayd",
-            "run",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 2 and "gatewayd migrate" in out.decode()
-        daemon = DaemonProcess(config)
-        daemon.failpoints = ""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gatewayd",
-            "run",
-            "--config",
-            str(config),
-            "--migrate",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        daemon.proc = proc
+        code, out = await run_cli("run", "--config", str(config), timeout_s=60)
+        assert code == 2 and "gatewayd migrate" in out
+        daemon = await DaemonProcess(config, args=("--migrate",)).start(wait=False)
         try:
             await daemon.ready()
         finally:

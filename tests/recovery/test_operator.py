@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,25 +11,13 @@ import aiohttp
 import pytest
 
 from tests.harness import Gateway, card, running_gateway
+from tests.procs import run_cli
 
 
 @pytest.fixture
 async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     async with running_gateway(dsn, tmp_path, terminals=2) as gateway:
         yield gateway
-
-
-async def cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gatewayd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
 
 
 async def _sim_sale(gw: Gateway, tpn: str, ref: str, amount: str) -> None:
@@ -53,14 +39,14 @@ async def test_orphans_listed_and_voided_by_recovery(gw: Gateway) -> None:
     # Simulate the old failure: the order failed but the charge stayed approved.
     await gw.fetch("UPDATE orders SET status = 'payment_failed' WHERE store_id = $1", gw.store_id)
     sock = gw.daemon.config.api.socket
-    code, out = await cli("orphans", "--socket", sock)
+    code, out = await run_cli("orphans", "--socket", sock)
     assert code == 3 and answer.body["tenders"][0]["reference_id"] in out
-    code, out = await cli("orphans", "--socket", sock, "--json")
+    code, out = await run_cli("orphans", "--socket", sock, "--json")
     assert json.loads(out)["count"] == 1
     report = await gw.daemon.recovery.run_once()  # type: ignore[union-attr]
     assert report.orphans_voided == 1
     assert [t["status"] for t in await gw.ledger()] == ["voided"]
-    code, out = await cli("orphans", "--socket", sock)
+    code, out = await run_cli("orphans", "--socket", sock)
     assert code == 0 and "no orphaned payments" in out
 
 
@@ -90,7 +76,7 @@ async def test_reconcile_finds_both_ways(gw: Gateway) -> None:
     assert [d["reference_id"] for d in body["status_mismatch"]] == [ref_lost]
     assert [d["reference_id"] for d in body["amount_mismatch"]] == [ok.body["tenders"][0]["reference_id"]]
     assert all(d["suggested_action"] for k in ("missing_in_db", "status_mismatch", "amount_mismatch") for d in body[k])
-    code, out = await cli("reconcile", "--socket", gw.daemon.config.api.socket, "--terminal", "lane-1")
+    code, out = await run_cli("reconcile", "--socket", gw.daemon.config.api.socket, "--terminal", "lane-1")
     assert code == 3 and stranger in out
 
 
@@ -129,7 +115,7 @@ async def test_cleanup_and_report_straight_to_the_database(gw: Gateway) -> None:
         gw.store_id,
         uuid.uuid4(),
     )
-    code, out = await cli(
+    code, out = await run_cli(
         "cleanup",
         "--older-than",
         "30m",
@@ -142,8 +128,8 @@ async def test_cleanup_and_report_straight_to_the_database(gw: Gateway) -> None:
     )
     assert code == 0 and "cancelled 1" in out, out
     await gw.checkout(card(2100))
-    code, out = await cli("report", "--dsn", gw.dsn, "--store", gw.store_id)
+    code, out = await run_cli("report", "--dsn", gw.dsn, "--store", gw.store_id)
     assert code == 0, out
     assert "Payment success rate, last hour" in out and "Lane lane-1" in out
-    code, out = await cli("orphans", "--socket", "/nonexistent.sock")
+    code, out = await run_cli("orphans", "--socket", "/nonexistent.sock")
     assert code == 1 and "cannot reach gatewayd" in out

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import asyncpg
 
 from gatewayd.store import migrate
+from tests.procs import run_cli
 
 TABLES = {
     "payment_processors",
@@ -45,28 +45,15 @@ async def _catalog(dsn: str) -> tuple[set[str], set[str], set[str]]:
         await conn.close()
 
 
-async def _run_cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gatewayd",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
-
-
 async def test_migrate_twice_via_cli(empty_dsn: str) -> None:
-    code, out = await _run_cli("migrate", "--dsn", empty_dsn)
+    code, out = await run_cli("migrate", "--dsn", empty_dsn)
     assert code == 0, out
     assert "applied 001_schema" in out
     tables, functions, views = await _catalog(empty_dsn)
     assert TABLES <= tables
     assert FUNCTIONS <= functions
     assert VIEWS <= views
-    code, out = await _run_cli("migrate", "--dsn", empty_dsn)
+    code, out = await run_cli("migrate", "--dsn", empty_dsn)
     assert code == 0, out
     assert "up to date" in out
 
@@ -84,7 +71,7 @@ async def test_migrations_are_rerunnable_sql(empty_dsn: str) -> None:
 
 
 async def test_two_processes_migrate_at_once(empty_dsn: str) -> None:
-    results = await asyncio.gather(_run_cli("migrate", "--dsn", empty_dsn), _run_cli("migrate", "--dsn", empty_dsn))
+    results = await asyncio.gather(run_cli("migrate", "--dsn", empty_dsn), run_cli("migrate", "--dsn", empty_dsn))
     assert [code for code, _ in results] == [0, 0], results
     outputs = "".join(out for _, out in results)
     assert outputs.count("applied 001_schema") == 1
