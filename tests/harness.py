@@ -115,6 +115,11 @@ def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
     return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
 
 
+def sim_authkey(tpn: str) -> str:
+    """The auth key the harness configures for `tpn` (the simulator binds each Tpn to its first key)."""
+    return f"KEY{tpn[-7:]}"
+
+
 def config_text(
     store_id: str,
     socket_path: Path,
@@ -128,7 +133,7 @@ def config_text(
 ) -> str:
     terminals = "".join(
         f'[[terminals]]\nid = "{tid}"\nname = "Lane {tid}"\nbase_url = "{sim_url}"\ntpn = "{tpn}"\n'
-        f'authkey = "KEY{tpn[-7:]}"\ntimeout_s = {timeout_s}\nhttp_margin_s = 1.0\nis_live = false\n'
+        f'authkey = "{sim_authkey(tpn)}"\ntimeout_s = {timeout_s}\nhttp_margin_s = 1.0\nis_live = false\n'
         for tid, tpn in tpns.items()
     )
     return (

@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
 
     sub.add_parser(
         "simulate",
-        help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N] [--slow-s S] [--tpns A,B])",
+        help="serve simulated SPIn terminals (--port P [--host H] [--latency-ms N] [--slow-s S]"
+        " [--tpns A[:KEY],B] [--auto-settle-s S])",
     )
 
 

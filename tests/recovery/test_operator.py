@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import Gateway, card, running_gateway
+from tests.harness import Gateway, card, running_gateway, sim_authkey
 from tests.procs import run_cli
 
 
@@ -23,7 +23,7 @@ async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 async def _sim_sale(gw: Gateway, tpn: str, ref: str, amount: str) -> None:
     body = {
         "Tpn": tpn,
-        "Authkey": "X",
+        "Authkey": sim_authkey(tpn),
         "Amount": amount,
         "PaymentType": "Credit",
         "ReferenceId": ref,
@@ -56,13 +56,9 @@ async def test_reconcile_finds_both_ways(gw: Gateway) -> None:
     assert ok.status == lost.status == 200
     stranger = "STRANGER" + uuid.uuid4().hex[:8].upper()
     await _sim_sale(gw, gw.tpns["lane-1"], stranger, "9.99")
-    # The terminal's batch loses one charge (as if settled elsewhere): void it behind gatewayd's back.
+    # The terminal's batch loses one charge (as if settled elsewhere): the clerk voids it on the keypad.
     ref_lost = lost.body["tenders"][0]["reference_id"]
-    async with aiohttp.ClientSession() as s:
-        await s.post(
-            gw.sim.url + "/v2/Payment/Void",
-            json={"Tpn": gw.tpns["lane-1"], "Authkey": "X", "ReferenceId": ref_lost, "SPInProxyTimeout": 5},
-        )
+    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/void/{ref_lost}")
     await gw.fetch(
         "UPDATE payment_transactions SET amount = 1501, approved_amount = 1501 WHERE store_id = $1"
         " AND reference_id = $2",
@@ -86,11 +82,7 @@ async def test_reconcile_missing_at_terminal_after_settlement(gw: Gateway) -> No
     assert settled.status == 200 and settled.body["ok"], settled.body
     later = await gw.checkout(card(1800, "lane-2"))
     assert later.status == 200
-    async with aiohttp.ClientSession() as s:  # the terminal settles on its own, behind gatewayd's back
-        await s.post(
-            gw.sim.url + "/v2/Payment/Settle",
-            json={"Tpn": gw.tpns["lane-2"], "Authkey": "X", "ReferenceId": "S1", "SPInProxyTimeout": 5},
-        )
+    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/settle")  # on its own, behind gatewayd's back
     body = (await gw.client.reconcile("lane-2")).body
     assert [d["reference_id"] for d in body["missing_at_terminal"]] == [later.body["tenders"][0]["reference_id"]]
     assert answer.body["tenders"][0]["reference_id"] not in json.dumps(body)

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from gatewayd import failpoints
-from tests.harness import card, running_gateway
+from tests.harness import card, running_gateway, sim_authkey
 
 
 async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> None:
@@ -18,10 +18,11 @@ async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> No
         )
         first = answer.body["tenders"][0]["reference_id"]
         # the first card was voided at the terminal and recorded, then the process died
+        tpn = gw.tpns["lane-1"]
         async with aiohttp.ClientSession() as s:
             await s.post(
                 gw.sim_url + "/v2/Payment/Void",
-                json={"Tpn": gw.tpns["lane-1"], "Authkey": "X", "ReferenceId": first, "SPInProxyTimeout": 5},
+                json={"Tpn": tpn, "Authkey": sim_authkey(tpn), "ReferenceId": first, "SPInProxyTimeout": 5},
             )
         await gw.fetch(
             "UPDATE payment_transactions SET status = 'voided' WHERE store_id = $1 AND reference_id = $2",

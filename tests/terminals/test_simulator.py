@@ -13,9 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gatewayd.terminals.outcomes import Approved, Health, Misconfigured
 from gatewayd.terminals.simulator import Simulator, running_simulator
+from gatewayd.terminals.simulator.server import _parse
+from gatewayd.terminals.spin.driver import SpinDriver
 
-from .helpers import AUTHKEY, new_ref, new_tpn
+from .conftest import MakeDriver
+from .helpers import AUTHKEY, MARGIN_S, TIMEOUT_S, new_ref, new_tpn
 
 
 @pytest.fixture
@@ -160,6 +164,185 @@ async def test_cli_serves_until_sigterm(http: aiohttp.ClientSession) -> None:
         url = line.rsplit(" ", 1)[-1]
         assert line.startswith("gatewayd simulator listening on http://127.0.0.1:")
         assert code((await post(http, f"{url}/v2/Payment/Sale", body(new_tpn(), new_ref())))[1]) == "0000"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+# ------------------------------------------------------------------ control: the clerk, the terminal, the keys
+
+
+async def test_keypad_void_then_status_shows_voided(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    tpn, ref, declined = new_tpn(), new_ref(), new_ref()
+    _, sale = await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, ref, "12.30"))
+    await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, declined, "10.51"))
+    status, row = await post(http, f"{sim.url}/_sim/terminals/{tpn}/void/{ref}")
+    assert status == 200
+    assert row == {
+        "tpn": tpn,
+        "reference_id": ref,
+        "type": "sale",
+        "amount": 1230,
+        "status": "voided",
+        "batch": 1,
+        "status_code": "0000",
+        "auth_code": sale["AuthCode"],
+    }
+    _, found = await post(http, f"{sim.url}/v2/Payment/Status", body(tpn, ref, None))
+    assert code(found) == "0000" and found["Voided"] is True and found["AuthCode"] == sale["AuthCode"]
+    assert (await post(http, f"{sim.url}/_sim/terminals/{tpn}/void/{ref}"))[0] == 409  # already voided
+    assert (await post(http, f"{sim.url}/_sim/terminals/{tpn}/void/{declined}"))[0] == 409
+    status, missing = await post(http, f"{sim.url}/_sim/terminals/{tpn}/void/{new_ref()}")
+    assert status == 404 and "error" in missing
+    assert code((await post(http, f"{sim.url}/v2/Payment/Void", body(tpn, ref, None)))[1]) == "0000"  # as before
+    assert [t["status"] for t in sim.ledger.transactions(tpn)] == ["voided", "declined"]
+
+
+async def test_keypad_void_of_an_auth_and_unknown_tpn(http: aiohttp.ClientSession) -> None:
+    async with running_simulator(tpns={"TPNONLY00001"}) as sim:
+        ref = new_ref()
+        await post(http, f"{sim.url}/v2/Payment/Auth", body("TPNONLY00001", ref, "20.00"))
+        status, row = await post(http, f"{sim.url}/_sim/terminals/TPNONLY00001/void/{ref}")
+        assert status == 200 and (row["type"], row["status"]) == ("auth", "voided")
+        _, capture = await post(http, f"{sim.url}/v2/Payment/Capture", body("TPNONLY00001", ref, "20.00"))
+        assert code(capture) == "1001"  # a voided auth cannot be captured
+        status, answer = await post(http, f"{sim.url}/_sim/terminals/TPNOTHER0001/void/{ref}")
+        assert status == 404 and answer["error"] == "unknown tpn"
+
+
+async def test_terminal_settles_on_its_own(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    tpn, sale, ret, auth, declined = new_tpn(), new_ref(), new_ref(), new_ref(), new_ref()
+    await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, sale, "10.00"))
+    await post(http, f"{sim.url}/v2/Payment/Return", body(tpn, ret, "3.00"))
+    await post(http, f"{sim.url}/v2/Payment/Auth", body(tpn, auth, "20.00"))  # a hold moves no money
+    await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, declined, "10.51"))
+    status, settled = await post(http, f"{sim.url}/_sim/terminals/{tpn}/settle")
+    assert status == 200 and settled == {"tpn": tpn, "batch": 1, "count": 4, "amount": 700}
+    _, gone = await post(http, f"{sim.url}/v2/Payment/Status", body(tpn, sale, None))
+    assert code(gone) == "1001"
+    status, empty = await post(http, f"{sim.url}/_sim/terminals/{tpn}/settle")
+    assert status == 409 and empty["error"] == "no open batch"
+    assert code((await post(http, f"{sim.url}/v2/Payment/Settle", body(tpn, new_ref(), None)))[1]) == "1020"
+    _, later = await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, new_ref()))
+    assert later["BatchNumber"] == "2"
+    assert [t["batch"] for t in sim.ledger.transactions(tpn)] == [1, 1, 1, 1, 2]
+
+
+async def test_auto_settle(http: aiohttp.ClientSession) -> None:
+    tpn, ref = new_tpn(), new_ref()
+    async with running_simulator(auto_settle_s=0.2) as sim:
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, ref)))[1]) == "0000"
+        for _ in range(50):
+            _, found = await post(http, f"{sim.url}/v2/Payment/Status", body(tpn, ref, None))
+            if code(found) == "1001":
+                break
+            await asyncio.sleep(0.05)
+        assert code(found) == "1001"
+        _, later = await post(http, f"{sim.url}/v2/Payment/Sale", body(tpn, new_ref()))
+        assert int(later["BatchNumber"]) >= 2
+        assert any(t.get_name() == "simulator-auto-settle" for t in asyncio.all_tasks())
+    assert not any(t.get_name() == "simulator-auto-settle" for t in asyncio.all_tasks())  # stopped with the app
+
+
+async def test_wrong_authkey_is_refused_and_nothing_recorded(http: aiohttp.ClientSession) -> None:
+    given, learned = "TPNGIVEN0001", "TPNLEARN0001"
+    async with running_simulator(tpns={given, learned}, authkeys={given: "KEYAAAAAAA"}) as sim:
+        wrong = {"Authkey": "WRONGKEY00"}
+        for op, ref, amount in [("Sale", new_ref(), "10.00"), ("Auth", new_ref(), "10.00"), ("Status", "R", None)]:
+            status, answer = await post(http, f"{sim.url}/v2/Payment/{op}", {**body(given, ref, amount), **wrong})
+            assert status == 200 and code(answer) == "2002" and answer["GeneralResponse"]["ResultCode"] == "2"
+        assert sim.ledger.snapshot() == {"transactions": [], "max_concurrency": {}}
+        ref = new_ref()
+        good = {"Authkey": "KEYAAAAAAA"}
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", {**body(given, ref), **good}))[1]) == "0000"
+
+        # A Tpn without a given key binds to the first key it is sent.
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", body(learned, new_ref())))[1]) == "0000"
+        before = sim.ledger.snapshot()
+        for op in ("Sale", "Return", "Void", "Capture", "Status", "StatusList", "Settle"):
+            _, answer = await post(http, f"{sim.url}/v2/Payment/{op}", {**body(learned, new_ref()), **wrong})
+            assert code(answer) == "2002", op
+        await post(http, f"{sim.url}/_sim/terminals/{learned}/offline")
+        _, answer = await post(http, f"{sim.url}/v2/Payment/Sale", {**body(learned, new_ref()), **wrong})
+        assert code(answer) == "2002"  # the key is checked before the terminal is reached
+        await post(http, f"{sim.url}/_sim/terminals/{learned}/online")
+        params = {"request.tpn": learned, "request.authkey": "WRONGKEY00"}
+        async with http.get(f"{sim.url}/v2/Common/TerminalStatus", params=params) as resp:
+            assert resp.status == 200 and (await resp.json())["TerminalStatus"] == "NotFound"
+        assert sim.ledger.snapshot() == before
+
+        # Key rotation: the old key is refused, the new one works; no answer ever shows a key.
+        status, rebound = await post(http, f"{sim.url}/_sim/terminals/{given}/authkey", {"authkey": "NEWKEY0001"})
+        assert status == 200 and "NEWKEY0001" not in json.dumps(rebound)
+        assert code((await post(http, f"{sim.url}/v2/Payment/Status", {**body(given, ref, None), **good}))[1]) == "2002"
+        new = {"Authkey": "NEWKEY0001"}
+        assert code((await post(http, f"{sim.url}/v2/Payment/Status", {**body(given, ref, None), **new}))[1]) == "0000"
+        assert (await post(http, f"{sim.url}/_sim/terminals/{given}/authkey", {"key": "X"}))[0] == 400
+        assert (await post(http, f"{sim.url}/_sim/terminals/TPNOTHER0001/authkey", {"authkey": "X"}))[0] == 404
+        async with http.get(f"{sim.url}/_sim/ledger") as resp:
+            text = await resp.text()
+        assert len(json.loads(text)["transactions"]) == 2
+        assert not any(k in text for k in ("KEYAAAAAAA", "NEWKEY0001", AUTHKEY, "uthkey"))
+
+        # A reset keeps the given binding (not the rotated one) and forgets the learned one.
+        await post(http, f"{sim.url}/_sim/reset")
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", {**body(given, new_ref()), **new}))[1]) == "2002"
+        assert code((await post(http, f"{sim.url}/v2/Payment/Sale", {**body(given, new_ref()), **good}))[1]) == "0000"
+        assert (
+            code((await post(http, f"{sim.url}/v2/Payment/Sale", {**body(learned, new_ref()), **wrong}))[1]) == "0000"
+        )
+
+
+async def test_driver_wrong_key_is_misconfigured_and_keypad_void_reads_voided(
+    sim: Simulator, make_driver: MakeDriver, http: aiohttp.ClientSession
+) -> None:
+    driver, ref = make_driver(), new_ref()
+    sale = await driver.sale(ref, 1500)
+    assert isinstance(sale, Approved) and not sale.voided
+    tpn = sim.ledger.transactions()[0]["tpn"]
+    assert (await post(http, f"{sim.url}/_sim/terminals/{tpn}/void/{ref}"))[0] == 200
+    status = await driver.status(ref)
+    assert isinstance(status, Approved) and status.voided and status.amount == 1500
+
+    impostor = SpinDriver("t-wrong", sim.url, str(tpn), "WRONGKEY00", TIMEOUT_S, http_margin_s=MARGIN_S)
+    try:
+        for outcome in (await impostor.sale(new_ref(), 1000), await impostor.status(ref)):
+            assert isinstance(outcome, Misconfigured) and outcome.status_code == "2002"
+        assert await impostor.health() == Health(
+            state="offline", message="Active AuthKey not found", misconfigured=True
+        )
+    finally:
+        await impostor.aclose()
+    assert [t["status"] for t in sim.ledger.transactions()] == ["voided"]  # nothing recorded for the impostor
+
+
+def test_cli_options() -> None:
+    args = _parse(["--port", "0", "--tpns", " Z1:KEYA , Z2 ,", "--auto-settle-s", "0.5"])
+    assert args.tpns == {"Z1": "KEYA", "Z2": None} and args.auto_settle_s == 0.5
+    assert _parse(["--port", "0"]).auto_settle_s is None
+    for bad in (["--tpns", "Z1:"], ["--tpns", ":KEY"], ["--tpns", "Z1,Z1:K"], ["--auto-settle-s", "0"]):
+        with pytest.raises(SystemExit):
+            _parse(["--port", "0", *bad])
+
+
+async def test_cli_binds_keys_and_settles_on_its_own(http: aiohttp.ClientSession) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd", "simulate", "--port", "0",
+        "--tpns", "Z1:KEYA000001,Z2", "--auto-settle-s", "0.2",
+        stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip().rsplit(" ", 1)[-1]
+        ref = new_ref()
+        assert code((await post(http, f"{url}/v2/Payment/Sale", body("Z1", ref)))[1]) == "2002"
+        z1 = {**body("Z1", ref), "Authkey": "KEYA000001"}
+        assert code((await post(http, f"{url}/v2/Payment/Sale", z1))[1]) == "0000"
+        assert code((await post(http, f"{url}/v2/Payment/Sale", body("Z2", new_ref())))[1]) == "0000"
+        assert code((await post(http, f"{url}/v2/Payment/Sale", body("Z3", new_ref())))[1]) == "2003"
+        await asyncio.sleep(0.5)
+        assert code((await post(http, f"{url}/v2/Payment/Status", {**z1, "Amount": None}))[1]) == "1001"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0

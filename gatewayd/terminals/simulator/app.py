@@ -3,12 +3,18 @@
 Magic cents (`amount % 100`) on Sale, Auth and Return choose the behaviour (see
 TERMINALS.md). One transaction at a time per Tpn: a second concurrent one is
 answered busy (2008); Status, StatusList and TerminalStatus are answered by the
-"proxy" and never count as transactions.
+"proxy" and never count as transactions. Every request must carry the auth key bound to its
+Tpn (see `Ledger.admit`); any other key is refused with 2002 and nothing is recorded.
+
+Control endpoints under `/_sim/` act like the terminal or its clerk: offline/online, a void
+on the keypad, a settlement on its own (also every `auto_settle_s` seconds), key rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -51,6 +57,7 @@ class SimConfig:
 
     latency_s: float = 0.0
     slow_s: float = 3.0
+    auto_settle_s: float | None = None  # every terminal settles its open batch this often
 
 
 LEDGER_KEY = web.AppKey("ledger", Ledger)
@@ -164,29 +171,18 @@ def _capture(term: Terminal, ref: str, amount: int) -> web.Response:
 
 def _void(term: Terminal, ref: str) -> web.Response:
     txn = term.open.get(ref)
-    if txn is None or txn.status == "declined":
+    if txn is None or not txn.void():
         return _error("1001", ref)
-    txn.voided, txn.status = True, "voided"
     return _json(answer_of(txn))
 
 
 def _settle(term: Terminal) -> web.Response:
-    if not term.open:
+    closed = term.settle()
+    if closed is None:
         return _error("1020")
-    closed = list(term.open.values())
-    net = sum(
-        (-t.amount if t.type == "return" else t.amount)
-        for t in closed
-        if t.status in ("approved", "captured", "returned") and t.type != "auth"
-    )
-    batch = term.batch
-    term.settled.extend(closed)
-    term.open.clear()
-    term.busy_seen.clear()
-    term.batch += 1
-    report = {"Count": len(closed), "Amount": to_dollars(net)}
+    report = {"Count": closed.count, "Amount": to_dollars(closed.amount)}
     details = [{"Application": "Credit", "HostStatus": "Approved", "TransactionsReports": [report]}]
-    return _json({"GeneralResponse": _general("0000"), "BatchNumber": str(batch), "SettleDetails": details})
+    return _json({"GeneralResponse": _general("0000"), "BatchNumber": str(closed.batch), "SettleDetails": details})
 
 
 # ------------------------------------------------------------------ dispatch
@@ -233,11 +229,12 @@ async def payment(request: web.Request) -> web.Response:
         return _error("2006", status=400)
     if not isinstance(body, dict) or not body.get("Tpn"):
         return _error("2201", status=400)
-    if not body.get("Authkey"):
-        return _error("2002")
-    term = request.app[LEDGER_KEY].terminal(str(body["Tpn"]))
-    if term is None:
+    ledger_, tpn = request.app[LEDGER_KEY], str(body["Tpn"])
+    if not ledger_.serves(tpn):
         return _error("2003")
+    term = ledger_.admit(tpn, str(body.get("Authkey") or ""))
+    if term is None:
+        return _error("2002")  # no key, or not the one bound to this Tpn: refused before the terminal
     if term.offline:
         return _error("2001", str(body.get("ReferenceId") or ""))
     if op in ("Status", "StatusList"):
@@ -263,9 +260,14 @@ async def terminal_status(request: web.Request) -> web.Response:
     """`GET /v2/Common/TerminalStatus?request.tpn=…&request.authkey=…`."""
     query = {k.lower(): v for k, v in request.query.items()}
     tpn = query.get("request.tpn") or query.get("tpn") or ""
-    term = request.app[LEDGER_KEY].terminal(tpn)
+    authkey = query.get("request.authkey") or query.get("authkey") or ""
+    ledger_ = request.app[LEDGER_KEY]
+    if not ledger_.serves(tpn):
+        return _json({"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": _MESSAGES["2003"]}, 404)
+    # Without a key it answers as it always has; a key must be the bound one.
+    term = ledger_.admit(tpn, authkey) if authkey else ledger_.terminal(tpn)
     if term is None:
-        return _json({"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": "Register not found"}, 404)
+        return _json({"TerminalStatus": "NotFound", "Tpn": tpn, "ErrorDescription": _MESSAGES["2002"]})
     state = "Offline" if term.offline else "Online"
     return _json({"TerminalStatus": state, "Tpn": tpn, "ErrorDescription": ""})
 
@@ -281,6 +283,51 @@ async def set_state(request: web.Request) -> web.Response:
     return _json({"tpn": tpn, "state": state})
 
 
+def _not_found(what: str, **about: str) -> web.Response:
+    return _json({"error": what, **about}, 404)
+
+
+async def keypad_void(request: web.Request) -> web.Response:
+    """`POST /_sim/terminals/{tpn}/void/{ref}`: the clerk voids an open transaction on the keypad."""
+    tpn, ref = request.match_info["tpn"], request.match_info["ref"]
+    term = request.app[LEDGER_KEY].terminal(tpn)
+    if term is None:
+        return _not_found("unknown tpn", tpn=tpn)
+    txn = term.open.get(ref)
+    if txn is None:
+        return _not_found("no such transaction in the open batch", tpn=tpn, reference_id=ref)
+    if txn.voided or not txn.void():
+        return _json({"error": f"cannot void a {txn.status} transaction", "tpn": tpn, "reference_id": ref}, 409)
+    return _json(txn.row())
+
+
+async def terminal_settle(request: web.Request) -> web.Response:
+    """`POST /_sim/terminals/{tpn}/settle`: the terminal closes its open batch on its own."""
+    tpn = request.match_info["tpn"]
+    term = request.app[LEDGER_KEY].terminal(tpn)
+    if term is None:
+        return _not_found("unknown tpn", tpn=tpn)
+    closed = term.settle()
+    if closed is None:
+        return _json({"error": "no open batch", "tpn": tpn}, 409)
+    return _json({"tpn": tpn, "batch": closed.batch, "count": closed.count, "amount": closed.amount})
+
+
+async def rebind(request: web.Request) -> web.Response:
+    """`POST /_sim/terminals/{tpn}/authkey` with `{"authkey": "NEWKEY"}`: key rotation."""
+    tpn = request.match_info["tpn"]
+    try:
+        body = _decoder.decode(await request.read())
+    except (msgspec.DecodeError, ValueError):
+        body = None
+    authkey = body.get("authkey") if isinstance(body, dict) else None
+    if not isinstance(authkey, str) or not authkey:
+        return _json({"error": 'expected a JSON body {"authkey": "NEWKEY"}', "tpn": tpn}, 400)
+    if not request.app[LEDGER_KEY].bind(tpn, authkey):
+        return _not_found("unknown tpn", tpn=tpn)
+    return _json({"tpn": tpn, "rebound": True})  # the key itself is never echoed
+
+
 async def reset(request: web.Request) -> web.Response:
     """`POST /_sim/reset`."""
     request.app[LEDGER_KEY].reset()
@@ -292,14 +339,37 @@ async def ledger(request: web.Request) -> web.Response:
     return _json(request.app[LEDGER_KEY].snapshot())
 
 
+async def _settle_every(ledger_: Ledger, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        for term in list(ledger_.terminals.values()):
+            term.settle()
+
+
+async def _auto_settle(app: web.Application) -> AsyncIterator[None]:
+    """Runs with the app: every terminal settles its open batch every `auto_settle_s` seconds."""
+    every_s = app[CONFIG_KEY].auto_settle_s
+    assert every_s is not None
+    task = asyncio.create_task(_settle_every(app[LEDGER_KEY], every_s), name="simulator-auto-settle")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def make_app(ledger_: Ledger, config: SimConfig) -> web.Application:
     """The simulator app serving `ledger_`."""
     app = web.Application(client_max_size=256 * 1024)
     app[LEDGER_KEY] = ledger_
     app[CONFIG_KEY] = config
+    if config.auto_settle_s is not None:
+        app.cleanup_ctx.append(_auto_settle)
     app.router.add_post("/v2/Payment/{op}", payment)
     app.router.add_get("/v2/Common/TerminalStatus", terminal_status)
     app.router.add_post("/_sim/terminals/{tpn}/{state:offline|online}", set_state)
+    app.router.add_post("/_sim/terminals/{tpn}/void/{ref}", keypad_void)
+    app.router.add_post("/_sim/terminals/{tpn}/settle", terminal_settle)
+    app.router.add_post("/_sim/terminals/{tpn}/authkey", rebind)
     app.router.add_post("/_sim/reset", reset)
     app.router.add_get("/_sim/ledger", ledger)
     return app

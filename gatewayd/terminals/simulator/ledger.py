@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,28 @@ class Txn:
             "status_code": self.status_code,
             "auth_code": self.auth_code,
         }
+
+    def void(self) -> bool:
+        """Void it, as a SPIn Void or the clerk on the keypad does; False if declined (nothing to void)."""
+        if self.status == "declined":
+            return False
+        self.voided, self.status = True, "voided"
+        return True
+
+    def net(self) -> int:
+        """The money (cents) it moved: + approved sales and captures, − returns, 0 otherwise."""
+        if self.type == "auth" or self.status not in ("approved", "captured", "returned"):
+            return 0
+        return -self.amount if self.type == "return" else self.amount
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A closed batch: its number, how many transactions it held and the money (cents) it moved."""
+
+    batch: int
+    count: int
+    amount: int
 
 
 @dataclass(slots=True)
@@ -88,6 +111,18 @@ class Terminal:
         self.open[ref] = txn
         return txn
 
+    def settle(self) -> Settlement | None:
+        """Close the open batch (a SPIn Settle, or the terminal on its own); None if it is empty."""
+        if not self.open:
+            return None
+        closed = list(self.open.values())
+        settlement = Settlement(batch=self.batch, count=len(closed), amount=sum(t.net() for t in closed))
+        self.settled.extend(closed)
+        self.open.clear()
+        self.busy_seen.clear()
+        self.batch += 1
+        return settlement
+
     def drop_connections(self) -> None:
         """Reset every connection currently serving a transaction for this terminal."""
         for transport in list(self.transports):
@@ -100,20 +135,46 @@ def _auth_code(digest: bytes, counter: int) -> str:
 
 
 class Ledger:
-    """All simulated terminals; any Tpn is served unless an allow-list is given."""
+    """All simulated terminals; any Tpn is served unless an allow-list is given.
 
-    def __init__(self, tpns: set[str] | frozenset[str] | None = None) -> None:
+    `authkeys` binds Tpns to their keys for good (a reset keeps them); any other Tpn is
+    bound to the first key it is sent until a reset.
+    """
+
+    def __init__(
+        self, tpns: set[str] | frozenset[str] | None = None, authkeys: Mapping[str, str] | None = None
+    ) -> None:
         self.allowed = frozenset(tpns) if tpns is not None else None
         self.terminals: dict[str, Terminal] = {}
+        self._given_keys = dict(authkeys or {})
+        self._keys = dict(self._given_keys)
+
+    def serves(self, tpn: str) -> bool:
+        """Whether `tpn` is served (any non-empty Tpn unless an allow-list is given)."""
+        return bool(tpn) and (self.allowed is None or tpn in self.allowed)
 
     def terminal(self, tpn: str) -> Terminal | None:
-        """The terminal for `tpn`, created on first use; None if not on the allow-list."""
-        if not tpn or (self.allowed is not None and tpn not in self.allowed):
+        """The terminal for `tpn`, created on first use; None if not served."""
+        if not self.serves(tpn):
             return None
         term = self.terminals.get(tpn)
         if term is None:
             term = self.terminals[tpn] = Terminal(tpn=tpn)
         return term
+
+    def admit(self, tpn: str, authkey: str) -> Terminal | None:
+        """The terminal for a request signed with `authkey`; None if `tpn` is not served, or the key
+        is empty or not the one bound to `tpn` (a Tpn with no key yet is bound to this one)."""
+        if not authkey or not self.serves(tpn) or self._keys.setdefault(tpn, authkey) != authkey:
+            return None
+        return self.terminal(tpn)
+
+    def bind(self, tpn: str, authkey: str) -> bool:
+        """Bind `tpn` to a new key (key rotation); False if `tpn` is not served."""
+        if not authkey or not self.serves(tpn):
+            return False
+        self._keys[tpn] = authkey
+        return True
 
     def set_offline(self, tpn: str, offline: bool = True) -> bool:
         """Take a terminal offline (dropping its open connections) or back online; False if unknown."""
@@ -126,10 +187,11 @@ class Ledger:
         return True
 
     def reset(self) -> None:
-        """Forget every terminal and transaction, dropping open connections."""
+        """Forget every terminal, transaction and learned key (given keys stay), dropping open connections."""
         for term in self.terminals.values():
             term.drop_connections()
         self.terminals.clear()
+        self._keys = dict(self._given_keys)
 
     def transactions(self, tpn: str | None = None) -> list[dict[str, Any]]:
         """Every transaction (settled batches first), optionally for one Tpn."""

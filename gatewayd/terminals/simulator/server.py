@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +36,17 @@ async def running_simulator(
     latency_ms: int = 0,
     slow_s: float = 3.0,
     tpns: set[str] | frozenset[str] | None = None,
+    authkeys: Mapping[str, str] | None = None,
+    auto_settle_s: float | None = None,
 ) -> AsyncIterator[Simulator]:
-    """Serve the simulator on host:port (0 = any free port) for the duration of the block."""
-    ledger = Ledger(tpns)
-    app = make_app(ledger, SimConfig(latency_s=latency_ms / 1000, slow_s=slow_s))
+    """Serve the simulator on host:port (0 = any free port) for the duration of the block.
+
+    `tpns` is an allow-list (None: any Tpn); `authkeys` binds Tpns to their keys (others bind
+    to the first key they are sent); `auto_settle_s` makes every terminal settle on its own.
+    """
+    ledger = Ledger(tpns, authkeys)
+    config = SimConfig(latency_s=latency_ms / 1000, slow_s=slow_s, auto_settle_s=auto_settle_s)
+    app = make_app(ledger, config)
     # handler_cancellation: a held request ends when its client gives up.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -54,29 +61,66 @@ async def running_simulator(
         await runner.cleanup()
 
 
+def parse_tpns(text: str) -> dict[str, str | None]:
+    """`A:KEYA,B` -> {"A": "KEYA", "B": None}: the allow-list, each Tpn with its auth key if given."""
+    tpns: dict[str, str | None] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        tpn, colon, key = (part.strip() for part in entry.partition(":"))
+        if not tpn or (colon and not key) or tpn in tpns:
+            raise argparse.ArgumentTypeError(f"bad or repeated entry {entry!r} (expected TPN or TPN:KEY)")
+        tpns[tpn] = key or None
+    return tpns
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gatewayd simulate", description="Serve simulated SPIn terminals.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--slow-s", type=float, default=3.0)
-    parser.add_argument("--tpns", default=None, help="comma-separated allow-list of Tpns (default: any)")
+    parser.add_argument(
+        "--tpns",
+        type=parse_tpns,
+        default=None,
+        metavar="TPN[:KEY],...",
+        help="comma-separated allow-list of Tpns, each TPN or TPN:KEY to bind its auth key "
+        "(default: any Tpn; a Tpn without a key binds to the first one it is sent)",
+    )
+    parser.add_argument(
+        "--auto-settle-s",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="every terminal settles its open batch on its own every S seconds (default: never)",
+    )
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    tpns = frozenset(t.strip() for t in args.tpns.split(",") if t.strip()) if args.tpns else None
+    given: dict[str, str | None] = args.tpns or {}
+    tpns = frozenset(given) if given else None
+    authkeys = {tpn: key for tpn, key in given.items() if key}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_simulator(args.host, args.port, args.latency_ms, args.slow_s, tpns) as sim:
+    async with running_simulator(
+        args.host, args.port, args.latency_ms, args.slow_s, tpns, authkeys, args.auto_settle_s
+    ) as sim:
         print(f"gatewayd simulator listening on {sim.url}", flush=True)
         await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`gatewayd simulate --port P [--host H] [--latency-ms N] [--slow-s S] [--tpns A,B]`."""
+    """`gatewayd simulate --port P [--host H] [--latency-ms N] [--slow-s S] [--tpns A[:KEY],B]
+    [--auto-settle-s S]`."""
     args = _parse(argv)
     try:
         asyncio.run(_serve(args))
