@@ -22,8 +22,10 @@ from gatewayd.api.app import ApiContext, build_app
 from gatewayd.api.listen import systemd_sockets, tcp_socket, unix_socket
 from gatewayd.api.wire import SettleView, TerminalView
 from gatewayd.checkout.coordinator import Coordinator
+from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery
+from gatewayd.checkout.reversals import Reversals
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.observe import logs
@@ -106,6 +108,8 @@ class Daemon:
     db: Database | None = None
     fleet: Fleet | None = None
     coordinator: Coordinator | None = None
+    executor: Executor | None = None
+    lease_heartbeat: asyncio.Task[Any] | None = None
     operations: Operations | None = None
     recovery: Recovery | None = None
     startup_recovery: asyncio.Task[Any] | None = None
@@ -138,17 +142,20 @@ class Daemon:
         )
         self.fleet.start(config.terminals)
         store = CheckoutStore(self.db, config.store_id)
-        self.coordinator = Coordinator(
+        self.executor = executor = Executor(
             store,
             self.fleet,
             config.checkout,
-            instance_id=instance_id(config),
+            owner=instance_id(config),
             lease_s=config.recovery.lease_s,
             metrics=self.metrics,
         )
+        reversals = Reversals(executor, config.checkout.max_amount)
+        self.coordinator = Coordinator(executor, reversals)
+        self.lease_heartbeat = asyncio.ensure_future(executor.renew_forever())
         self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
         self.operations = Operations(maintenance, self.fleet)
-        self.recovery = Recovery(self.coordinator, maintenance)
+        self.recovery = Recovery(executor, reversals, maintenance)
         coordinator = self.coordinator
         fleet = self.fleet
         self.metrics.watch(lambda: fleet, self.db, lambda: coordinator.in_flight)
@@ -312,9 +319,10 @@ class Daemon:
             left = await self.coordinator.drain(DRAIN_DEADLINE_S)
             if left:
                 log.warning("%d checkout(s) still running at shutdown: left to recovery", left)
-        if self.startup_recovery is not None and not self.startup_recovery.done():
-            self.startup_recovery.cancel()
-            await asyncio.gather(self.startup_recovery, return_exceptions=True)
+        for task in (self.startup_recovery, self.lease_heartbeat):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
         if self.metrics_runner is not None:

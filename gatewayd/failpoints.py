@@ -1,7 +1,7 @@
 """Named places where a test can make the process die, raise or stall.
 
 Enabled by the environment only: GATEWAYD_FAILPOINTS="after_intent_commit=kill,during_void=raise,
-after_sale_sent=stall:5". An action may carry a hit count: "inside_commit=kill@2" acts on the
+after_sale_sent=stall:5". An action may carry a hit count: "before_commit=kill@2" acts on the
 second hit, "=stall:60@*" on every hit. With the variable unset, `hit` is one dict lookup on an empty dict.
 """
 
@@ -21,7 +21,7 @@ NAMES = frozenset(
         "after_intent_commit",  # the intent is durable, nothing sent yet
         "after_sale_sent",  # the request left for the terminal, no answer read yet
         "after_sale_answer",  # the answer is in memory, not yet stored
-        "inside_commit",  # the final commit's transaction is open
+        "before_commit",  # every tender approved, the commit about to be sent (a kill here aborts it)
         "after_commit",  # committed, the POS not yet answered
         "during_void",  # a void is about to be sent during rollback
         "during_recovery",  # recovery has claimed an order and is driving it
@@ -56,20 +56,14 @@ def configure(spec: str) -> None:
     _hits.clear()
 
 
-def armed(name: str) -> bool:
-    """True when failpoint `name` is set (callers may prepare the moment it describes)."""
-    return name in _points
-
-
-def active() -> bool:
-    """True when any failpoint is set."""
-    return bool(_points)
-
-
 async def hit(name: str) -> None:
     """Act if failpoint `name` is armed; otherwise do nothing."""
     if not _points:
         return
+    await _act(name)
+
+
+async def _act(name: str) -> None:
     armed = _points.get(name)
     if armed is None:
         return
@@ -84,3 +78,29 @@ async def hit(name: str) -> None:
         raise FailpointError(f"failpoint {name}")
     else:
         await asyncio.sleep(arg)
+
+
+_later: set[asyncio.Task[None]] = set()
+
+
+def soon(name: str, delay_s: float) -> asyncio.Task[None] | None:
+    """Act on failpoint `name` `delay_s` from now, beside the caller (which goes on at once): for a
+    moment no await marks, such as a request on the wire. Unarmed: one dict lookup, None."""
+    if not _points or name not in _points:
+        return None
+
+    async def later() -> None:
+        await asyncio.sleep(delay_s)
+        await _act(name)
+
+    task = asyncio.ensure_future(later())
+    _later.add(task)
+    task.add_done_callback(_later.discard)
+    return task
+
+
+async def join(scheduled: asyncio.Task[None] | None) -> None:
+    """Wait for a failpoint `soon` scheduled, so that the flow never outruns its own crash (None:
+    nothing was scheduled, returns at once)."""
+    if scheduled is not None:
+        await scheduled

@@ -146,6 +146,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except _Answer as answer:
         return answer.response
     except CheckoutError as exc:
+        if isinstance(exc.checkout, CheckoutView):
+            return _with_error(exc.checkout, exc.code, exc.message, exc.details)
         return error_response(exc.code, exc.message, exc.details)
     except web.HTTPRequestEntityTooLarge:
         return error_response("payload_too_large", "the body is over the limit", {"max_bytes": request.app[MAX_BODY]})
@@ -164,17 +166,37 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response("internal_error", "internal error; the checkout is left for recovery")
 
 
-def _checkout_response(view: CheckoutView) -> web.Response:
-    """200 for a completed checkout; a failed one answers with its error code beside the checkout."""
-    if view.status != "payment_failed" or view.failure is None:
-        return json_response(view)
-    code = view.failure.code if view.failure.code in FAILED_CHECKOUT_STATUS else "card_declined"
-    status = FAILED_CHECKOUT_STATUS.get(code, 402)
+def _with_error(
+    view: CheckoutView, code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
+) -> web.Response:
+    """A non-2xx answer that carries the checkout as it stands, with the error beside it."""
     body = CheckoutWithError(
         **msgspec.structs.asdict(view),
-        error=ErrorInfo(code=code, message=view.failure.message, details={"checkout_id": view.id}),
+        error=ErrorInfo(code=code, message=message, details={"checkout_id": view.id, **(details or {})}),
     )
-    return json_response(body, status)
+    return json_response(body, status or http_status(code))
+
+
+def _checkout_response(view: CheckoutView) -> web.Response:
+    """The answer to POST /v1/checkouts: 200 only for a completed checkout. A failed or cancelled
+    one is final and answers its error beside the checkout (402, or 503 when a terminal was to
+    blame); one completed and since voided or refunded answers 409; anything not final 504."""
+    status = view.status
+    if status == "completed":
+        return json_response(view)
+    if status == "payment_failed":
+        failure = view.failure.code if view.failure else ""
+        code = failure if failure in FAILED_CHECKOUT_STATUS else "card_declined"
+        message = view.failure.message if view.failure else "payment failed"
+        return _with_error(view, code, message, {"failure": failure} if failure != code else None)
+    if status == "cancelled":
+        message = view.failure.message if view.failure else "cancelled before any card was charged"
+        return _with_error(view, "checkout_cancelled", message + "; nothing is owed: start a new checkout")
+    if view.final:
+        return _with_error(
+            view, "invalid_state", f"this checkout completed and has since been {status.replace('_', ' ')}"
+        )
+    return _with_error(view, "outcome_pending", "the outcome is not known yet; the checkout goes on: poll it")
 
 
 def _uuid(request: web.Request) -> uuid.UUID:

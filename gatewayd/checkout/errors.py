@@ -12,9 +12,13 @@ class CheckoutError(GatewayError):
 
     code = "internal_error"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None, **fields: Any) -> None:
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, checkout: Any = None, **fields: Any
+    ) -> None:
         super().__init__(message, **fields)
         self.details = details or {}
+        # The checkout as it stands, answered beside the error (a CheckoutView), when there is one.
+        self.checkout = checkout
 
 
 class InvalidRequest(CheckoutError):
@@ -69,3 +73,15 @@ class NotAllowed(CheckoutError):
     """The operation does not fit the checkout's state (e.g. refunding a failed checkout)."""
 
     code = "invalid_state"
+
+
+class AlreadySettled(CheckoutError):
+    """A void of a charge whose batch has settled: it stands; refund it instead."""
+
+    code = "already_settled"
+
+
+class RefundDeclined(CheckoutError):
+    """The terminal declined the Return (or it never started): nothing was refunded."""
+
+    code = "refund_declined"

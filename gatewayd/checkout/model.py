@@ -81,12 +81,24 @@ class CheckoutRequest(_In, frozen=True):
         return self.subtotal + self.tax - self.discount
 
 
+class RestockLine(_In, frozen=True):
+    """Goods a refund puts back on the shelf."""
+
+    sku: ShortId
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
 class RefundRequest(_In, frozen=True):
-    """POST /v1/checkouts/{id}/refunds."""
+    """POST /v1/checkouts/{id}/refunds.
+
+    `restock` puts goods back on the shelf: a refund of everything left puts back every line; a
+    partial one names the `lines` it puts back.
+    """
 
     idempotency_key: Key
     amount: PositiveMoney
     restock: bool = False
+    lines: list[RestockLine] | None = None
 
 
 class _Out(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -108,6 +120,8 @@ class TenderView(_Out, frozen=True):
     last4: str | None = None
     status_code: str | None = None
     message: str | None = None
+    # The charge stands in a closed batch: it can no longer be voided, only refunded.
+    settled: bool = False
 
 
 class RefundView(_Out, frozen=True):

@@ -30,6 +30,9 @@ class Orphan(msgspec.Struct, frozen=True, kw_only=True):
     terminal_id: str | None
     amount: int
     age_s: float
+    # The batch is settled: the charge can no longer be voided; refund it.
+    settled: bool = False
+    action: str = "void"
 
 
 class OrphanList(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +50,8 @@ def _orphan(row: Any) -> Orphan:
         terminal_id=row["terminal_id"],
         amount=row["approved_amount"] or row["amount"],
         age_s=row["age"].total_seconds(),
+        settled=bool(row["settled"]),
+        action="refund" if row["settled"] else "void",
     )
 
 
@@ -87,7 +92,8 @@ class Operations:
         rows = await self.maintenance.by_references([e.reference_id for e in batch])
         since = await self.maintenance.last_settled(terminal_id)
         recent = await self.maintenance.terminal_transactions(terminal_id, since)
-        compare(terminal_id, batch, rows, recent, report)
+        settled = await self.maintenance.settled_orphans(terminal_id)
+        compare(terminal_id, batch, rows, recent, report, settled)
 
     async def settle(self, terminal_id: str) -> SettleResult:
         """Close the terminal's batch, refused while any of its tenders is in doubt."""
@@ -96,6 +102,13 @@ class Operations:
             raise NotAllowed(
                 f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
                 details={"terminal_id": terminal_id, "unresolved": open_count},
+            )
+        captures = await self.maintenance.captures_pending(terminal_id)
+        if captures:
+            raise NotAllowed(
+                f"terminal {terminal_id} has {captures} authorization(s) still to capture; settling now would"
+                " lose them. Settle refused: try again once they are captured",
+                details={"terminal_id": terminal_id, "captures_pending": captures},
             )
         result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle())
         if result.ok:

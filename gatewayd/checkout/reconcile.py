@@ -10,7 +10,9 @@ import msgspec
 from gatewayd.terminals.outcomes import BatchEntry
 
 COMPLETED = ("completed", "refunded", "partially_refunded")
-Kind = Literal["missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch"]
+Kind = Literal[
+    "missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch", "uncaptured", "needs_refund"
+]
 
 
 class Discrepancy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -37,6 +39,10 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
     missing_at_terminal: list[Discrepancy] = []
     amount_mismatch: list[Discrepancy] = []
     status_mismatch: list[Discrepancy] = []
+    # Authorizations held but not captured: not money received (yet).
+    uncaptured: list[Discrepancy] = []
+    # Charges that stand in a settled batch for an order that did not complete: refund them.
+    needs_refund: list[Discrepancy] = []
     errors: dict[str, str] = {}
 
     @property
@@ -46,6 +52,8 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
             or self.missing_at_terminal
             or self.amount_mismatch
             or self.status_mismatch
+            or self.uncaptured
+            or self.needs_refund
             or self.errors
         )
 
@@ -54,7 +62,12 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
 
 
 def _moved_money(entry: BatchEntry) -> bool:
-    return entry.type in ("sale", "auth", "capture") and entry.status in ("approved", "captured")
+    """A sale or a captured authorization: money the merchant receives. An uncaptured hold is not."""
+    return entry.type in ("sale", "capture") and entry.status in ("approved", "captured")
+
+
+def _hold(entry: BatchEntry) -> bool:
+    return entry.type == "auth" and entry.status == "approved"
 
 
 def _db_status(row: Any) -> str:
@@ -67,10 +80,12 @@ def compare(
     rows: dict[str, Any],
     recent: Iterable[Any],
     report: ReconcileReport,
+    settled_orphans: Iterable[Any] = (),
 ) -> None:
     """Fold one terminal's batch into `report`. `rows`: gatewayd's transactions by reference id
     (any that the batch names); `recent`: gatewayd's transactions on this terminal since its last
-    settlement (to find what the terminal does not have)."""
+    settlement (to find what the terminal does not have); `settled_orphans`: charges on this terminal
+    that stand in a settled batch for an order that did not complete."""
     seen: set[str] = set()
     for entry in batch:
         seen.add(entry.reference_id)
@@ -100,7 +115,27 @@ def compare(
             order_id=str(row["order_id"]),
             order_status=row["order_status"],
         )
-        if _moved_money(entry) and row["kind"] == "payment":
+        if _hold(entry) and row["kind"] == "payment":
+            if row["order_status"] in COMPLETED:
+                report.add(
+                    Discrepancy(
+                        kind="uncaptured",
+                        **base,
+                        suggested_action=(
+                            "authorized, not yet captured: not money received; gatewayd captures it (settling"
+                            " this terminal is refused until it has)"
+                        ),
+                    )
+                )
+            else:
+                report.add(
+                    Discrepancy(
+                        kind="missing_in_db",
+                        **base,
+                        suggested_action="a hold for an order that did not complete: recovery voids it",
+                    )
+                )
+        elif _moved_money(entry) and row["kind"] == "payment":
             if row["order_status"] not in COMPLETED:
                 report.add(
                     Discrepancy(
@@ -160,6 +195,22 @@ def compare(
             )
         else:
             report.matched += 1
+    for row in settled_orphans:
+        report.add(
+            Discrepancy(
+                kind="needs_refund",
+                terminal_id=terminal_id,
+                reference_id=row["reference_id"],
+                amount=row["approved_amount"] or row["amount"],
+                gatewayd_status=row["status"],
+                order_id=str(row["order_id"]),
+                order_status=row["order_status"],
+                suggested_action=(
+                    "charged, the order did not complete, and the batch is settled (a void is no longer possible):"
+                    f" refund it (POST /v1/checkouts/{row['order_id']}/refunds)"
+                ),
+            )
+        )
     for row in recent:
         if row["reference_id"] in seen or row["status"] != "approved":
             continue

@@ -1,90 +1,242 @@
-"""Voids and refunds of completed checkouts, on the coordinator's lanes and rows."""
+"""Voids and refunds of completed checkouts, executed under the order's lease.
+
+A void reverses every card charge at its terminal, then the order. A charge whose batch has
+settled cannot be voided: it stays approved and the void is answered `already_settled`, telling
+the POS to refund instead. A refund sends a Return (a new reference id) and is idempotent by its
+own key; an order that did not complete but kept a settled charge (an orphan) is refunded the
+same way.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from gatewayd.checkout.errors import IdempotencyConflict, InvalidRequest, NotAllowed, NotFound, OutcomePending
-from gatewayd.checkout.model import CheckoutView, RefundRequest
+from gatewayd.checkout.errors import (
+    AlreadySettled,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotAllowed,
+    NotFound,
+    OutcomePending,
+)
+from gatewayd.checkout.executor import Executor
+from gatewayd.checkout.machine import (
+    Checkout,
+    OrderStatus,
+    RefundStatus,
+    Tender,
+    TenderStatus,
+    not_found_late,
+)
+from gatewayd.checkout.model import RefundRequest
+from gatewayd.checkout.persistence import after_intent, before_intent
 from gatewayd.errors import TerminalBusy
 from gatewayd.terminals import ops
-from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline
+from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline, Outcome, Voided
 from gatewayd.terminals.outcomes import NotFound as TermNotFound
-
-if TYPE_CHECKING:
-    from gatewayd.checkout.coordinator import Coordinator
-
-
-async def void_checkout(coord: Coordinator, order_id: uuid.UUID) -> CheckoutView:
-    """Void every card tender at its terminal, then the order; calling it again changes nothing."""
-    rows = await coord._persist(lambda: coord.store.load(order_id=order_id))
-    if rows is None:
-        raise NotFound("no such checkout")
-    status = rows.order["status"]
-    if status == "voided":
-        return await coord._view(order_id)
-    if (
-        status != "completed"
-        or rows.order["refunded_amount"] > 0
-        or any(r["status"] == "pending" for r in rows.refunds)
-    ):
-        raise NotAllowed(
-            f"a checkout that is {status} cannot be voided",
-            details={"status": status, "checkout_id": str(order_id)},
-        )
-    for tender in rows.tenders:
-        if tender["kind"] == "payment" and tender["tender_type"] == "card" and tender["status"] == "approved":
-            if not await coord.void_tender(tender):
-                raise OutcomePending(
-                    "the terminal did not confirm the void yet; ask again",
-                    details={"checkout_id": str(order_id), "reference_id": tender["reference_id"]},
-                )
-    result = await coord._persist(lambda: coord.store.void_order(order_id))
-    if result["outcome"] not in ("voided", "already"):
-        raise NotAllowed(
-            f"the checkout could not be voided: {result['outcome']}", details={"checkout_id": str(order_id)}
-        )
-    coord.metrics.checkout_finished("voided", 0.0)
-    return await coord._view(order_id)
 
 
 def _refund_hash(request: RefundRequest) -> str:
     return hashlib.sha256(msgspec.json.encode(request)).hexdigest()
 
 
-async def refund_checkout(coord: Coordinator, order_id: uuid.UUID, request: RefundRequest) -> CheckoutView:
-    """Refund through the terminal's Return (a new reference id); idempotent by the refund's key."""
-    refund_id, tx_id = uuid.uuid4(), uuid.uuid4()
-    if await coord._db(coord.store.void_pending(order_id)):
-        raise NotAllowed(
-            "a void of this checkout is under way; it cannot be refunded", details={"checkout_id": str(order_id)}
+def settled_details(c: Checkout) -> dict[str, Any]:
+    """What the POS needs to refund the charges a void could not reverse."""
+    settled = [t for t in c.cards if t.status == TenderStatus.APPROVED and t.settled]
+    return {
+        "checkout_id": str(c.order.id),
+        "refund_amount": sum(t.approved_amount or t.amount for t in settled),
+        "tenders": [
+            {"reference_id": t.reference_id, "terminal_id": t.terminal_id, "amount": t.approved_amount or t.amount}
+            for t in settled
+        ],
+        "next": f"POST /v1/checkouts/{c.order.id}/refunds",
+    }
+
+
+class Reversals:
+    """Voids and refunds, on the executor's lanes and leases."""
+
+    def __init__(self, executor: Executor, max_amount: int) -> None:
+        self.executor = executor
+        self.store = executor.store
+        self.max_amount = max_amount
+
+    async def _load(self, order_id: uuid.UUID) -> Checkout:
+        c = await after_intent(lambda: self.store.load(order_id=order_id))
+        if c is None:
+            raise NotFound("no such checkout")
+        return c
+
+    async def void(self, order_id: uuid.UUID) -> Checkout:
+        """Void every card tender at its terminal, then the order; calling it again changes nothing."""
+        async with self.executor.leased(order_id) as ok:
+            if not ok:
+                raise OutcomePending(
+                    "another process is working on this checkout; ask again", details={"checkout_id": str(order_id)}
+                )
+            c = await self._load(order_id)
+            status = c.order.status
+            if status == OrderStatus.VOIDED:
+                return c
+            if (
+                status != OrderStatus.COMPLETED
+                or c.order.refunded_amount > 0
+                or any(r.status == RefundStatus.PENDING for r in c.refunds)
+            ):
+                raise NotAllowed(
+                    f"a checkout that is {status} cannot be voided",
+                    details={"status": str(status), "checkout_id": str(order_id)},
+                )
+            for t in c.cards:
+                if t.status == TenderStatus.APPROVED and not t.settled and not await self.executor.void_charge(t):
+                    raise OutcomePending(
+                        "the terminal did not confirm the void yet; ask again",
+                        details={"checkout_id": str(order_id), "reference_id": t.reference_id},
+                    )
+            c = await self._load(order_id)
+            if any(t.status == TenderStatus.APPROVED and t.settled for t in c.cards):
+                raise AlreadySettled(
+                    "the batch with this charge is settled: it cannot be voided; refund it instead",
+                    details=settled_details(c),
+                )
+            result = await after_intent(lambda: self.store.void_order(order_id, self.executor.owner))
+            if result["outcome"] == "lease_lost":
+                raise OutcomePending(
+                    "another process took this checkout over; ask again", details={"checkout_id": str(order_id)}
+                )
+            if result["outcome"] not in ("voided", "already"):
+                raise NotAllowed(
+                    f"the checkout could not be voided: {result['outcome']}", details={"checkout_id": str(order_id)}
+                )
+            self.executor.metrics.checkout_finished("voided", 0.0)
+            return await self._load(order_id)
+
+    async def refund(self, order_id: uuid.UUID, request: RefundRequest) -> tuple[Checkout, uuid.UUID]:
+        """Refund through the terminal's Return (a new reference id); idempotent by the refund's key.
+        Returns the checkout and the refund's id."""
+        if request.amount > self.max_amount:
+            raise InvalidRequest("amount", f"over the maximum amount {self.max_amount}")
+        refund_id, tx_id = uuid.uuid4(), uuid.uuid4()
+        payload = {
+            "order_id": str(order_id),
+            "refund_id": str(refund_id),
+            "transaction_id": str(tx_id),
+            "idempotency_key": request.idempotency_key,
+            "request_hash": _refund_hash(request),
+            "amount": request.amount,
+            "restock": request.restock,
+            "lines": [{"sku": line.sku, "quantity": line.quantity} for line in request.lines or []],
+            "reference_id": uuid.uuid4().hex[:20].upper(),
+            "timeout_s": 120,
+        }
+        result = await before_intent(self.store.begin_refund(payload))
+        _refused(result, request)
+        refund_id = uuid.UUID(result["refund_id"])
+        async with self.executor.leased(order_id) as ok:
+            if not ok:
+                raise OutcomePending(
+                    "another process is working on this checkout; ask again",
+                    details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
+                )
+            await self.finish(refund_id)
+        return await self._load(order_id), refund_id
+
+    async def finish(self, refund_id: uuid.UUID, *, send_pending: bool = True) -> None:
+        """Send (or inquire about) a pending refund's Return and record how it ended; the caller
+        holds the order's lease.
+
+        A Return is card-present (the customer taps again), so recovery (`send_pending=False`)
+        never sends one that was interrupted before it left: it fails that refund instead.
+        """
+        ex = self.executor
+        found = await after_intent(lambda: self.store.unresolved_refunds(refund_id=refund_id))
+        if not found:
+            return
+        tx = found[0]
+        owner = ex.owner
+        if tx.tender_type == "cash":
+            await self._finished(tx, True, "")
+            return
+        lane = ex.lanes.for_followup(tx.terminal_id)
+        if lane is None:
+            raise NotAllowed("the terminal that took this payment is no longer configured")
+        if tx.status == TenderStatus.PENDING and not send_pending:
+            # Atomic: fails it only if the Return still has not left (a POS retry may be sending it now).
+            await after_intent(
+                lambda: self.store.fail_unsent_refund(refund_id, "interrupted before it was sent", owner)
+            )
+            return
+        timeout_s = ex.lanes.timeout_s(tx.terminal_id or "")
+        marked = None
+
+        async def before_send() -> bool:
+            nonlocal marked
+            marked = await after_intent(lambda: self.store.mark_refund_sent(tx.id, timeout_s, owner))
+            return marked == "ok"
+
+        op: ops.Op = (
+            ops.Refund(tx.reference_id, tx.amount)
+            if tx.status == TenderStatus.PENDING
+            else ops.Inquire(tx.reference_id)
         )
-    if request.amount > coord.policy.max_amount:
-        raise InvalidRequest("amount", f"over the maximum amount {coord.policy.max_amount}")
-    result = await coord._db(
-        coord.store.begin_refund(
-            {
-                "order_id": str(order_id),
-                "refund_id": str(refund_id),
-                "transaction_id": str(tx_id),
-                "idempotency_key": request.idempotency_key,
-                "request_hash": _refund_hash(request),
-                "amount": request.amount,
-                "restock": request.restock,
-                "reference_id": uuid.uuid4().hex[:20].upper(),
-                "timeout_s": 120,
-            }
-        )
-    )
+        try:
+            outcome = await lane.execute(op, before_send=before_send if isinstance(op, ops.Refund) else None)
+        except TerminalBusy:
+            raise OutcomePending("the terminal is busy; the refund was not sent", details={}) from None
+        if isinstance(op, ops.Refund) and marked != "ok":
+            raise OutcomePending(
+                "the refund is being finished elsewhere; ask again", details={"refund_id": str(refund_id)}
+            )
+        if isinstance(op, ops.Inquire) and isinstance(outcome, TermNotFound):
+            fresh = await after_intent(lambda: self.store.tender(tx.id))
+            if fresh is not None and not not_found_late(*fresh):
+                raise OutcomePending(
+                    "the terminal has not finished the refund yet", details={"refund_id": str(refund_id)}
+                )
+        await self._apply(tx, outcome)
+
+    async def _apply(self, tx: Tender, outcome: Outcome) -> None:
+        ex = self.executor
+        sent = tx.status != TenderStatus.PENDING
+        if isinstance(outcome, Approved):
+            await ex.record(tx, TenderStatus.APPROVED, outcome=outcome)
+            await self._finished(tx, True, "")
+        elif isinstance(outcome, Declined | Voided | TermNotFound) or (
+            isinstance(outcome, Offline | Misconfigured | Busy) and not sent
+        ):
+            # Offline/Busy to the Return itself means it never started; to an inquiry it says nothing.
+            reason = getattr(outcome, "message", "") or type(outcome).__name__
+            status = TenderStatus.DECLINED if isinstance(outcome, Declined) else TenderStatus.FAILED
+            await ex.record(tx, status, outcome=outcome, last_error=reason)
+            await self._finished(tx, False, reason)
+        else:
+            await ex.record(tx, TenderStatus.UNKNOWN, last_error=f"refund outcome unknown: {type(outcome).__name__}")
+            raise OutcomePending(
+                "the refund's outcome is not known yet; recovery will finish it",
+                details={"refund_id": str(tx.refund_id)},
+            )
+
+    async def _finished(self, tx: Tender, ok: bool, reason: str) -> None:
+        assert tx.refund_id is not None
+        refund_id = tx.refund_id
+        result = await after_intent(lambda: self.store.finish_refund(refund_id, ok, reason, self.executor.owner))
+        if result.get("outcome") == "lease_lost":
+            raise OutcomePending(
+                "another process took this checkout over; ask again", details={"refund_id": str(refund_id)}
+            )
+
+
+def _refused(result: dict[str, Any], request: RefundRequest) -> None:
+    """Turn begin_refund's refusals into the API's errors."""
     outcome = result["outcome"]
     if outcome == "conflict":
         raise IdempotencyConflict(
-            "this refund key was used with another request",
-            details={"idempotency_key": request.idempotency_key},
+            "this refund key was used with another request", details={"idempotency_key": request.idempotency_key}
         )
     if outcome == "not_found":
         raise NotFound("no such checkout")
@@ -92,75 +244,13 @@ async def refund_checkout(coord: Coordinator, order_id: uuid.UUID, request: Refu
         raise NotAllowed(
             f"a checkout that is {result['status']} cannot be refunded", details={"status": result["status"]}
         )
+    if outcome == "void_pending":
+        raise NotAllowed("a void of this checkout is under way; it cannot be refunded", details={})
+    if outcome == "bad_lines":
+        raise InvalidRequest("lines", str(result.get("reason", "")))
     if outcome == "over_limit":
         raise InvalidRequest(
             "amount",
             f"at most {result['refundable']} can still be refunded"
             + (f" ({result['reason']})" if "reason" in result else ""),
-        )
-    await finish_refund(coord, uuid.UUID(result["refund_id"]))
-    return await coord._view(order_id)
-
-
-async def finish_refund(coord: Coordinator, refund_id: uuid.UUID, *, send_pending: bool = True) -> None:
-    """Send (or inquire about) a pending refund's Return and record how it ended.
-
-    A Return is card-present (the customer taps again), so recovery (`send_pending=False`) never
-    sends one that was interrupted before it left: it fails that refund instead.
-    """
-    rows = await coord._persist(coord.store.unresolved_refunds)
-    tx = next((r for r in rows if r["refund_id"] == refund_id), None)
-    if tx is None:
-        return
-    if tx["tender_type"] == "cash":
-        await coord._persist(lambda: coord.store.finish_refund(refund_id, True))
-        return
-    lane = coord.lanes.get(tx["payment_processor_id"])
-    if lane is None:
-        raise NotAllowed("the terminal that took this payment is no longer configured")
-    if tx["status"] == "pending" and not send_pending:
-        # Atomic: fails it only if the Return still has not left (a POS retry may be sending it now).
-        await coord._persist(lambda: coord.store.fail_unsent_refund(refund_id, "interrupted before it was sent"))
-        return
-    timeout_s = int(getattr(getattr(lane, "driver", None), "timeout_s", 120))
-    marked = False
-
-    async def before_send() -> bool:
-        nonlocal marked
-        marked = bool(await coord._persist(lambda: coord.store.mark_refund_sent(tx["id"], timeout_s)))
-        return marked
-
-    if tx["status"] == "pending":
-        op: ops.Op = ops.Refund(tx["reference_id"], tx["amount"])
-    else:
-        op = ops.Inquire(tx["reference_id"])
-    try:
-        outcome = await lane.execute(op, before_send=before_send if isinstance(op, ops.Refund) else None)
-    except TerminalBusy:
-        raise OutcomePending("the terminal is busy; the refund was not sent", details={}) from None
-    if isinstance(op, ops.Refund) and not marked:
-        raise OutcomePending("the refund is being finished elsewhere; ask again", details={"refund_id": str(refund_id)})
-    if isinstance(outcome, TermNotFound) and isinstance(op, ops.Inquire) and not coord.past_timeout(tx):
-        raise OutcomePending("the terminal has not finished the refund yet", details={"refund_id": str(refund_id)})
-    await _apply_refund(coord, tx, refund_id, outcome)
-
-
-async def _apply_refund(coord: Coordinator, tx: Any, refund_id: uuid.UUID, outcome: Any) -> None:
-    if isinstance(outcome, Approved):
-        await coord._record(tx, "approved", outcome=outcome)
-        await coord._persist(lambda: coord.store.finish_refund(refund_id, True))
-    elif isinstance(outcome, (Declined, TermNotFound)) or (
-        isinstance(outcome, (Offline, Misconfigured, Busy)) and tx["status"] == "pending"
-    ):
-        # Offline/Busy to the Return itself means it never started; to an inquiry it says nothing.
-        reason = getattr(outcome, "message", "") or type(outcome).__name__
-        await coord._record(
-            tx, "declined" if isinstance(outcome, Declined) else "failed", outcome=outcome, last_error=reason
-        )
-        await coord._persist(lambda: coord.store.finish_refund(refund_id, False, reason))
-    else:
-        await coord._record(tx, "unknown", last_error=f"refund outcome unknown: {type(outcome).__name__}")
-        raise OutcomePending(
-            "the refund's outcome is not known yet; recovery will finish it",
-            details={"refund_id": str(refund_id)},
         )

@@ -124,8 +124,28 @@ class Metrics:
         self.unknown = Counter("gatewayd_unknown_outcomes", "Ambiguous terminal outcomes", ["terminal"], registry=r)
         self.inquiries = Counter("gatewayd_inquiries", "Status inquiries sent", ["terminal"], registry=r)
         self.recovery = Counter("gatewayd_recovery_actions", "Recovery actions", ["action"], registry=r)
+        self.refused = Counter(
+            "gatewayd_transitions_refused",
+            "Steps the state machine chose that the database refused (the two disagree: a bug)",
+            ["step"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "gatewayd_leases_lost", "Orders this daemon stopped driving because its lease ran out", registry=r
+        )
+        self.settled_charges = Counter(
+            "gatewayd_settled_charges",
+            "Approved charges found in a closed batch by a void or a capture (they need a refund, or were never"
+            " captured)",
+            ["operation"],
+            registry=r,
+        )
         for outcome in ("completed", "payment_failed"):
             self.checkouts.labels(outcome)
+        for what in ("void", "capture"):
+            self.settled_charges.labels(what)
+        for step in ("commit", "fail"):
+            self.refused.labels(step)
         for action in ("completed", "rolled_back", "voided", "inquired", "captured", "cleaned_up"):
             self.recovery.labels(action)
         self.snapshot = Snapshot()
@@ -144,6 +164,15 @@ class Metrics:
 
     def tender_finished(self, tender_type: str, outcome: str) -> None:
         self.tenders.labels(tender_type, outcome).inc()
+
+    def transition_refused(self, step: str) -> None:
+        self.refused.labels(step).inc()
+
+    def lease_lost(self) -> None:
+        self.leases_lost.inc()
+
+    def charge_settled(self, what: str) -> None:
+        self.settled_charges.labels(what).inc()
 
     def recovery_action(self, action: str) -> None:
         self.recovery.labels(action).inc()

@@ -3,43 +3,35 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
 
 import asyncpg
 
-from gatewayd import failpoints
+from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
 from gatewayd.store.db import Database
 
-# Tender statuses a terminal answer may move a tender out of.
-OPEN_TENDER = ("pending", "processing", "unknown")
-
-
-@dataclass(frozen=True)
-class CheckoutRows:
-    """An order with its tenders and refunds, as stored."""
-
-    order: asyncpg.Record
-    tenders: list[asyncpg.Record]
-    refunds: list[asyncpg.Record]
-
+# What a fenced write says: done, refused because the lease is not ours (any more), or refused
+# because the row is no longer in a state the write may move it from.
+Written = Literal["ok", "lease_lost", "stale"]
 
 # One round trip for an order with its tenders and refunds (arrays of the tables' row types, which
-# asyncpg decodes into records with the columns' own types).
+# asyncpg decodes into records with the columns' own types), and the database's clock.
 _LOAD = """
-SELECT o,
+SELECT now() AS now, o,
        coalesce((SELECT array_agg(t ORDER BY t.kind, t.tender_index, t.created_at) FROM payment_transactions t
                   WHERE t.store_id = o.store_id AND t.order_id = o.id), '{{}}') AS tenders,
        coalesce((SELECT array_agg(r ORDER BY r.created_at) FROM refunds r
                   WHERE r.store_id = o.store_id AND r.order_id = o.id), '{{}}') AS refunds
   FROM orders o WHERE o.store_id = $1 AND {where}"""
 
-_LOAD_TENDERS = """
-SELECT id, kind, refund_id, tender_index, tender_type, operation, amount, approved_amount, tendered, status,
-       capture_status, reference_id, payment_processor_id, auth_code, card_brand, last4, status_code,
-       last_error, timeout_s, sent_at, attempts
-  FROM payment_transactions WHERE store_id = $1 AND order_id = $2 ORDER BY kind, tender_index, created_at"""
+# A tender row is fenced by its order's lease: the order id comes from the row itself.
+_HELD = "gw_lease_held($1, (SELECT order_id FROM payment_transactions WHERE store_id = $1 AND id = $2), $3)"
+
+
+def _written(value: Any) -> Written:
+    return "ok" if value == "ok" else "lease_lost" if value == "lease_lost" else "stale"
 
 
 class CheckoutStore:
@@ -77,37 +69,74 @@ class CheckoutStore:
         )
         return None if row is None else (row["id"], row["request_hash"])
 
-    async def mark_sent(self, order_id: uuid.UUID, tender_id: uuid.UUID) -> bool:
-        """Just before the first byte leaves: the tender is `processing`. False if the order moved on."""
-        return bool(
-            await self.db.run(
-                lambda c: c.fetchval(
-                    """WITH o AS (
+    async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> Checkout | None:
+        """An order with its tenders and refunds, by id or idempotency key, read at the database's now()."""
+        where = "o.id = $2" if order_id is not None else "o.idempotency_key = $2"
+
+        async def work(c: asyncpg.Connection) -> Checkout | None:
+            found = await c.fetchrow(_LOAD.format(where=where), self.store_id, order_id if order_id else key)
+            if found is None:
+                return None
+            return Checkout(
+                order=row(Order, found["o"]),
+                tenders=tenders_of(found["tenders"]),
+                refunds=tuple(row(Refund, r) for r in found["refunds"]),
+                now=found["now"],
+            )
+
+        return await self.db.run(work, what="load checkout")
+
+    async def tender(self, tender_id: uuid.UUID) -> tuple[Tender, datetime] | None:
+        """One transaction as stored now, with the database's clock (read again before every inquiry)."""
+        found = await self.db.run(
+            lambda c: c.fetchrow(
+                "SELECT now() AS now, t FROM payment_transactions t WHERE t.store_id = $1 AND t.id = $2",
+                self.store_id,
+                tender_id,
+            ),
+            what="tender",
+        )
+        return None if found is None else (row(Tender, found["t"]), found["now"])
+
+    async def mark_sent(self, order_id: uuid.UUID, tender_id: uuid.UUID, owner: str) -> Written:
+        """Just before the first byte leaves: the tender is `processing`, stamped on the database's clock.
+
+        Fenced by the lease; "stale" when the order moved on (cancelled, failed) or the tender did.
+        """
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                """WITH l AS (SELECT gw_lease_held($1, $2, $4) AS held),
+               o AS (
                    UPDATE orders SET status = 'payment_processing', payment_status = 'processing',
                           updated_at = now()
-                    WHERE store_id = $1 AND id = $2
+                    WHERE store_id = $1 AND id = $2 AND (SELECT held FROM l)
                       AND status IN ('pending_payment', 'payment_processing')
-                   RETURNING id)
-               UPDATE payment_transactions
-                  SET status = 'processing', sent_at = now(),
-                      attempts = attempts + 1, updated_at = now()
-                WHERE store_id = $1 AND id = $3 AND order_id IN (SELECT id FROM o)
-                  AND status IN ('pending', 'processing', 'unknown')
-               RETURNING true""",
-                    self.store_id,
-                    order_id,
-                    tender_id,
-                ),
-                what="mark tender sent",
-            )
+                   RETURNING id),
+               t AS (
+                   UPDATE payment_transactions
+                      SET status = 'processing', sent_at = now(),
+                          attempts = attempts + 1, updated_at = now()
+                    WHERE store_id = $1 AND id = $3 AND order_id IN (SELECT id FROM o)
+                      AND status IN ('pending', 'processing', 'unknown')
+                   RETURNING true)
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                self.store_id,
+                order_id,
+                tender_id,
+                owner,
+            ),
+            what="mark tender sent",
         )
+        return _written(value)
 
     async def record_tender(
         self,
         tender_id: uuid.UUID,
-        status: str,
+        status: TenderStatus,
+        owner: str,
         *,
-        from_statuses: Sequence[str] = OPEN_TENDER,
+        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
         approved_amount: int | None = None,
         auth_code: str | None = None,
         card_brand: str | None = None,
@@ -115,109 +144,154 @@ class CheckoutStore:
         batch_number: str | None = None,
         transaction_number: str | None = None,
         status_code: str | None = None,
+        failure_code: str | None = None,
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
-    ) -> bool:
-        """Store a terminal's answer for a tender (only from the given statuses); one audit event."""
-        return bool(
-            await self.db.run(
-                lambda c: c.fetchval(
-                    """WITH t AS (
+    ) -> Written:
+        """Store a terminal's answer for a tender (only from the given statuses); one audit event.
+
+        Fenced by the order's lease: a daemon that lost it is refused and stops driving the order.
+        """
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                f"""WITH l AS (SELECT {_HELD} AS held),
+               t AS (
                    UPDATE payment_transactions
-                      SET status = $3, approved_amount = coalesce($5, approved_amount),
-                          auth_code = coalesce($6, auth_code), card_brand = coalesce($7, card_brand),
-                          last4 = coalesce($8, last4), batch_number = coalesce($9, batch_number),
-                          transaction_number = coalesce($10, transaction_number),
-                          status_code = coalesce($11, status_code), raw_response = coalesce($12, raw_response),
-                          last_error = $13,
-                          capture_status = CASE WHEN $3 IN ('voided', 'failed') THEN NULL ELSE capture_status END,
-                          resolved_at = CASE WHEN $3 IN ('processing', 'unknown') THEN NULL ELSE now() END,
+                      SET status = $4, approved_amount = coalesce($6, approved_amount),
+                          auth_code = coalesce($7, auth_code), card_brand = coalesce($8, card_brand),
+                          last4 = coalesce($9, last4), batch_number = coalesce($10, batch_number),
+                          transaction_number = coalesce($11, transaction_number),
+                          status_code = coalesce($12, status_code), raw_response = coalesce($13, raw_response),
+                          last_error = $14, failure_code = $16,
+                          capture_status = CASE WHEN $4 IN ('voided', 'failed') THEN NULL ELSE capture_status END,
+                          resolved_at = CASE WHEN $4 IN ('processing', 'unknown') THEN NULL ELSE now() END,
                           updated_at = now()
-                    WHERE store_id = $1 AND id = $2 AND status = ANY($4::text[])
-                   RETURNING id, order_id)
-               INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
-               SELECT $1, 'tender.' || $3, t.order_id, t.id, $14::jsonb FROM t
-               RETURNING true""",
-                    self.store_id,
-                    tender_id,
-                    status,
-                    list(from_statuses),
-                    approved_amount,
-                    auth_code,
-                    card_brand,
-                    last4,
-                    batch_number,
-                    transaction_number,
-                    status_code,
-                    raw,
-                    last_error,
-                    audit or {},
-                ),
-                what="record tender",
-            )
+                    WHERE store_id = $1 AND id = $2 AND status = ANY($5::text[]) AND (SELECT held FROM l)
+                   RETURNING id, order_id),
+               a AS (
+                   INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
+                   SELECT $1, 'tender.' || $4, t.order_id, t.id, $15::jsonb FROM t)
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                self.store_id,
+                tender_id,
+                owner,
+                str(status),
+                [str(s) for s in from_statuses],
+                approved_amount,
+                auth_code,
+                card_brand,
+                last4,
+                batch_number,
+                transaction_number,
+                status_code,
+                raw,
+                last_error,
+                audit or {},
+                failure_code,
+            ),
+            what="record tender",
         )
+        return _written(value)
 
-    async def commit(self, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int) -> dict[str, Any]:
-        """Complete the order (inventory, loyalty, register session) in one transaction."""
-        query = "SELECT gw_commit_checkout($1, $2, $3, $4)"
-        args = (self.store_id, order_id, points_per_unit, minor_per_unit)
+    async def mark_settled(self, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
+        """A known-approved charge the terminal no longer has in its open batch: it stays approved
+        (the customer is charged) and now needs a Return, never a Void."""
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                f"""WITH l AS (SELECT {_HELD} AS held),
+               t AS (
+                   UPDATE payment_transactions SET settled_at = coalesce(settled_at, now()), last_error = $4,
+                          updated_at = now()
+                    WHERE store_id = $1 AND id = $2 AND status = 'approved' AND (SELECT held FROM l)
+                   RETURNING id, order_id),
+               a AS (
+                   INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
+                   SELECT $1, 'tender.settled', t.order_id, t.id, jsonb_build_object('reason', $4::text) FROM t)
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                self.store_id,
+                tender_id,
+                owner,
+                reason,
+            ),
+            what="mark tender settled",
+        )
+        return _written(value)
 
-        async def with_failpoint(c: asyncpg.Connection) -> Any:
-            async with c.transaction():
-                result = await c.fetchval(query, *args)
-                await failpoints.hit("inside_commit")
-                return result
+    async def mark_void_requested(self, tender_id: uuid.UUID, owner: str) -> Written:
+        """Just before a Void leaves: the charge may be voided from here on."""
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                f"""WITH l AS (SELECT {_HELD} AS held),
+               t AS (
+                   UPDATE payment_transactions SET void_requested_at = coalesce(void_requested_at, now()),
+                          updated_at = now()
+                    WHERE store_id = $1 AND id = $2 AND (SELECT held FROM l)
+                   RETURNING true)
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                self.store_id,
+                tender_id,
+                owner,
+            ),
+            what="mark void requested",
+        )
+        return _written(value)
 
-        if failpoints.active():
-            result: dict[str, Any] = await self.db.run(with_failpoint, what="commit checkout")
-        else:
-            result = await self.db.run(lambda c: c.fetchval(query, *args), what="commit checkout")
-        return result
-
-    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed") -> dict[str, Any]:
-        """Fail the order and release its reservation (no tender may be charged or in doubt)."""
+    async def commit(
+        self, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int, owner: str
+    ) -> dict[str, Any]:
+        """Complete the order (inventory, loyalty, register session) in one transaction, fenced by the lease."""
         result: dict[str, Any] = await self.db.run(
             lambda c: c.fetchval(
-                "SELECT gw_fail_checkout($1, $2, $3, $4, $5)", self.store_id, order_id, code, reason, status
+                "SELECT gw_commit_checkout($1, $2, $3, $4, $5)",
+                self.store_id,
+                order_id,
+                points_per_unit,
+                minor_per_unit,
+                owner,
+            ),
+            what="commit checkout",
+        )
+        return result
+
+    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str, owner: str) -> dict[str, Any]:
+        """Fail the order and release its reservation (nothing may be in doubt or voidable), fenced."""
+        result: dict[str, Any] = await self.db.run(
+            lambda c: c.fetchval(
+                "SELECT gw_fail_checkout($1, $2, $3, $4, $5, $6)", self.store_id, order_id, code, reason, status, owner
             ),
             what="fail checkout",
         )
         return result
 
-    async def set_captured(self, tender_id: uuid.UUID) -> None:
+    async def set_captured(self, tender_id: uuid.UUID, owner: str) -> Written:
         """An authorization was captured; the order is paid once none is left to capture."""
-        await self.db.run(
-            lambda c: c.execute(
-                """WITH t AS (
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                f"""WITH l AS (SELECT {_HELD} AS held),
+               t AS (
                    UPDATE payment_transactions SET capture_status = 'captured', updated_at = now()
-                    WHERE store_id = $1 AND id = $2 AND capture_status = 'pending'
-                   RETURNING order_id, id)
-               , a AS (INSERT INTO audit_events (store_id, kind, order_id, transaction_id)
-                       SELECT $1, 'tender.captured', order_id, id FROM t)
-               UPDATE orders o SET payment_status = 'paid', updated_at = now()
-                 FROM t WHERE o.store_id = $1 AND o.id = t.order_id AND o.payment_status = 'authorized'
-                  AND NOT EXISTS (SELECT 1 FROM payment_transactions p
-                                   WHERE p.store_id = $1 AND p.order_id = t.order_id
-                                     AND p.capture_status = 'pending' AND p.id <> t.id)""",
+                    WHERE store_id = $1 AND id = $2 AND capture_status = 'pending' AND (SELECT held FROM l)
+                   RETURNING order_id, id),
+               a AS (INSERT INTO audit_events (store_id, kind, order_id, transaction_id)
+                     SELECT $1, 'tender.captured', order_id, id FROM t),
+               o AS (UPDATE orders o SET payment_status = 'paid', updated_at = now()
+                       FROM t WHERE o.store_id = $1 AND o.id = t.order_id AND o.payment_status = 'authorized'
+                        AND NOT EXISTS (SELECT 1 FROM payment_transactions p
+                                         WHERE p.store_id = $1 AND p.order_id = t.order_id
+                                           AND p.capture_status = 'pending' AND p.id <> t.id))
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
                 self.store_id,
                 tender_id,
+                owner,
             ),
             what="record capture",
         )
-
-    async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> CheckoutRows | None:
-        """An order with its tenders and refunds, by id or idempotency key."""
-
-        where = "o.id = $2" if order_id is not None else "o.idempotency_key = $2"
-
-        async def work(c: asyncpg.Connection) -> CheckoutRows | None:
-            row = await c.fetchrow(_LOAD.format(where=where), self.store_id, order_id if order_id else key)
-            if row is None:
-                return None
-            return CheckoutRows(row["o"], list(row["tenders"]), list(row["refunds"]))
-
-        return await self.db.run(work, what="load checkout")
+        return _written(value)
 
     async def audit(
         self,
@@ -240,6 +314,8 @@ class CheckoutStore:
             ),
             what="audit",
         )
+
+    # ------------------------------------------------------------ leases
 
     async def claim_unfinished(
         self,
@@ -265,7 +341,7 @@ class CheckoutStore:
                      WHERE store_id = $1
                        AND status IN ('pending_payment', 'payment_processing', 'payment_authorized')
                        AND updated_at < now() - make_interval(secs => $6)
-                       AND (lease_until IS NULL OR lease_until < now() OR ($4 AND lease_owner = $2))
+                       AND (lease_until IS NULL OR lease_until <= now() OR ($4 AND lease_owner = $2))
                        AND ($7::uuid IS NULL OR id = $7)
                        AND ($7::uuid IS NOT NULL OR status <> 'pending_payment'
                             OR ($4 AND lease_owner = $2) OR EXISTS (
@@ -286,18 +362,30 @@ class CheckoutStore:
         )
         return [r["id"] for r in rows]
 
-    async def claim_uncaptured(self, limit: int = 100) -> list[asyncpg.Record]:
-        """Authorizations of completed orders still waiting for their capture."""
-        return await self.db.run(
-            lambda c: c.fetch(
-                """SELECT id, order_id, reference_id, payment_processor_id, amount FROM payment_transactions
-                WHERE store_id = $1 AND capture_status = 'pending' AND status = 'approved'
-                ORDER BY created_at LIMIT $2""",
-                self.store_id,
-                limit,
-            ),
-            what="uncaptured",
+    async def take_lease(self, order_id: uuid.UUID, owner: str, lease_s: float) -> bool | None:
+        """Take (or renew) one order's lease, whatever its status: free, expired, or ours already.
+        False: another daemon holds it; None: there is no such order."""
+        value: bool | None = await self.db.run(
+            lambda c: c.fetchval("SELECT gw_take_lease($1, $2, $3, $4)", self.store_id, order_id, owner, lease_s),
+            what="take lease",
         )
+        return value
+
+    async def renew_leases(self, order_ids: list[uuid.UUID], owner: str, lease_s: float) -> set[uuid.UUID]:
+        """Extend the leases we still hold; the ids missing from the answer are lost."""
+        rows = await self.db.run(
+            lambda c: c.fetch(
+                """UPDATE orders SET lease_until = now() + make_interval(secs => $4)
+                    WHERE store_id = $1 AND id = ANY($2::uuid[]) AND lease_owner = $3 AND lease_until > now()
+                   RETURNING id""",
+                self.store_id,
+                order_ids,
+                owner,
+                lease_s,
+            ),
+            what="renew leases",
+        )
+        return {r["id"] for r in rows}
 
     async def release_lease(self, order_id: uuid.UUID, owner: str) -> None:
         await self.db.run(
@@ -311,10 +399,32 @@ class CheckoutStore:
             what="release lease",
         )
 
-    async def void_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+    # ------------------------------------------------------------ captures, voids and refunds
+
+    async def claim_uncaptured(self, limit: int = 100) -> list[Tender]:
+        """Authorizations of completed orders still waiting for their capture (not lost to a settle)."""
+        rows = await self.db.run(
+            lambda c: c.fetch(
+                """SELECT t FROM payment_transactions t
+                WHERE store_id = $1 AND capture_status = 'pending' AND status = 'approved' AND settled_at IS NULL
+                ORDER BY created_at LIMIT $2""",
+                self.store_id,
+                limit,
+            ),
+            what="uncaptured",
+        )
+        return [row(Tender, r["t"]) for r in rows]
+
+    async def void_order(self, order_id: uuid.UUID, owner: str) -> dict[str, Any]:
         """Once every card tender is voided: the order is voided and everything it credited is taken back."""
         result: dict[str, Any] = await self.db.run(
-            lambda c: c.fetchval("SELECT gw_void_checkout($1, $2)", self.store_id, order_id),
+            lambda c: c.fetchval(
+                """SELECT CASE WHEN gw_lease_held($1, $2, $3) THEN gw_void_checkout($1, $2)
+                               ELSE '{"outcome": "lease_lost"}'::jsonb END""",
+                self.store_id,
+                order_id,
+                owner,
+            ),
             what="void checkout",
         )
         return result
@@ -327,75 +437,63 @@ class CheckoutStore:
         )
         return result
 
-    async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str = "") -> dict[str, Any]:
-        """Complete (or fail) a refund whose terminal answer is known."""
+    async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str, owner: str) -> dict[str, Any]:
+        """Complete (or fail) a refund whose terminal answer is known, fenced by the order's lease."""
         result: dict[str, Any] = await self.db.run(
-            lambda c: c.fetchval("SELECT gw_finish_refund($1, $2, $3, $4)", self.store_id, refund_id, ok, reason),
+            lambda c: c.fetchval(
+                """SELECT CASE WHEN gw_lease_held($1, r.order_id, $5) THEN gw_finish_refund($1, $2, $3, $4)
+                               ELSE '{"outcome": "lease_lost"}'::jsonb END
+                     FROM refunds r WHERE r.store_id = $1 AND r.id = $2""",
+                self.store_id,
+                refund_id,
+                ok,
+                reason,
+                owner,
+            ),
             what="finish refund",
         )
-        return result
+        return result or {"outcome": "not_found"}
 
-    async def unresolved_refunds(self, older_than_s: float = 0.0) -> list[asyncpg.Record]:
+    async def unresolved_refunds(self, older_than_s: float = 0.0, refund_id: uuid.UUID | None = None) -> list[Tender]:
         """Refund transactions whose terminal answer was never stored (untouched for `older_than_s`)."""
-        return await self.db.run(
+        rows = await self.db.run(
             lambda c: c.fetch(
-                """SELECT t.*, r.id AS refund_row FROM payment_transactions t JOIN refunds r
+                """SELECT t FROM payment_transactions t JOIN refunds r
                  ON r.store_id = t.store_id AND r.id = t.refund_id
                 WHERE t.store_id = $1 AND t.kind = 'refund' AND r.status = 'pending'
-                  AND t.updated_at <= now() - make_interval(secs => $2)""",
+                  AND t.updated_at <= now() - make_interval(secs => $2)
+                  AND ($3::uuid IS NULL OR r.id = $3)""",
                 self.store_id,
                 older_than_s,
+                refund_id,
             ),
             what="unresolved refunds",
         )
+        return [row(Tender, r["t"]) for r in rows]
 
-    async def mark_void_requested(self, transaction_id: uuid.UUID) -> None:
-        """Just before a Void leaves: the charge may be voided from here on."""
-        await self.db.run(
-            lambda c: c.execute(
-                """UPDATE payment_transactions SET void_requested_at = coalesce(void_requested_at, now()),
-                          updated_at = now()
-                    WHERE store_id = $1 AND id = $2""",
+    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
+        """Just before a Return leaves (or leaves again): stamped with the real send time and the
+        terminal's own timeout. "stale" when the transaction is no longer pending or in progress."""
+        value = await self.db.run(
+            lambda c: c.fetchval(
+                f"""WITH l AS (SELECT {_HELD} AS held),
+               t AS (
+                   UPDATE payment_transactions SET status = 'processing', sent_at = now(), timeout_s = $4,
+                          attempts = attempts + 1, updated_at = now()
+                    WHERE store_id = $1 AND id = $2 AND status IN ('pending', 'processing') AND (SELECT held FROM l)
+                   RETURNING true)
+               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
+                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
                 self.store_id,
                 transaction_id,
+                owner,
+                timeout_s,
             ),
-            what="mark void requested",
+            what="mark refund sent",
         )
+        return _written(value)
 
-    async def void_pending(self, order_id: uuid.UUID) -> bool:
-        """True while a void of one of the order's charges was sent but is not known to be done."""
-        return bool(
-            await self.db.run(
-                lambda c: c.fetchval(
-                    """SELECT EXISTS (SELECT 1 FROM payment_transactions
-                                       WHERE store_id = $1 AND order_id = $2 AND kind = 'payment'
-                                         AND void_requested_at IS NOT NULL AND status = 'approved')""",
-                    self.store_id,
-                    order_id,
-                ),
-                what="void pending",
-            )
-        )
-
-    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int) -> bool:
-        """Just before a Return leaves (or leaves again): stamped with the real send time and the
-        terminal's own timeout. False when the transaction is no longer pending or in progress."""
-        return bool(
-            await self.db.run(
-                lambda c: c.fetchval(
-                    """UPDATE payment_transactions SET status = 'processing', sent_at = now(), timeout_s = $3,
-                              attempts = attempts + 1, updated_at = now()
-                        WHERE store_id = $1 AND id = $2 AND status IN ('pending', 'processing')
-                       RETURNING true""",
-                    self.store_id,
-                    transaction_id,
-                    timeout_s,
-                ),
-                what="mark refund sent",
-            )
-        )
-
-    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str) -> bool:
+    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str, owner: str) -> bool:
         """Fail a refund whose Return never left, atomically: only while its transaction is pending."""
         return bool(
             await self.db.run(
@@ -403,6 +501,7 @@ class CheckoutStore:
                     """WITH t AS (
                            UPDATE payment_transactions SET status = 'failed', last_error = $3, updated_at = now()
                             WHERE store_id = $1 AND refund_id = $2 AND status = 'pending'
+                              AND gw_lease_held($1, order_id, $4)
                            RETURNING refund_id, order_id),
                        r AS (
                            UPDATE refunds SET status = 'failed', failure_reason = $3
@@ -416,15 +515,8 @@ class CheckoutStore:
                     self.store_id,
                     refund_id,
                     reason,
+                    owner,
                 ),
                 what="fail unsent refund",
             )
         )
-
-    async def tender(self, transaction_id: uuid.UUID) -> asyncpg.Record | None:
-        """One payment transaction, as the coordinator reads tenders."""
-        rows = await self.db.run(
-            lambda c: c.fetch(_LOAD_TENDERS.replace("order_id = $2", "id = $2"), self.store_id, transaction_id),
-            what="tender",
-        )
-        return rows[0] if rows else None

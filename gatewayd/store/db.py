@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ import asyncpg
 import msgspec
 
 from gatewayd.errors import PermanentStoreError, StoreError, TransientStoreError
+from gatewayd.retry import STATEMENT_BACKOFF, backoff_s
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,11 +89,6 @@ def _encode_jsonb(value: Any) -> bytes:
 
 def _decode_jsonb(data: bytes) -> Any:
     return msgspec.json.decode(data[1:])
-
-
-def retry_delay_s(attempt: int, base_s: float = 0.05, cap_s: float = 2.0) -> float:
-    """Capped exponential backoff with full jitter."""
-    return random.uniform(0, min(cap_s, base_s * 2**attempt))
 
 
 class Database:
@@ -206,7 +201,7 @@ class Database:
             except TransientStoreError as exc:
                 if attempt + 1 >= attempts:
                     raise
-                delay = retry_delay_s(attempt)
+                delay = backoff_s(attempt, *STATEMENT_BACKOFF)
                 log.info("%s: %s; retrying in %.2fs", what, exc.message, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -18,8 +18,13 @@ class MaintenanceStore:
         self.store_id = store_id
 
     async def orphans(self) -> list[asyncpg.Record]:
-        """find_orphaned_payments() for this store."""
-        return await self.db.fetch("SELECT * FROM find_orphaned_payments($1)", self.store_id)
+        """find_orphaned_payments() for this store, with whether each charge's batch has settled
+        (then it can only be refunded)."""
+        return await self.db.fetch(
+            """SELECT f.*, t.settled_at IS NOT NULL AS settled FROM find_orphaned_payments($1) f
+                 JOIN payment_transactions t ON t.store_id = f.store_id AND t.id = f.transaction_id""",
+            self.store_id,
+        )
 
     async def cleanup(self, minutes: int) -> int:
         """cleanup_stale_pending_orders(minutes) for this store."""
@@ -53,11 +58,36 @@ class MaintenanceStore:
             )
         )
 
+    async def settled_orphans(self, terminal_id: str) -> list[asyncpg.Record]:
+        """Approved charges on a terminal, settled, whose order did not complete: each needs a Return."""
+        return await self.db.fetch(
+            """SELECT t.reference_id, t.amount, t.approved_amount, t.status, t.order_id, o.status AS order_status
+                 FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
+                WHERE t.store_id = $1 AND t.payment_processor_id = $2 AND t.kind = 'payment'
+                  AND t.status = 'approved' AND t.settled_at IS NOT NULL
+                  AND o.status NOT IN ('completed', 'refunded', 'partially_refunded')""",
+            self.store_id,
+            terminal_id,
+        )
+
+    async def captures_pending(self, terminal_id: str) -> int:
+        """Authorizations of completed orders on a terminal still waiting for their capture: a settle
+        now would close the batch under them and the merchant would never be paid."""
+        return int(
+            await self.db.fetchval(
+                """SELECT count(*) FROM payment_transactions
+                    WHERE store_id = $1 AND payment_processor_id = $2 AND capture_status = 'pending'
+                      AND status = 'approved' AND settled_at IS NULL""",
+                self.store_id,
+                terminal_id,
+            )
+        )
+
     async def terminal_transactions(self, terminal_id: str, since: datetime | None) -> list[asyncpg.Record]:
         """Every card transaction gatewayd sent to a terminal since its last settlement."""
         return await self.db.fetch(
             """SELECT t.id, t.reference_id, t.kind, t.operation, t.amount, t.approved_amount, t.status,
-                      t.capture_status, t.order_id, o.status AS order_status, o.order_number, t.created_at
+                      t.capture_status, t.settled_at, t.order_id, o.status AS order_status, o.order_number, t.created_at
                  FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
                 WHERE t.store_id = $1 AND t.payment_processor_id = $2 AND t.tender_type = 'card'
                   AND ($3::timestamptz IS NULL OR t.created_at > $3)""",
@@ -128,7 +158,10 @@ class MaintenanceStore:
                    ON t.store_id = o.store_id AND t.order_id = o.id
                 WHERE o.store_id = $1 AND o.status = 'completed' AND t.kind = 'payment'
                   AND t.tender_type = 'card'
-                  AND (t.status = 'voided' OR (t.status = 'approved' AND t.void_requested_at IS NOT NULL))""",
+                  AND (t.status = 'voided' OR (t.status = 'approved' AND t.void_requested_at IS NOT NULL))
+                  AND NOT EXISTS (SELECT 1 FROM payment_transactions s
+                                   WHERE s.store_id = o.store_id AND s.order_id = o.id AND s.kind = 'payment'
+                                     AND s.status = 'approved' AND s.settled_at IS NOT NULL)""",
             self.store_id,
         )
         return [r["id"] for r in rows]

@@ -45,7 +45,7 @@ class TerminalDriver(Protocol):
         ...
 
     async def void(self, ref: str, amount: int | None = None) -> Outcome:
-        """Void the transaction `ref` in the open batch; Approved(voided=True) when done."""
+        """Void the transaction `ref` in the open batch; `Voided` when done."""
         ...
 
     async def refund(self, ref: str, amount: int) -> Outcome:
@@ -53,7 +53,7 @@ class TerminalDriver(Protocol):
         ...
 
     async def status(self, ref: str) -> Outcome:
-        """Inquire about `ref`: Approved (maybe voided) / Declined / NotFound / Busy / Offline / Unknown."""
+        """Inquire about `ref`: Approved / Voided / Declined / NotFound / Busy / Offline / Unknown."""
         ...
 
     async def health(self) -> Health:

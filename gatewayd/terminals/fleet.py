@@ -23,31 +23,6 @@ ResultHook = Callable[[str, str, str, float], None]  # terminal, operation, outc
 EventHook = Callable[[str, str], None]  # terminal, "unknown" | "inquiry"
 
 
-def _make_lane(
-    config: TerminalConfig,
-    on_result: ResultHook | None,
-    on_event: EventHook | None,
-    session: aiohttp.ClientSession | None = None,
-) -> Lane:
-    assert config.authkey is not None, "secrets are resolved when the config is loaded"
-    driver = SpinDriver(
-        config.id,
-        config.base_url,
-        config.tpn,
-        config.authkey.reveal(),
-        config.timeout_s,
-        http_margin_s=config.http_margin_s,
-        session=session,
-    )
-    return Lane(
-        config.id,
-        driver,
-        queue_depth=config.queue_depth,
-        on_result=functools.partial(on_result, config.id) if on_result else None,
-        on_event=functools.partial(on_event, config.id) if on_event else None,
-    )
-
-
 class Fleet(Mapping[str, Lane]):
     """Lanes by terminal id (the coordinator reads it as a mapping) plus their supervision."""
 
@@ -64,6 +39,11 @@ class Fleet(Mapping[str, Lane]):
         self.configs: dict[str, TerminalConfig] = {}
         self._lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Terminals removed from the configuration: their lanes keep running with their last
+        # settings, for inquiries, voids, captures and returns of the charges they took, never a
+        # new charge. Re-adding the terminal takes its lane back.
+        self._retired: dict[str, Lane] = {}
+        self._retired_configs: dict[str, TerminalConfig] = {}
         self.monitor = HealthMonitor(
             [],
             health.interval_s,
@@ -88,7 +68,23 @@ class Fleet(Mapping[str, Lane]):
         return len(self._lanes)
 
     def timeout_s(self, terminal_id: str) -> int:
-        return self.configs[terminal_id].timeout_s
+        config = self.configs.get(terminal_id) or self._retired_configs.get(terminal_id)
+        return config.timeout_s if config is not None else 120
+
+    def for_charge(self, terminal_id: str | None) -> Lane | None:
+        """A configured terminal's lane: the only place a new charge goes."""
+        return self._lanes.get(terminal_id) if terminal_id is not None else None
+
+    def for_followup(self, terminal_id: str | None) -> Lane | None:
+        """A lane that can still answer for its charges, configured or removed."""
+        if terminal_id is None:
+            return None
+        return self._lanes.get(terminal_id) or self._retired.get(terminal_id)
+
+    @property
+    def retired(self) -> list[str]:
+        """Terminals removed from the configuration whose lanes still answer for their charges."""
+        return sorted(self._retired)
 
     def start(self, configs: list[TerminalConfig]) -> None:
         """Start a lane for every terminal and the health sweeper."""
@@ -103,37 +99,60 @@ class Fleet(Mapping[str, Lane]):
             )
         return self._session
 
+    def _driver(self, config: TerminalConfig) -> SpinDriver:
+        assert config.authkey is not None, "secrets are resolved when the config is loaded"
+        return SpinDriver(
+            config.id,
+            config.base_url,
+            config.tpn,
+            config.authkey.reveal(),
+            config.timeout_s,
+            http_margin_s=config.http_margin_s,
+            session=self._shared_session(),
+        )
+
     def _add(self, config: TerminalConfig) -> None:
-        lane = _make_lane(config, self._on_result, self._on_event, self._shared_session())
+        lane = self._retired.pop(config.id, None)
+        self._retired_configs.pop(config.id, None)
+        if lane is not None:
+            lane.reconfigure(self._driver(config))
+        else:
+            lane = Lane(
+                config.id,
+                self._driver(config),
+                queue_depth=config.queue_depth,
+                on_result=functools.partial(self._on_result, config.id) if self._on_result else None,
+                on_event=functools.partial(self._on_event, config.id) if self._on_event else None,
+            )
+            self._tasks[config.id] = asyncio.create_task(lane.run(), name=f"lane-{config.id}")
         self.configs[config.id] = config
         self._lanes[config.id] = lane
-        self._tasks[config.id] = asyncio.create_task(lane.run(), name=f"lane-{config.id}")
         self.monitor.add(lane)
 
-    async def _remove(self, terminal_id: str, drain_s: float = 30.0) -> None:
-        """Stop a terminal's lane once what it runs is finished (or after `drain_s`)."""
+    def _retire(self, terminal_id: str) -> None:
+        """Take a terminal out of service: no new charge, no health checks; its lane goes on
+        answering for the charges it took (in flight ones finish; inquiries and voids run)."""
         lane = self._lanes.pop(terminal_id)
-        self.configs.pop(terminal_id, None)
+        self._retired[terminal_id] = lane
+        self._retired_configs[terminal_id] = self.configs.pop(terminal_id)
         self.monitor.remove(terminal_id)
-        task = self._tasks.pop(terminal_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_s
-        while not lane.idle and loop.time() < deadline:  # noqa: ASYNC110 - the lane has no idle event
-            await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await lane.driver.aclose()
 
     async def reload(self, configs: list[TerminalConfig]) -> tuple[list[str], list[str], list[str]]:
-        """Add, remove and replace terminals; untouched ones keep running. Returns (added, removed, changed)."""
+        """Add, remove and edit terminals in place; nothing in flight is cancelled.
+        Returns (added, removed, changed)."""
         wanted = {c.id: c for c in configs}
         added = [tid for tid in wanted if tid not in self.configs]
         removed = [tid for tid in self.configs if tid not in wanted]
         changed = [tid for tid in wanted if tid in self.configs and self.configs[tid] != wanted[tid]]
-        for tid in removed + changed:
-            await self._remove(tid)
-        for tid in added + changed:
+        for tid in removed:
+            self._retire(tid)
+        for tid in added:
             self._add(wanted[tid])
+        for tid in changed:
+            config = wanted[tid]
+            self.configs[tid] = config
+            # The next operation uses the new settings; the one in flight ends on the old ones.
+            self._lanes[tid].reconfigure(self._driver(config))
         return added, removed, changed
 
     async def settle(self, terminal_id: str) -> SettleResult:
@@ -147,7 +166,7 @@ class Fleet(Mapping[str, Lane]):
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for lane in self._lanes.values():
+        for lane in [*self._lanes.values(), *self._retired.values()]:
             await lane.driver.aclose()
         self._tasks.clear()
         if self._session is not None:

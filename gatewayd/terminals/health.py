@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gatewayd.errors import GatewayError, TerminalBusy, TerminalError, UnknownTerminal
-from gatewayd.terminals.backoff import backoff_s
+from gatewayd.retry import backoff_s
 from gatewayd.terminals.lane import Lane
 from gatewayd.terminals.ops import HealthCheck
 from gatewayd.terminals.outcomes import Health, HealthState

@@ -24,7 +24,7 @@ from typing import Any, overload
 import msgspec
 
 from gatewayd.errors import TerminalBusy, TerminalError
-from gatewayd.terminals.backoff import backoff_s
+from gatewayd.retry import backoff_s, not_found_wait_s
 from gatewayd.terminals.driver import TerminalDriver
 from gatewayd.terminals.ops import (
     MONEY_OPS,
@@ -53,6 +53,7 @@ from gatewayd.terminals.outcomes import (
     Outcome,
     SettleResult,
     Unknown,
+    Voided,
 )
 
 __all__ = ["Auth", "Batch", "Capture", "HealthCheck", "Inquire", "Lane", "Refund", "Sale", "Settle", "Void"]
@@ -138,6 +139,12 @@ class Lane:
     def __repr__(self) -> str:
         return f"Lane(terminal_id={self.terminal_id!r}, state={self.state!r}, queue_depth={self.queue_depth})"
 
+    def reconfigure(self, driver: TerminalDriver) -> None:
+        """New settings (address, credentials, timeout) from the next operation on; the one in
+        flight finishes on the driver it started with. Nothing queued is dropped. (The queue's
+        depth is fixed for the lane's life: a change of it takes effect at the next start.)"""
+        self.driver = driver
+
     # ------------------------------------------------------------ observation
 
     @property
@@ -162,7 +169,7 @@ class Lane:
         self.last_health_error = error
 
     def _observe(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Approved | Declined | NotFound):
+        if isinstance(outcome, Approved | Voided | Declined | NotFound):
             new: HealthState = "online"
         elif isinstance(outcome, Offline):
             new = "offline"
@@ -290,13 +297,15 @@ class Lane:
             self._pending.pop(job.key, None)
             if self._pending_by_ref.get(job.key[1]) is job:
                 del self._pending_by_ref[job.key[1]]
-        if isinstance(job.op, MONEY_OPS) and isinstance(result, Approved | Declined | NotFound):
+        if isinstance(job.op, MONEY_OPS) and isinstance(result, Approved | Voided | Declined | NotFound):
             # A refused void or capture is not final: a later one of the same charge must really
             # be sent, so only its success is kept (a charge's decline is final for its ref).
-            retryable = isinstance(job.op, Void | Capture) and not isinstance(result, Approved)
+            retryable = (isinstance(job.op, Void) and not isinstance(result, Voided)) or (
+                isinstance(job.op, Capture) and not isinstance(result, Approved)
+            )
             if not retryable:
                 _keep(self._known, job.op.ref, result, self._results_kept)
-            if job.key is not None and isinstance(result, Approved | Declined) and not retryable:
+            if job.key is not None and isinstance(result, Approved | Voided | Declined) and not retryable:
                 _keep(self._replay, job.key, (job.op, result), self._results_kept)
         _settle_future(job.future, result)
         if self._on_result is not None:
@@ -365,10 +374,10 @@ class Lane:
     def _ambiguous(self, outcome: Outcome, sent_at: float) -> bool:
         if isinstance(outcome, Unknown):
             return True
-        # A cancel (1012) that arrives once the terminal's own timeout has run out may
-        # be the proxy interrupting a card flow whose authorization still went through.
+        # A cancel that arrives once the terminal's own timeout has run out may be the proxy
+        # interrupting a card flow whose authorization still went through.
         late = self._clock() - sent_at >= self.driver.timeout_s
-        return isinstance(outcome, Declined) and outcome.status_code == "1012" and late
+        return isinstance(outcome, Declined) and outcome.cancelled and late
 
     def _emit(self, event: str) -> None:
         """Tell the metrics hook about an unknown outcome or an inquiry."""
@@ -376,7 +385,10 @@ class Lane:
             self._on_event(event)
 
     async def _resolve(self, op: MoneyOp, sent_at: float) -> Outcome:
-        deadline = sent_at + self.driver.transaction_timeout_s
+        # "Not found" is believed only once the request cannot still be on its way (one rule for
+        # the whole daemon: gatewayd.retry), measured on this lane's own clock from its own send.
+        margin_s = self.driver.transaction_timeout_s - self.driver.timeout_s
+        deadline = sent_at + not_found_wait_s(self.driver.timeout_s, margin_s)
         self.state = "unknown"
         attempt = 0
         while True:
@@ -397,21 +409,25 @@ class Lane:
             delay = backoff_s(attempt, self._inquiry_base_s, self._inquiry_cap_s, self._rand)
             if isinstance(answer, Busy):
                 delay = max(delay, min(answer.retry_after_s, self._inquiry_cap_s))
-            elif isinstance(answer, NotFound | Approved):
+            elif isinstance(answer, NotFound | Approved | Voided):
                 delay = max(delay, min(deadline - now, self._inquiry_cap_s))
             attempt += 1
             await self._sleep(delay)
 
 
 def _verdict(op: MoneyOp, answer: Outcome, past_deadline: bool) -> Outcome | None:
-    """The definite outcome of `op` given a Status answer, or None to keep inquiring."""
-    if isinstance(answer, Declined):
+    """The definite outcome of `op` given a Status answer, or None to keep inquiring.
+
+    A charge found voided is `Voided` (never an approval); a void whose charge is still
+    approved past the deadline did not apply.
+    """
+    if isinstance(answer, Declined | Voided):
         return answer
     if isinstance(answer, NotFound):
         return answer if past_deadline else None
     if not isinstance(answer, Approved):
         return None
-    if isinstance(op, Void) and not answer.voided:
+    if isinstance(op, Void):
         return _not_applied(op, "void") if past_deadline else None
     if isinstance(op, Capture) and answer.transaction_type == "auth":
         return _not_applied(op, "capture") if past_deadline else None

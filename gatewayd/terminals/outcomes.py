@@ -24,7 +24,6 @@ class Approved(msgspec.Struct, frozen=True, kw_only=True, tag="approved"):
     batch_number: str = ""
     transaction_number: str = ""
     status_code: str = "0000"
-    voided: bool = False
     transaction_type: str = ""  # sale | auth | capture | return | void, as the terminal reports it
 
     @property
@@ -32,12 +31,29 @@ class Approved(msgspec.Struct, frozen=True, kw_only=True, tag="approved"):
         return self.amount < self.requested_amount
 
 
+class Voided(msgspec.Struct, frozen=True, kw_only=True, tag="voided"):
+    """The transaction exists and is voided: the customer is not charged for it.
+
+    The answer to a Void that went through, and to an inquiry about a charge voided at the
+    terminal (keypad, host reversal, another daemon). Never an approval.
+    """
+
+    reference_id: str
+    amount: int = 0
+    status_code: str = ""
+
+
 class Declined(msgspec.Struct, frozen=True, kw_only=True, tag="declined"):
-    """A definite no: nothing was charged."""
+    """A definite no: nothing was charged.
+
+    `cancelled`: the terminal reports the card flow cancelled (by the customer, or by the proxy
+    when its own timeout ran out, in which case the authorization may still have gone through).
+    """
 
     reference_id: str
     status_code: str
     message: str = ""
+    cancelled: bool = False
 
 
 class Busy(msgspec.Struct, frozen=True, kw_only=True, tag="busy"):
@@ -76,7 +92,7 @@ class Misconfigured(msgspec.Struct, frozen=True, kw_only=True, tag="misconfigure
     message: str = ""
 
 
-Outcome = Approved | Declined | Busy | Offline | Unknown | NotFound | Misconfigured
+Outcome = Approved | Voided | Declined | Busy | Offline | Unknown | NotFound | Misconfigured
 
 HealthState = Literal["online", "offline", "busy", "unknown"]
 

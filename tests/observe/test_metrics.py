@@ -70,7 +70,7 @@ async def test_metric_values_after_known_traffic(gw: Gateway) -> None:
     for secret in ("KEY", *gw.tpns.values()):
         assert f'"{secret}' not in text
     labels = {k for _, labels in m for k, _ in labels}
-    assert labels <= {"terminal", "status", "operation", "outcome", "type", "action", "version", "le"}
+    assert labels <= {"terminal", "status", "operation", "outcome", "type", "action", "step", "version", "le"}
     await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
 
 

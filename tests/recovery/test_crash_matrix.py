@@ -31,7 +31,7 @@ REACHES = {
     "after_intent_commit": set(MIXES),
     "after_sale_sent": set(MIXES),
     "after_sale_answer": set(MIXES),
-    "inside_commit": {"cash+card", "card+card", "card-lost"},
+    "before_commit": {"cash+card", "card+card", "card-lost"},
     "after_commit": {"cash+card", "card+card", "card-lost"},
     "during_void": {"card+declined"},
 }

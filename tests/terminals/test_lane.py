@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gatewayd.errors import TerminalBusy, TerminalError
-from gatewayd.terminals.backoff import backoff_s
+from gatewayd.retry import backoff_s
 from gatewayd.terminals.lane import Capture, HealthCheck, Inquire, Lane, Sale, Settle, Void
 from gatewayd.terminals.outcomes import (
     Approved,
@@ -19,6 +19,7 @@ from gatewayd.terminals.outcomes import (
     Offline,
     SettleResult,
     Unknown,
+    Voided,
 )
 
 from .helpers import FakeClock, ScriptedDriver, running
@@ -102,9 +103,9 @@ async def test_a_late_1012_is_inquired_a_quick_one_is_final() -> None:
 
     def late_cancel() -> Declined:
         clock.now += 1.0  # the answer came when the terminal's own timeout ran out
-        return Declined(reference_id="r1", status_code="1012")
+        return Declined(reference_id="r1", status_code="1012", cancelled=True)
 
-    driver = ScriptedDriver(clock, sale=[late_cancel, Declined(reference_id="r2", status_code="1012")])
+    driver = ScriptedDriver(clock, sale=[late_cancel, Declined(reference_id="r2", status_code="1012", cancelled=True)])
     driver.scripts["status"] = [approved()]
     lane = make_lane(driver, clock)
     async with running(lane):
@@ -115,11 +116,13 @@ async def test_a_late_1012_is_inquired_a_quick_one_is_final() -> None:
 
 async def test_void_is_resolved_until_the_terminal_shows_it_voided() -> None:
     clock = FakeClock()
-    driver = ScriptedDriver(clock, void=[Unknown(reason="timeout")], status=[approved(), approved(voided=True)])
+    driver = ScriptedDriver(
+        clock, void=[Unknown(reason="timeout")], status=[approved(), Voided(reference_id="r1", amount=500)]
+    )
     lane = make_lane(driver, clock)
     async with running(lane):
         outcome = await lane.execute(Void("r1"))
-    assert isinstance(outcome, Approved) and outcome.voided
+    assert isinstance(outcome, Voided)
 
 
 async def test_a_void_that_never_applied_is_reported_not_applied() -> None:

@@ -17,6 +17,7 @@ from gatewayd.terminals.outcomes import (
     NotFound,
     Offline,
     Unknown,
+    Voided,
 )
 from gatewayd.terminals.spin import codec
 
@@ -243,13 +244,13 @@ def test_not_found_or_unrecognised_on_a_sale_is_unknown_never_declined(code: str
 def test_void_not_found_and_void_approved() -> None:
     assert isinstance(codec.parse_payment(answer("1001", "1"), op="void", ref=REF, requested=None), NotFound)
     ok = codec.parse_payment(answer("0000", Amounts={"Amount": 2}), op="void", ref=REF, requested=None)
-    assert isinstance(ok, Approved) and ok.voided and ok.amount == 200
+    assert isinstance(ok, Voided) and ok.amount == 200
 
 
 def test_status_reports_voided() -> None:
     data = answer("0000", Voided=True, Amounts={"Amount": "3.00"}, TransactionType="Sale")
     outcome = codec.parse_status(data, REF)
-    assert isinstance(outcome, Approved) and outcome.voided and outcome.amount == 300
+    assert isinstance(outcome, Voided) and outcome.amount == 300
 
 
 def test_numeric_status_code_is_padded() -> None:

@@ -29,6 +29,7 @@ from gatewayd.terminals.outcomes import (
     Outcome,
     SettleResult,
     Unknown,
+    Voided,
 )
 from gatewayd.terminals.spin.requests import (
     MAX_DOLLARS,
@@ -264,7 +265,6 @@ def _approved(answer: dict[str, Any], general: General, ref: str, requested: int
         batch_number=_text(answer.get("BatchNumber"), "BatchNumber")[:20],
         transaction_number=_text(answer.get("TransactionNumber"), "TransactionNumber")[:20],
         status_code=general.status_code,
-        voided=_bool(answer.get("Voided")),
         transaction_type=_text(answer.get("TransactionType"), "TransactionType").lower()[:20],
     )
 
@@ -284,11 +284,13 @@ def outcome_of(answer: dict[str, Any], *, op: str, ref: str, requested: int | No
             return Unknown(reason="approval code with an error ResultCode", status_code=code)
         _check_reference(answer, ref)
         outcome = _approved(answer, general, ref, requested, cls is CodeClass.PARTIAL)
-        if op == "void" and not outcome.voided:
-            return msgspec.structs.replace(outcome, voided=True)
+        if op == "void" or _bool(answer.get("Voided")):
+            return Voided(reference_id=ref, amount=outcome.amount, status_code=code)
         return outcome
     if cls in (CodeClass.DECLINED, CodeClass.CANCELLED):
-        return Declined(reference_id=ref, status_code=code, message=general.message)
+        return Declined(
+            reference_id=ref, status_code=code, message=general.message, cancelled=cls is CodeClass.CANCELLED
+        )
     if cls is CodeClass.BUSY:
         delay = general.delay_s if general.delay_s is not None else DEFAULT_BUSY_DELAY_S
         return Busy(retry_after_s=delay, status_code=code, message=general.message)

@@ -1,0 +1,600 @@
+"""Carries out the state machine's decisions: terminal I/O and fenced writes, one order at a time.
+
+`drive` loops `decide` -> execute until the order is final or can go no further for now (a
+terminal that cannot answer, a void that did not go through): then the lease is released and
+recovery asks again later. Every write of an order's state is fenced by its lease; a write
+refused for the lease stops this daemon driving that order (`LeaseLost`), and a step the SQL
+refuses for any other reason is an error with a metric (`TransitionRefused`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from gatewayd import failpoints
+from gatewayd.checkout import machine
+from gatewayd.checkout.errors import CheckoutError
+from gatewayd.checkout.errors import NotFound as NoSuchCheckout
+from gatewayd.checkout.machine import (
+    Asked,
+    Checkout,
+    Keep,
+    Step,
+    Tender,
+    TenderStatus,
+    answer_of,
+    decide,
+    not_found_late,
+    verdict,
+)
+from gatewayd.checkout.persistence import after_intent, best_effort
+from gatewayd.config import CheckoutConfig
+from gatewayd.errors import StoreError, TerminalBusy
+from gatewayd.retry import (
+    INQUIRY_BACKOFF,
+    VOID_ATTEMPTS,
+    VOID_BACKOFF,
+    backoff_s,
+    not_found_wait_s,
+)
+from gatewayd.store.checkouts import CheckoutStore, Written
+from gatewayd.terminals import ops
+from gatewayd.terminals.outcomes import Approved, Busy, NotFound, Outcome
+
+log = logging.getLogger(__name__)
+
+# Inquiries that get no definite answer before the order is left for the next recovery pass.
+INQUIRY_ATTEMPTS = 4
+
+
+class LaneLike(Protocol):
+    """What the executor needs of a terminal lane."""
+
+    @property
+    def state(self) -> str: ...
+
+    async def execute(self, op: Any, *, before_send: Any = None) -> Any: ...
+
+
+class Lanes(Protocol):
+    """The store's terminals, as the executor reaches them."""
+
+    def for_charge(self, terminal_id: str | None) -> LaneLike | None:
+        """A configured terminal's lane: new charges go only there."""
+        ...
+
+    def for_followup(self, terminal_id: str | None) -> LaneLike | None:
+        """Any lane that can still answer for its charges: inquiries, voids, captures, returns.
+        A terminal removed from the configuration keeps its last settings for this."""
+        ...
+
+    def timeout_s(self, terminal_id: str) -> int:
+        """The terminal's own transaction timeout."""
+        ...
+
+
+class LaneMap:
+    """`Lanes` over a plain mapping (every lane configured): the tests' and the simulation's."""
+
+    def __init__(self, lanes: Mapping[str, Any], default_timeout_s: int = 120) -> None:
+        self.lanes = lanes
+        self.default_timeout_s = default_timeout_s
+
+    def for_charge(self, terminal_id: str | None) -> LaneLike | None:
+        return self.lanes.get(terminal_id) if terminal_id is not None else None
+
+    def for_followup(self, terminal_id: str | None) -> LaneLike | None:
+        return self.for_charge(terminal_id)
+
+    def timeout_s(self, terminal_id: str) -> int:
+        lane = self.lanes.get(terminal_id)
+        return int(getattr(getattr(lane, "driver", None), "timeout_s", self.default_timeout_s))
+
+
+class CheckoutMetrics(Protocol):
+    """Hooks for metrics; the daemon passes the Prometheus implementation."""
+
+    def checkout_finished(self, outcome: str, seconds: float) -> None: ...
+    def tender_finished(self, tender_type: str, outcome: str) -> None: ...
+    def recovery_action(self, action: str) -> None: ...
+    def transition_refused(self, step: str) -> None: ...
+    def lease_lost(self) -> None: ...
+    def charge_settled(self, what: str) -> None: ...
+
+
+class NoMetrics:
+    def checkout_finished(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def tender_finished(self, tender_type: str, outcome: str) -> None:
+        pass
+
+    def recovery_action(self, action: str) -> None:
+        pass
+
+    def transition_refused(self, step: str) -> None:
+        pass
+
+    def lease_lost(self) -> None:
+        pass
+
+    def charge_settled(self, what: str) -> None:
+        pass
+
+
+class LeaseLost(Exception):
+    """This daemon no longer holds the order's lease: another may be driving it. Stop."""
+
+    def __init__(self, order_id: uuid.UUID) -> None:
+        super().__init__(f"lease of {order_id} lost")
+        self.order_id = order_id
+
+
+class TransitionRefused(CheckoutError):
+    """The database refused a step the state machine chose: the two disagree about the order."""
+
+    code = "internal_error"
+
+
+def _fields(outcome: Outcome | None) -> dict[str, Any]:
+    if isinstance(outcome, Approved):
+        return {
+            "approved_amount": outcome.amount,
+            "auth_code": outcome.auth_code or None,
+            "card_brand": outcome.card_brand or None,
+            "last4": outcome.last4 or None,
+            "batch_number": outcome.batch_number or None,
+            "transaction_number": outcome.transaction_number or None,
+            "status_code": outcome.status_code or None,
+        }
+    code: str = getattr(outcome, "status_code", "") or ""
+    return {"status_code": code} if code else {}
+
+
+def _message(outcome: Outcome) -> str:
+    text: str = getattr(outcome, "message", "") or getattr(outcome, "reason", "") or ""
+    return text or type(outcome).__name__.lower()
+
+
+_CARRIED = ("approved_amount", "auth_code", "card_brand", "last4", "status_code")
+
+
+class Executor:
+    """Drives orders by the machine's decisions, on the store's lanes, under leases."""
+
+    def __init__(
+        self,
+        store: CheckoutStore,
+        lanes: Lanes,
+        policy: CheckoutConfig,
+        *,
+        owner: str,
+        lease_s: float = 600.0,
+        metrics: CheckoutMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.lanes = lanes
+        self.policy = policy
+        self.owner = owner
+        self.lease_s = lease_s
+        self.metrics: CheckoutMetrics = metrics or NoMetrics()
+        self._driving: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: Counter[uuid.UUID] = Counter()
+        self._lost: set[uuid.UUID] = set()
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+
+    # ---------------------------------------------------------------- tasks and leases
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """A task this executor tracks (drained at shutdown)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def tasks(self) -> set[asyncio.Task[Any]]:
+        return self._tasks
+
+    @property
+    def driving(self) -> set[uuid.UUID]:
+        """Orders this process is driving right now."""
+        return set(self._driving)
+
+    def busy_with(self, order_id: uuid.UUID) -> bool:
+        """True while this process drives the order or runs a reversal of it."""
+        return order_id in self._driving or self._held[order_id] > 0
+
+    def _hold(self, order_id: uuid.UUID) -> None:
+        if self._held[order_id] == 0:
+            self._lost.discard(order_id)
+        self._held[order_id] += 1
+
+    def _let_go(self, order_id: uuid.UUID) -> bool:
+        """Drop one hold; True when it was the last."""
+        self._held[order_id] -= 1
+        if self._held[order_id] > 0:
+            return False
+        del self._held[order_id]
+        self._lost.discard(order_id)
+        return True
+
+    def check_lease(self, order_id: uuid.UUID) -> None:
+        if order_id in self._lost:
+            raise LeaseLost(order_id)
+
+    def _lease(self, written: Written, order_id: uuid.UUID) -> bool:
+        """Raise LeaseLost for a write refused for the lease; True when the write happened."""
+        if written == "lease_lost":
+            self._lost.add(order_id)
+            raise LeaseLost(order_id)
+        return written == "ok"
+
+    @contextlib.asynccontextmanager
+    async def leased(self, order_id: uuid.UUID) -> AsyncIterator[bool]:
+        """Work on an order outside its checkout (capture, void, refund): one at a time in this
+        process, and across daemons only under the order's lease. Yields False when another
+        daemon holds the lease."""
+        lock = self._locks.setdefault(order_id, asyncio.Lock())
+        async with lock:
+            taken = await after_intent(lambda: self.store.take_lease(order_id, self.owner, self.lease_s))
+            if taken is None:
+                raise NoSuchCheckout("no such checkout")
+            if not taken:
+                yield False
+                return
+            self._hold(order_id)
+            try:
+                yield True
+            finally:
+                if self._let_go(order_id) and order_id not in self._driving:
+                    await best_effort(self.store.release_lease(order_id, self.owner))
+        if not lock.locked():
+            self._locks.pop(order_id, None)
+
+    async def renew_leases(self) -> set[uuid.UUID]:
+        """Extend every lease this process holds; returns (and stops driving) those it lost."""
+        ids = [oid for oid, n in self._held.items() if n > 0]
+        if not ids:
+            return set()
+        renewed = await self.store.renew_leases(ids, self.owner, self.lease_s)
+        lost = set(ids) - renewed - self._lost
+        for order_id in lost:
+            log.error("lease of checkout %s lost: another daemon may drive it; this one stops", order_id)
+            self.metrics.lease_lost()
+        self._lost |= lost
+        return lost
+
+    async def renew_forever(self) -> None:
+        """The lease heartbeat: a third of the lease, so that two misses still leave time."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.renew_leases()
+            except StoreError as exc:
+                log.warning("lease renewal failed: %s", exc.message)
+
+    # ---------------------------------------------------------------- driving an order
+
+    async def drive(self, order_id: uuid.UUID, *, charge_pending: bool, checkout: Checkout | None = None) -> None:
+        """Drive the order as far as it goes now; once at a time in this process (recovery and
+        retries join). `checkout`: the order just prepared, so that it need not be read back."""
+        running = self._driving.get(order_id)
+        if running is None:
+            running = self.spawn(self._drive(order_id, charge_pending, checkout))
+            self._driving[order_id] = running
+            running.add_done_callback(lambda _: self._driving.pop(order_id, None))
+        await asyncio.shield(running)
+
+    async def _drive(self, order_id: uuid.UUID, charge_pending: bool, checkout: Checkout | None) -> None:
+        self._hold(order_id)
+        try:
+            current = checkout or await after_intent(lambda: self.store.load(order_id=order_id))
+            while current is not None:
+                step = decide(current, charge_pending=charge_pending)
+                if isinstance(step, machine.Done):
+                    return
+                self.check_lease(order_id)
+                current = await self._execute(current, step)
+        except LeaseLost:
+            log.warning("checkout %s: lease lost; another daemon finishes it", order_id)
+            self.metrics.lease_lost()
+        finally:
+            self._let_go(order_id)
+
+    async def _execute(self, c: Checkout, step: Step) -> Checkout | None:
+        """One step; the checkout as it is after it, or None to stop here for now."""
+        if isinstance(step, machine.Charge):
+            return await self._charge(c, step.tender)
+        if isinstance(step, machine.Inquire):
+            return await self._inquire(c, step.tender)
+        if isinstance(step, machine.VoidCharge):
+            if not await self.void_charge(step.tender):
+                log.error("checkout %s: void of %s not done; recovery retries", c.order.id, step.tender.reference_id)
+                return await self._park(c)
+            return await self._reload(c)
+        if isinstance(step, machine.Commit):
+            await self._commit(c)
+            return None
+        assert isinstance(step, machine.Fail)
+        await self._fail(c, step)
+        return None
+
+    async def _reload(self, c: Checkout) -> Checkout | None:
+        return await after_intent(lambda: self.store.load(order_id=c.order.id))
+
+    async def _park(self, c: Checkout) -> Checkout | None:
+        """Nothing more can be done now: let the lease go so that recovery (ours or another
+        daemon's) picks the order up again."""
+        await best_effort(self.store.release_lease(c.order.id, self.owner))
+        return None
+
+    async def _charge(self, c: Checkout, t: Tender) -> Checkout | None:
+        lane = self.lanes.for_charge(t.terminal_id)
+        if lane is None:
+            failed = await self._record(
+                c,
+                t,
+                TenderStatus.FAILED,
+                failure_code="unknown_terminal",
+                last_error="terminal no longer configured: not charged",
+                from_=(TenderStatus.PENDING,),
+            )
+            return failed
+        op: ops.Op = ops.Auth(t.reference_id, t.amount) if t.operation == "auth" else ops.Sale(t.reference_id, t.amount)
+        marked: Written | None = None
+        on_the_wire: asyncio.Task[None] | None = None
+
+        async def before_send() -> bool:
+            # The intent, stamped when the request really leaves (after any queue wait), on the
+            # database's clock: a "not found" is believed only a terminal timeout after it.
+            nonlocal marked, on_the_wire
+            marked = await after_intent(lambda: self.store.mark_sent(c.order.id, t.id, self.owner))
+            if marked == "ok":
+                on_the_wire = failpoints.soon("after_sale_sent", 0.3)  # the request has left by then
+            return marked == "ok"
+
+        try:
+            outcome = await lane.execute(op, before_send=before_send)
+        except TerminalBusy:
+            return await self._record(
+                c,
+                t,
+                TenderStatus.FAILED,
+                failure_code="terminal_busy",
+                last_error="terminal queue full: not sent, nothing charged",
+                from_=(TenderStatus.PENDING,),
+            )
+        await failpoints.join(on_the_wire)
+        if marked is not None and not self._lease(marked, c.order.id):
+            log.info("checkout %s: moved on before its charge was sent; not charged", c.order.id)
+            return None
+        await failpoints.hit("after_sale_answer")
+        return await self._apply(c, msgspec.structs.replace(t, status=TenderStatus.PROCESSING), Asked.CHARGE, outcome)
+
+    async def _inquire(self, c: Checkout, t: Tender) -> Checkout | None:
+        """A tender whose answer was never stored: ask its terminal until it says something definite."""
+        lane = self.lanes.for_followup(t.terminal_id)
+        if lane is None:
+            log.error(
+                "checkout %s: tender %s is in doubt on terminal %s, which is gone; the operator must resolve it",
+                c.order.id,
+                t.reference_id,
+                t.terminal_id,
+            )
+            return await self._park(c)
+        attempt = 0
+        while True:
+            self.check_lease(c.order.id)
+            fresh = await after_intent(functools.partial(self.store.tender, t.id))
+            if fresh is None:
+                return None
+            t, now = fresh  # sent_at read again: another send may have stamped it since
+            if t.status not in machine.IN_DOUBT:
+                return await self._reload(c)
+            try:
+                outcome: Outcome = await lane.execute(ops.Inquire(t.reference_id))
+            except TerminalBusy:
+                outcome = Busy(retry_after_s=1.0)
+            late = not_found_late(t, now)
+            decided = verdict(Asked.INQUIRY, outcome, t, late=late)
+            if decided is Keep.WAIT:
+                wait_s = not_found_wait_s(t.timeout_s) - machine.elapsed_s(t, now)
+                await asyncio.sleep(max(0.05, min(2.0, wait_s)))
+                continue
+            if decided is Keep.ASK_AGAIN:
+                if t.status != TenderStatus.UNKNOWN or t.last_error != f"inquiry: {_message(outcome)}":
+                    await self._record(c, t, TenderStatus.UNKNOWN, last_error=f"inquiry: {_message(outcome)}")
+                attempt += 1
+                if attempt >= INQUIRY_ATTEMPTS:
+                    log.warning(
+                        "checkout %s: tender %s still undecided (%s); left for recovery",
+                        c.order.id,
+                        t.reference_id,
+                        _message(outcome),
+                    )
+                    return await self._park(c)
+                await asyncio.sleep(backoff_s(attempt, *INQUIRY_BACKOFF))
+                continue
+            return await self._apply(c, t, Asked.INQUIRY, outcome, late=late)
+
+    async def _apply(
+        self, c: Checkout, t: Tender, asked: Asked, outcome: Outcome, *, late: bool = False
+    ) -> Checkout | None:
+        """Store what the answer makes of the tender (the machine's table) and carry on."""
+        decided = verdict(asked, outcome, t, late=late)
+        if isinstance(decided, Keep):
+            return await self._record(
+                c, t, TenderStatus.UNKNOWN, outcome=outcome, last_error=f"outcome unknown: {_message(outcome)}"
+            )
+        failure_code = None
+        last_error = None
+        if decided in machine.NOT_CHARGED:
+            answer = answer_of(outcome, t, late=late)
+            failure_code = machine.FAILURE_CODES.get(answer, "card_not_charged")
+            last_error = _message(outcome)
+            if isinstance(outcome, NotFound):
+                last_error = "the terminal has no record of the charge: not charged"
+        self.metrics.tender_finished("card", decided.value)
+        return await self._record(c, t, decided, outcome=outcome, failure_code=failure_code, last_error=last_error)
+
+    async def _record(
+        self,
+        c: Checkout,
+        t: Tender,
+        status: TenderStatus,
+        *,
+        outcome: Outcome | None = None,
+        failure_code: str | None = None,
+        last_error: str | None = None,
+        from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
+    ) -> Checkout | None:
+        await self.record(t, status, outcome=outcome, failure_code=failure_code, last_error=last_error, from_=from_)
+        fields = {k: v for k, v in _fields(outcome).items() if k in _CARRIED}
+        changed = msgspec.structs.replace(t, status=status, failure_code=failure_code, last_error=last_error, **fields)
+        return c.with_tender(changed)
+
+    async def record(
+        self,
+        t: Tender,
+        status: TenderStatus,
+        *,
+        outcome: Outcome | None = None,
+        failure_code: str | None = None,
+        last_error: str | None = None,
+        from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
+    ) -> bool:
+        """Store an answer for a transaction (a tender or a refund's Return), fenced by its order's lease."""
+        fields = _fields(outcome)
+        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower(), **fields}
+        audit = {"reference_id": t.reference_id, **({"error": last_error} if last_error else {})}
+        written = await after_intent(
+            lambda: self.store.record_tender(
+                t.id,
+                status,
+                self.owner,
+                from_statuses=from_,
+                raw=raw,
+                last_error=last_error,
+                failure_code=failure_code,
+                audit=audit,
+                **fields,
+            )
+        )
+        return self._lease(written, t.order_id)
+
+    async def void_charge(self, t: Tender) -> bool:
+        """Void an approved charge, retrying; True once decided (voided, or settled: it stands and
+        needs a Return), False when it could not be done for now."""
+        lane = self.lanes.for_followup(t.terminal_id)
+        if lane is None:
+            return False
+        # The void's intent first: if we die with the void in flight, recovery asks the terminal.
+        self._lease(await after_intent(lambda: self.store.mark_void_requested(t.id, self.owner)), t.order_id)
+        for attempt in range(VOID_ATTEMPTS):
+            await failpoints.hit("during_void")
+            try:
+                outcome: Outcome = await lane.execute(ops.Void(t.reference_id, t.approved_amount or t.amount))
+            except TerminalBusy:
+                outcome = Busy(retry_after_s=1.0)
+            decided = verdict(Asked.VOID, outcome, t, late=True)
+            if decided == TenderStatus.VOIDED:
+                from_ = (TenderStatus.APPROVED, TenderStatus.PROCESSING, TenderStatus.UNKNOWN)
+                await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_)
+                self.metrics.tender_finished("card", "voided")
+                return True
+            if decided is Keep.SETTLED:
+                await self.settled(t, "void: the batch is closed; the charge stands and needs a refund")
+                return True
+            log.warning(
+                "void of %s on %s: %s (attempt %d)", t.reference_id, t.terminal_id, type(outcome).__name__, attempt + 1
+            )
+            await asyncio.sleep(backoff_s(attempt, *VOID_BACKOFF))
+        return False
+
+    async def settled(self, t: Tender, reason: str) -> None:
+        """A known-approved charge that its terminal no longer has open: it stays approved, is
+        marked settled, and is alerted on (it needs a Return, never a Void)."""
+        self._lease(await after_intent(lambda: self.store.mark_settled(t.id, self.owner, reason)), t.order_id)
+        what = "capture" if t.capture_status == "pending" else "void"
+        self.metrics.charge_settled(what)
+        log.error(
+            "ALERT: %s of %s on %s answered 'not found' (batch closed): %s", what, t.reference_id, t.terminal_id, reason
+        )
+
+    def _refused(self, step: str, order_id: uuid.UUID, result: dict[str, Any]) -> TransitionRefused:
+        self.metrics.transition_refused(step)
+        return TransitionRefused(
+            f"the database refused to {step} checkout {order_id}: {result.get('outcome')}",
+            details={"checkout_id": str(order_id), "step": step, "stored_status": result.get("status")},
+        )
+
+    async def _commit(self, c: Checkout) -> None:
+        # Never void because the database blinked: the charge stands, the commit is retried.
+        await failpoints.hit("before_commit")
+        order_id = c.order.id
+        result = await after_intent(
+            lambda: self.store.commit(
+                order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit, self.owner
+            )
+        )
+        if result["outcome"] == "lease_lost":
+            self._lost.add(order_id)
+            raise LeaseLost(order_id)
+        if result["outcome"] not in ("completed", "already"):
+            raise self._refused("commit", order_id, result)
+        for t in c.payments:
+            if t.tender_type == "cash":
+                self.metrics.tender_finished("cash", "approved")
+        log.info("checkout %s: completed", order_id)
+        await failpoints.hit("after_commit")
+        if self.policy.card_mode == "auth_capture":
+            await self.capture_pending(order_id)
+
+    async def _fail(self, c: Checkout, step: machine.Fail) -> None:
+        order_id = c.order.id
+        result = await after_intent(
+            lambda: self.store.fail(order_id, step.failure.code, step.failure.message, step.status, self.owner)
+        )
+        if result["outcome"] == "lease_lost":
+            self._lost.add(order_id)
+            raise LeaseLost(order_id)
+        if result["outcome"] not in ("payment_failed", "cancelled", "already"):
+            raise self._refused("fail", order_id, result)
+        log.info("checkout %s: %s (%s)", order_id, result.get("outcome"), step.failure.message)
+
+    async def capture_pending(self, order_id: uuid.UUID | None = None) -> int:
+        """Capture authorizations of completed orders (right after commit, and from recovery)."""
+        done = 0
+        for t in await after_intent(self.store.claim_uncaptured):
+            if order_id is not None and t.order_id != order_id:
+                continue
+            lane = self.lanes.for_followup(t.terminal_id)
+            if lane is None:
+                continue
+            async with self.leased(t.order_id) as ok:
+                if not ok:
+                    continue
+                try:
+                    outcome = await lane.execute(ops.Capture(t.reference_id, t.approved_amount or t.amount))
+                except TerminalBusy:
+                    continue
+                if isinstance(outcome, Approved):
+                    written = await after_intent(functools.partial(self.store.set_captured, t.id, self.owner))
+                    self._lease(written, t.order_id)
+                    done += 1
+                elif isinstance(outcome, NotFound):
+                    await self.settled(t, "capture: the batch closed before the capture; the hold is lost")
+                else:
+                    log.warning("capture of %s: %s; will retry", t.reference_id, type(outcome).__name__)
+        return done

@@ -1,0 +1,463 @@
+"""The checkout state machine, in one place.
+
+An order's life is decided here and nowhere else:
+
+* the statuses of orders and tenders (enums that match the SQL `CHECK`s),
+* the typed rows the store hands up (`Order`, `Tender`, `Refund`, `Checkout`),
+* what a terminal's answer makes of a tender (`ANSWERS`, one row per question and answer),
+* the next step of an order from its stored state (`decide`): charge the next tender, inquire,
+  void a charge, commit, fail, or leave it for later.
+
+Everything here is pure: no I/O, no clock of its own (the database's `now()` comes in with the
+rows). The live checkout, recovery, reversals and the simulation all execute these decisions
+(`gatewayd/checkout/executor.py`); the SQL functions guard the same transitions and refuse any
+step that does not fit the stored state. `docs/checkout-states.md` draws the tables below, and
+a test keeps the drawing and the tables in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from gatewayd.retry import not_found_believable
+from gatewayd.terminals.outcomes import (
+    Approved,
+    Busy,
+    Declined,
+    Misconfigured,
+    NotFound,
+    Offline,
+    Outcome,
+    Unknown,
+    Voided,
+)
+
+
+class OrderStatus(enum.StrEnum):
+    """orders.status"""
+
+    PENDING_PAYMENT = "pending_payment"
+    PAYMENT_PROCESSING = "payment_processing"
+    PAYMENT_AUTHORIZED = "payment_authorized"
+    COMPLETED = "completed"
+    PAYMENT_FAILED = "payment_failed"
+    CANCELLED = "cancelled"
+    VOIDED = "voided"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+
+class PaymentStatus(enum.StrEnum):
+    """orders.payment_status"""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    AUTHORIZED = "authorized"
+    PAID = "paid"
+    FAILED = "failed"
+    VOIDED = "voided"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+
+class TenderStatus(enum.StrEnum):
+    """payment_transactions.status"""
+
+    PENDING = "pending"  # recorded, never sent
+    PROCESSING = "processing"  # sent, no answer stored yet
+    APPROVED = "approved"
+    DECLINED = "declined"
+    FAILED = "failed"  # certainly not charged (never started, or not found after the deadline)
+    UNKNOWN = "unknown"  # may have charged: ask again
+    VOIDED = "voided"
+    REFUNDED = "refunded"  # a settled charge of an order that did not complete, returned in full
+
+
+class RefundStatus(enum.StrEnum):
+    """refunds.status"""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+OPEN_ORDER = frozenset({OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_PROCESSING, OrderStatus.PAYMENT_AUTHORIZED})
+COMPLETED_ORDER = frozenset({OrderStatus.COMPLETED, OrderStatus.REFUNDED, OrderStatus.PARTIALLY_REFUNDED})
+FINAL_ORDER = frozenset(OrderStatus) - OPEN_ORDER
+# A tender in doubt: it may have charged, only the terminal can say.
+IN_DOUBT = frozenset({TenderStatus.PROCESSING, TenderStatus.UNKNOWN})
+# A tender certainly not charging the customer.
+NOT_CHARGED = frozenset({TenderStatus.DECLINED, TenderStatus.FAILED, TenderStatus.VOIDED})
+# Statuses a terminal answer may move a tender out of.
+OPEN_TENDER = frozenset({TenderStatus.PENDING, TenderStatus.PROCESSING, TenderStatus.UNKNOWN})
+
+
+# Every move a tender may make; the SQL and the executor never make another.
+TENDER_TRANSITIONS: frozenset[tuple[TenderStatus, TenderStatus]] = frozenset(
+    {
+        (TenderStatus.PENDING, TenderStatus.PROCESSING),  # the request leaves
+        (TenderStatus.PENDING, TenderStatus.FAILED),  # never sent (withdrawn, terminal gone, order failed)
+        (TenderStatus.PENDING, TenderStatus.APPROVED),  # cash, at commit
+        (TenderStatus.PENDING, TenderStatus.VOIDED),  # cash, when the order fails
+        (TenderStatus.PROCESSING, TenderStatus.PROCESSING),  # sent again after a busy answer
+        (TenderStatus.PROCESSING, TenderStatus.APPROVED),
+        (TenderStatus.PROCESSING, TenderStatus.DECLINED),
+        (TenderStatus.PROCESSING, TenderStatus.FAILED),
+        (TenderStatus.PROCESSING, TenderStatus.UNKNOWN),
+        (TenderStatus.PROCESSING, TenderStatus.VOIDED),
+        (TenderStatus.UNKNOWN, TenderStatus.PROCESSING),
+        (TenderStatus.UNKNOWN, TenderStatus.UNKNOWN),
+        (TenderStatus.UNKNOWN, TenderStatus.APPROVED),
+        (TenderStatus.UNKNOWN, TenderStatus.DECLINED),
+        (TenderStatus.UNKNOWN, TenderStatus.FAILED),
+        (TenderStatus.UNKNOWN, TenderStatus.VOIDED),
+        (TenderStatus.APPROVED, TenderStatus.VOIDED),  # a void went through (or the keypad voided it)
+        (TenderStatus.APPROVED, TenderStatus.REFUNDED),  # an orphan's settled charge, returned
+    }
+)
+
+
+# ------------------------------------------------------------------ rows
+
+
+class Tender(msgspec.Struct, frozen=True, kw_only=True):
+    """One payment_transactions row (a checkout's tender, or a refund's Return)."""
+
+    id: uuid.UUID
+    order_id: uuid.UUID
+    kind: Literal["payment", "refund"]
+    tender_index: int
+    tender_type: Literal["cash", "card"]
+    operation: Literal["cash", "sale", "auth", "return"]
+    amount: int
+    status: TenderStatus
+    reference_id: str
+    refund_id: uuid.UUID | None = None
+    approved_amount: int | None = None
+    tendered: int | None = None
+    capture_status: Literal["pending", "captured"] | None = None
+    payment_processor_id: str | None = None
+    auth_code: str | None = None
+    card_brand: str | None = None
+    last4: str | None = None
+    status_code: str | None = None
+    failure_code: str | None = None
+    last_error: str | None = None
+    timeout_s: int | None = None
+    sent_at: datetime | None = None
+    attempts: int = 0
+    void_requested_at: datetime | None = None
+    settled_at: datetime | None = None
+
+    @property
+    def terminal_id(self) -> str | None:
+        return self.payment_processor_id
+
+    @property
+    def is_card_payment(self) -> bool:
+        return self.kind == "payment" and self.tender_type == "card"
+
+    @property
+    def partial(self) -> bool:
+        """Approved for less than asked: not enough for the tender, to be voided."""
+        return self.status == TenderStatus.APPROVED and (self.approved_amount or 0) < self.amount
+
+    @property
+    def settled(self) -> bool:
+        """Its batch closed while it was approved: it can no longer be voided, only returned."""
+        return self.settled_at is not None
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    """One orders row."""
+
+    id: uuid.UUID
+    order_number: str
+    status: OrderStatus
+    payment_status: PaymentStatus
+    idempotency_key: str
+    request_hash: str
+    card_mode: Literal["sale", "auth_capture"]
+    subtotal: int
+    tax: int
+    discount: int
+    total: int
+    change_due: int
+    refunded_amount: int
+    currency: str
+    created_at: datetime | None = None  # None only for an order just prepared, never shown
+    register_id: str | None = None
+    customer_id: str | None = None
+    loyalty_points: int = 0
+    failure_code: str | None = None
+    failure_reason: str | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class Refund(msgspec.Struct, frozen=True, kw_only=True):
+    """One refunds row."""
+
+    id: uuid.UUID
+    order_id: uuid.UUID
+    amount: int
+    status: RefundStatus
+    restock: bool = False
+    failure_reason: str | None = None
+
+
+class Checkout(msgspec.Struct, frozen=True, kw_only=True):
+    """An order with its tenders and refunds, read at `now` on the database's clock."""
+
+    order: Order
+    tenders: tuple[Tender, ...]
+    refunds: tuple[Refund, ...] = ()
+    now: datetime | None = None
+
+    @property
+    def payments(self) -> tuple[Tender, ...]:
+        return tuple(t for t in self.tenders if t.kind == "payment")
+
+    @property
+    def cards(self) -> tuple[Tender, ...]:
+        return tuple(t for t in self.tenders if t.is_card_payment)
+
+    def with_tender(self, tender: Tender) -> Checkout:
+        """This checkout with one tender replaced (after a write the executor made)."""
+        return msgspec.structs.replace(self, tenders=tuple(tender if t.id == tender.id else t for t in self.tenders))
+
+
+def row(type_: type[Any], record: Mapping[str, Any]) -> Any:
+    """A typed row from an asyncpg record (or any mapping of columns); extra columns are ignored."""
+    return msgspec.convert(dict(record), type_, from_attributes=False, strict=False)
+
+
+def tenders_of(records: Iterable[Mapping[str, Any]]) -> tuple[Tender, ...]:
+    return tuple(row(Tender, r) for r in records)
+
+
+# ------------------------------------------------------------------ what an answer makes of a tender
+
+
+class Asked(enum.StrEnum):
+    """What the terminal was asked about a tender."""
+
+    CHARGE = "charge"  # the Sale or Auth itself
+    INQUIRY = "inquiry"  # Status of a charge in doubt
+    VOID = "void"  # a Void of an approved charge
+
+
+class Answer(enum.StrEnum):
+    """A terminal's answer, as the machine tells them apart."""
+
+    APPROVED = "approved"
+    PARTIAL = "partial"  # approved for less than asked
+    VOIDED = "voided"
+    DECLINED = "declined"
+    NOT_FOUND = "not_found"  # "no such transaction", before it may be believed
+    NOT_FOUND_LATE = "not_found_late"  # "no such transaction", past the terminal's own deadline
+    BUSY = "busy"
+    OFFLINE = "offline"
+    MISCONFIGURED = "misconfigured"
+    UNKNOWN = "unknown"
+
+
+class Keep(enum.StrEnum):
+    """An answer that decides nothing: the tender keeps its status."""
+
+    ASK_AGAIN = "ask again"  # in doubt, inquire again (with backoff)
+    WAIT = "wait"  # "not found" too early: ask again once the deadline has passed
+    VOID_AGAIN = "void again"  # the void did not go through: retry it, the charge stands
+    SETTLED = "settled"  # the batch closed: the charge stands and needs a Return, never a Void
+
+
+Verdict = TenderStatus | Keep
+
+# One row per (question, answer). Only a definitive answer decides a tender: approved, declined,
+# voided, or "not found" after the terminal's own deadline. Everything else keeps asking.
+ANSWERS: dict[tuple[Asked, Answer], Verdict] = {
+    (Asked.CHARGE, Answer.APPROVED): TenderStatus.APPROVED,
+    (Asked.CHARGE, Answer.PARTIAL): TenderStatus.APPROVED,  # then voided: not enough for the tender
+    (Asked.CHARGE, Answer.VOIDED): TenderStatus.VOIDED,
+    (Asked.CHARGE, Answer.DECLINED): TenderStatus.DECLINED,
+    (Asked.CHARGE, Answer.NOT_FOUND): Keep.WAIT,
+    (Asked.CHARGE, Answer.NOT_FOUND_LATE): TenderStatus.FAILED,
+    (Asked.CHARGE, Answer.BUSY): TenderStatus.FAILED,  # refused before it started: nothing charged
+    (Asked.CHARGE, Answer.OFFLINE): TenderStatus.FAILED,  # never reached the terminal
+    (Asked.CHARGE, Answer.MISCONFIGURED): TenderStatus.FAILED,  # refused by the proxy: never started
+    (Asked.CHARGE, Answer.UNKNOWN): TenderStatus.UNKNOWN,
+    (Asked.INQUIRY, Answer.APPROVED): TenderStatus.APPROVED,
+    (Asked.INQUIRY, Answer.PARTIAL): TenderStatus.APPROVED,
+    (Asked.INQUIRY, Answer.VOIDED): TenderStatus.VOIDED,
+    (Asked.INQUIRY, Answer.DECLINED): TenderStatus.DECLINED,
+    (Asked.INQUIRY, Answer.NOT_FOUND): Keep.WAIT,
+    (Asked.INQUIRY, Answer.NOT_FOUND_LATE): TenderStatus.FAILED,
+    (Asked.INQUIRY, Answer.BUSY): Keep.ASK_AGAIN,
+    (Asked.INQUIRY, Answer.OFFLINE): Keep.ASK_AGAIN,
+    (Asked.INQUIRY, Answer.MISCONFIGURED): Keep.ASK_AGAIN,
+    (Asked.INQUIRY, Answer.UNKNOWN): Keep.ASK_AGAIN,
+    (Asked.VOID, Answer.VOIDED): TenderStatus.VOIDED,
+    (Asked.VOID, Answer.APPROVED): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.PARTIAL): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.DECLINED): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.NOT_FOUND): Keep.SETTLED,  # we know it was approved: "not found" is never "not charged"
+    (Asked.VOID, Answer.NOT_FOUND_LATE): Keep.SETTLED,
+    (Asked.VOID, Answer.BUSY): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.OFFLINE): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.MISCONFIGURED): Keep.VOID_AGAIN,
+    (Asked.VOID, Answer.UNKNOWN): Keep.VOID_AGAIN,
+}
+
+
+def answer_of(outcome: Outcome, tender: Tender, *, late: bool) -> Answer:
+    """Classify a typed terminal outcome for the table (`late`: past the not-found deadline)."""
+    if isinstance(outcome, Approved):
+        return Answer.PARTIAL if outcome.amount < tender.amount else Answer.APPROVED
+    if isinstance(outcome, Voided):
+        return Answer.VOIDED
+    if isinstance(outcome, Declined):
+        return Answer.DECLINED
+    if isinstance(outcome, NotFound):
+        return Answer.NOT_FOUND_LATE if late else Answer.NOT_FOUND
+    if isinstance(outcome, Busy):
+        return Answer.BUSY
+    if isinstance(outcome, Offline):
+        return Answer.OFFLINE
+    if isinstance(outcome, Misconfigured):
+        return Answer.MISCONFIGURED
+    assert isinstance(outcome, Unknown)
+    return Answer.UNKNOWN
+
+
+def verdict(asked: Asked, outcome: Outcome, tender: Tender, *, late: bool) -> Verdict:
+    """What `outcome` (the answer to `asked` about `tender`) makes of the tender."""
+    return ANSWERS[(asked, answer_of(outcome, tender, late=late))]
+
+
+def elapsed_s(tender: Tender, now: datetime | None) -> float:
+    """Seconds since the tender's request last left, on the database's clock (0 if never sent)."""
+    if tender.sent_at is None or now is None:
+        return 0.0
+    return (now - tender.sent_at).total_seconds()
+
+
+def not_found_late(tender: Tender, now: datetime | None) -> bool:
+    """True once a "not found" for this tender may be believed (the one rule, gatewayd.retry)."""
+    return tender.sent_at is not None and not_found_believable(elapsed_s(tender, now), tender.timeout_s)
+
+
+# ------------------------------------------------------------------ failures
+
+
+class Failure(msgspec.Struct, frozen=True):
+    """Why a checkout is rolled back: the API error code and a sentence for the cashier."""
+
+    code: str
+    message: str
+
+
+# What the POS is told for each way a tender can end without charging.
+FAILURE_CODES = {
+    Answer.DECLINED: "card_declined",
+    Answer.NOT_FOUND_LATE: "card_not_charged",
+    Answer.BUSY: "terminal_busy",
+    Answer.OFFLINE: "terminal_offline",
+    Answer.MISCONFIGURED: "terminal_misconfigured",
+    Answer.VOIDED: "card_voided",
+    Answer.PARTIAL: "partial_approval",
+}
+
+
+def failure_of(tender: Tender) -> Failure:
+    """The failure a tender that did not charge stands for."""
+    code = tender.failure_code or ("card_declined" if tender.status == TenderStatus.DECLINED else "card_not_charged")
+    return Failure(code, tender.last_error or f"tender {tender.status}")
+
+
+# ------------------------------------------------------------------ the next step of an order
+
+
+class Charge(msgspec.Struct, frozen=True):
+    """Send the tender's Sale or Auth."""
+
+    tender: Tender
+
+
+class Inquire(msgspec.Struct, frozen=True):
+    """Ask the terminal what became of a tender in doubt."""
+
+    tender: Tender
+
+
+class VoidCharge(msgspec.Struct, frozen=True):
+    """Void an approved charge (a partial approval, or a rollback)."""
+
+    tender: Tender
+
+
+class Commit(msgspec.Struct, frozen=True):
+    """Every tender approved for its amount: complete the order."""
+
+
+class Fail(msgspec.Struct, frozen=True):
+    """Nothing charges the customer any more (or what does can only be returned): fail the order."""
+
+    failure: Failure
+    status: OrderStatus = OrderStatus.PAYMENT_FAILED
+
+
+class Done(msgspec.Struct, frozen=True):
+    """The order is final: nothing to do."""
+
+
+Step = Charge | Inquire | VoidCharge | Commit | Fail | Done
+
+ABANDONED = Failure("abandoned", "the checkout stopped before this card was charged: not charged")
+
+
+def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
+    """The next step of an order, from its stored state alone.
+
+    `charge_pending`: a tender never sent may be sent now (the live checkout); recovery passes
+    False, since a card flow interrupted before it started cannot be resumed without the customer.
+
+    1. a final order: done;
+    2. a tender in doubt: inquire (nothing is decided while a charge may stand unknown);
+    3. a partial approval: void it (never enough for its tender);
+    4. a tender that did not charge (or one that may no longer be sent): void every approved
+       charge that can still be voided, then fail the order; settled charges stay, as orphans
+       that need a Return;
+    5. a tender not yet sent: charge it, one at a time in order;
+    6. all approved: commit.
+    """
+    if checkout.order.status not in OPEN_ORDER:
+        return Done()
+    cards = checkout.cards
+    for t in cards:
+        if t.status in IN_DOUBT:
+            return Inquire(t)
+    for t in cards:
+        if t.partial and not t.settled:
+            return VoidCharge(t)
+    failed = next((t for t in cards if t.status in NOT_CHARGED), None)
+    pending = next((t for t in cards if t.status == TenderStatus.PENDING), None)
+    stuck_partial = next((t for t in cards if t.partial), None)
+    if failed is not None or stuck_partial is not None or (pending is not None and not charge_pending):
+        for t in cards:
+            if t.status == TenderStatus.APPROVED and not t.settled:
+                return VoidCharge(t)
+        if failed is not None:
+            return Fail(failure_of(failed))
+        if stuck_partial is not None:
+            return Fail(Failure("partial_approval", "partial approval in a closed batch: to be returned"))
+        return Fail(ABANDONED)
+    if pending is not None:
+        return Charge(pending)
+    return Commit()
