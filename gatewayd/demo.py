@@ -8,12 +8,12 @@ import logging
 import socket
 from pathlib import Path
 
-import asyncpg
-
 from gatewayd import daemon
 from gatewayd.config import Config, parse
 from gatewayd.store import migrate
+from gatewayd.store.db import Database
 from gatewayd.store.embedded import EmbeddedPostgres
+from gatewayd.store.maintenance import MaintenanceStore
 from gatewayd.terminals.simulator.server import running_simulator
 
 log = logging.getLogger("gatewayd.demo")
@@ -57,15 +57,12 @@ def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) ->
 
 
 async def _seed_catalog(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
+    db = Database(dsn, pool_min=1, pool_max=1)
+    await db.open()
     try:
-        await conn.executemany(
-            "INSERT INTO inventory (store_id, sku, name, on_hand) VALUES ('demo-store', $1, $2, $3)"
-            " ON CONFLICT (store_id, sku) DO NOTHING",
-            CATALOG,
-        )
+        await MaintenanceStore(db, "demo-store").seed_inventory(list(CATALOG))
     finally:
-        await conn.close()
+        await db.close()
 
 
 def _ready_text(config: Config, sim_url: str, metrics_url: str) -> str:
@@ -123,9 +120,5 @@ async def run_demo(state_dir: Path) -> int:
 
 
 async def _migrate_and_seed(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate.apply(conn)
-    finally:
-        await conn.close()
+    await migrate.apply_dsn(dsn)
     await _seed_catalog(dsn)

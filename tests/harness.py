@@ -46,8 +46,8 @@ class StoreProbe:
         data = await self._sim_state()
         return {k: v for k, v in data["max_concurrency"].items() if k in set(self.tpns.values())}
 
-    async def sim_post(self, path: str) -> None:
-        async with aiohttp.ClientSession() as s, s.post(self.sim_url + path) as resp:
+    async def sim_post(self, path: str, body: dict[str, Any] | None = None) -> None:
+        async with aiohttp.ClientSession() as s, s.post(self.sim_url + path, json=body) as resp:
             assert resp.status == 200, await resp.text()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -18,12 +18,21 @@ class InvariantViolation(AssertionError):
 
 
 def _charges(ledger: list[dict[str, Any]], tpns: set[str]) -> list[dict[str, Any]]:
-    """Ledger rows where money moved towards the store and stayed (approved sales, captures, holds)."""
+    """Ledger rows where money moved towards the store and stayed (approved sales, captures).
+    An authorization not captured is a hold, never money received."""
     return [
         t
         for t in ledger
-        if t["tpn"] in tpns and t["type"] in ("sale", "auth", "capture") and t["status"] in ("approved", "captured")
+        if t["tpn"] in tpns and t["type"] in ("sale", "capture") and t["status"] in ("approved", "captured")
     ]
+
+
+def _holds(ledger: list[dict[str, Any]], tpns: set[str]) -> list[dict[str, Any]]:
+    return [t for t in ledger if t["tpn"] in tpns and t["type"] == "auth" and t["status"] == "approved"]
+
+
+def _returned(ledger: list[dict[str, Any]], tpns: set[str]) -> int:
+    return sum(t["amount"] for t in ledger if t["tpn"] in tpns and t["type"] == "return" and t["status"] == "returned")
 
 
 async def check_money_invariants(
@@ -39,7 +48,8 @@ async def check_money_invariants(
     tpns = set(tpn_by_terminal.values())
     txs = await conn.fetch(
         """SELECT t.reference_id, t.kind, t.tender_type, t.amount, t.approved_amount, t.status,
-                  t.payment_processor_id, o.id AS order_id, o.status AS order_status, o.total
+                  t.payment_processor_id, t.capture_status, t.settled_at, o.id AS order_id,
+                  o.status AS order_status, o.payment_status, o.total
              FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
             WHERE t.store_id = $1""",
         store_id,
@@ -56,15 +66,33 @@ async def check_money_invariants(
         row = by_ref.get(c["reference_id"])
         if row is None:
             problems.append(f"I8: terminal charge {c['reference_id']} unknown to gatewayd")
-        elif row["order_status"] not in COMPLETED:
+        elif row["order_status"] not in COMPLETED and row["status"] != "refunded":
+            # A charge of an order that did not complete is a loss unless it was returned (a settled
+            # orphan, refunded through POST /v1/checkouts/{id}/refunds).
             problems.append(f"I1: charge {c['reference_id']} ({c['amount']}) belongs to a {row['order_status']} order")
         elif c["amount"] != row["amount"]:
             problems.append(f"I1: charge {c['reference_id']} is {c['amount']}, the tender is {row['amount']}")
 
+    # Holds: an approved authorization is never money received. It belongs to a completed order
+    # that still owes its capture (payment_status 'authorized'), or it is a loss to report.
+    held = defaultdict(int)
+    for h in _holds(ledger, tpns):
+        row = by_ref.get(h["reference_id"])
+        if row is None:
+            continue  # I8 below
+        if row["order_status"] not in COMPLETED or row["payment_status"] == "paid":
+            problems.append(f"I1: hold {h['reference_id']} ({h['amount']}) on a {row['order_status']}/"
+                            f"{row['payment_status']} order is not money received")  # fmt: skip
+        held[row["order_id"]] += h["amount"]
+    # An order's paid status claims money received: every capture done.
+    for row in txs:
+        if row["payment_status"] == "paid" and row["capture_status"] == "pending":
+            problems.append(f"I1: order {row['order_id']} counted paid with a capture still owed")
+
     # I3 no goods without money; completed order's card charges add up
     charged = defaultdict(int)
     for c in charges:
-        if c["reference_id"] in by_ref:
+        if c["reference_id"] in by_ref and by_ref[c["reference_id"]]["order_status"] in COMPLETED:
             charged[by_ref[c["reference_id"]]["order_id"]] += c["amount"]
     orders = await conn.fetch("SELECT id, status, total FROM orders WHERE store_id = $1", store_id)
     for o in orders:
@@ -75,10 +103,19 @@ async def check_money_invariants(
                 problems.append(f"I3: completed order {o['id']} has a tender not approved")
             if sum(t["amount"] for t in tenders) != o["total"]:
                 problems.append(f"I3: order {o['id']} tenders do not add up to its total")
-            if charged[o["id"]] != card:
-                problems.append(f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}")
-        elif o["status"] in ("payment_failed", "cancelled", "voided") and charged[o["id"]]:
-            problems.append(f"I2: {o['status']} order {o['id']} still charged {charged[o['id']]}")
+            if charged[o["id"]] + held[o["id"]] != card:
+                problems.append(f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}"
+                                f" (+{held[o['id']]} held)")  # fmt: skip
+    # Orphans returned: what was charged for orders that did not complete was returned in full.
+    orphaned = sum(
+        c["amount"]
+        for c in charges
+        if c["reference_id"] in by_ref
+        and by_ref[c["reference_id"]]["order_status"] not in COMPLETED
+        and by_ref[c["reference_id"]]["status"] == "refunded"
+    )
+    if orphaned and _returned(ledger, tpns) < orphaned:
+        problems.append(f"I1: {orphaned} charged for orders that did not complete, less returned")
 
     # I8: every terminal transaction known by reference id
     for t in ledger:
@@ -89,7 +126,10 @@ async def check_money_invariants(
     sold = {
         r["sku"]: r["qty"]
         for r in await conn.fetch(
-            """SELECT i.sku, sum(i.quantity - i.restocked)::bigint AS qty FROM order_items i
+            # what left the shelf through each line (what it reserved) less what went back
+            """SELECT i.sku, sum(coalesce(i.reserved, i.quantity)
+                                 - least(i.restocked, coalesce(i.reserved, i.quantity)))::bigint AS qty
+                 FROM order_items i
              JOIN orders o ON o.store_id = i.store_id AND o.id = i.order_id
             WHERE i.store_id = $1 AND o.status = ANY($2::text[]) GROUP BY i.sku""",
             store_id,

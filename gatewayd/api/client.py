@@ -119,12 +119,19 @@ class GatewayClient:
     async def void(self, checkout_id: str) -> Answer:
         return await self.request("POST", f"/v1/checkouts/{checkout_id}/void")
 
-    async def refund(self, checkout_id: str, idempotency_key: str, amount: int, restock: bool = False) -> Answer:
-        return await self.request(
-            "POST",
-            f"/v1/checkouts/{checkout_id}/refunds",
-            {"idempotency_key": idempotency_key, "amount": amount, "restock": restock},
-        )
+    async def refund(
+        self,
+        checkout_id: str,
+        idempotency_key: str,
+        amount: int,
+        restock: bool = False,
+        lines: list[dict[str, Any]] | None = None,
+    ) -> Answer:
+        """A refund; with `restock`, a partial one names the `lines` ({sku, quantity}) it puts back."""
+        body: dict[str, Any] = {"idempotency_key": idempotency_key, "amount": amount, "restock": restock}
+        if lines is not None:
+            body["lines"] = lines
+        return await self.request("POST", f"/v1/checkouts/{checkout_id}/refunds", body)
 
     async def orphans(self) -> Answer:
         return await self.request("GET", "/v1/orphans")

@@ -25,7 +25,7 @@ _REF = "#/components/schemas/{name}"
 _ERRORS = {
     "400": "validation_error",
     "404": "not_found",
-    "409": "idempotency_conflict",
+    "409": "idempotency_conflict, invalid_state or already_settled",
     "413": "payload_too_large",
     "422": "insufficient_inventory or unknown_terminal",
     "503": "terminal_offline, terminal_busy, database_unavailable or shutting_down",
@@ -40,6 +40,12 @@ def _ref(struct: type) -> dict[str, Any]:
 
 def _json(struct: type, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(struct)}}}
+
+
+def _with_checkout(description: str) -> dict[str, Any]:
+    """An error answered with the checkout as it stands beside it (or a plain error body)."""
+    schema = {"anyOf": [_ref(CheckoutWithError), _ref(ErrorBody)]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _op(
@@ -102,7 +108,16 @@ def document() -> dict[str, Any]:
                 CheckoutView,
                 body=CheckoutRequest,
                 errors=all_errors,
-                extra={"402": _json(CheckoutWithError, "card_declined: the checkout, every tender's fate")},
+                extra={
+                    "402": _json(
+                        CheckoutWithError, "card_declined or checkout_cancelled: the checkout, every tender's fate"
+                    ),
+                    "409": _with_checkout(
+                        "idempotency_conflict, or invalid_state (replay of a voided/refunded checkout)"
+                    ),
+                    "503": _with_checkout(_ERRORS["503"] + " (after the intent: with the checkout)"),
+                    "504": _with_checkout("outcome_pending: the checkout as it stands; poll it"),
+                },
             ),
             "get": _op(
                 "Find a checkout by idempotency key",
@@ -112,10 +127,29 @@ def document() -> dict[str, Any]:
         },
         "/v1/checkouts/{id}": {"get": _op("A checkout in whatever state it is", CheckoutView, params=_ID)},
         "/v1/checkouts/{id}/void": {
-            "post": _op("Void every card tender and cancel the order", CheckoutView, params=_ID, errors=all_errors)
+            "post": _op(
+                "Void every card tender and cancel the order",
+                CheckoutView,
+                params=_ID,
+                errors=all_errors,
+                extra={
+                    "409": _json(ErrorBody, "invalid_state, or already_settled: refund it instead"),
+                    "504": _with_checkout("outcome_pending: the void is not confirmed yet; ask again"),
+                },
+            )
         },
         "/v1/checkouts/{id}/refunds": {
-            "post": _op("Refund through the terminal", CheckoutView, params=_ID, body=RefundRequest, errors=all_errors)
+            "post": _op(
+                "Refund through the terminal",
+                CheckoutView,
+                params=_ID,
+                body=RefundRequest,
+                errors=all_errors,
+                extra={
+                    "402": _json(CheckoutWithError, "refund_declined: nothing was refunded"),
+                    "504": _with_checkout("outcome_pending: the refund's outcome is not known yet"),
+                },
+            )
         },
         "/v1/orphans": {
             "get": {

@@ -66,21 +66,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _migrate(dsn: str) -> list[migrations.Migration]:
-    conn = await asyncpg.connect(dsn, timeout=15)
-    try:
-        return await migrations.apply(conn)
-    finally:
-        await conn.close()
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         if args.dsn:
             dsn = args.dsn
         else:
             dsn = asyncio.run(resolve_dsn(load(args.config, resolve_secrets=False)))
-        applied = asyncio.run(_migrate(dsn))
+        applied = asyncio.run(migrations.apply_dsn(dsn))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -226,51 +226,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-REPORTS: dict[str, list[tuple[str, str, list[str]]]] = {
-    "hourly": [
-        (
-            "Payment success rate, last hour",
-            "SELECT status, count, percentage FROM payment_success_last_hour WHERE store_id = $1 ORDER BY count DESC",
-            ["STATUS", "COUNT", "%"],
-        ),
-        (
-            "Order completion, last hour",
-            "SELECT status, payment_status, count FROM order_completion_last_hour WHERE store_id = $1"
-            " ORDER BY count DESC",
-            ["STATUS", "PAYMENT", "COUNT"],
-        ),
-    ],
-    "daily": [
-        (
-            "Orphaned payments",
-            "SELECT reference_id, terminal_id, amount, order_number, order_status, date_trunc('second', age)"
-            " FROM find_orphaned_payments($1)",
-            ["REFERENCE", "TERMINAL", "AMOUNT", "ORDER", "STATUS", "AGE"],
-        ),
-        (
-            "Orders stuck in payment for more than an hour",
-            "SELECT order_number, status, payment_status, created_at, date_trunc('second', age) FROM stuck_orders"
-            " WHERE store_id = $1 ORDER BY created_at",
-            ["ORDER", "STATUS", "PAYMENT", "CREATED", "AGE"],
-        ),
-    ],
-    "weekly": [
-        (
-            "Terminal health",
-            "SELECT processor_name, health_status, last_health_check, last_health_error, is_active, is_live"
-            " FROM terminal_health_summary WHERE store_id = $1 ORDER BY last_health_check DESC NULLS LAST",
-            ["TERMINAL", "STATUS", "LAST CHECK", "LAST ERROR", "ACTIVE", "LIVE"],
-        ),
-        (
-            "Payment success rate by terminal, 7 days",
-            "SELECT processor_name, total_transactions, successful, failed, success_rate"
-            " FROM terminal_success_rate_7d WHERE store_id = $1 ORDER BY success_rate DESC",
-            ["TERMINAL", "TOTAL", "OK", "FAILED", "SUCCESS %"],
-        ),
-    ],
-}
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     async def work() -> int:
         if not (args.dsn or args.config):
@@ -280,8 +235,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         try:
             periods = ["hourly", "daily", "weekly"] if args.period == "all" else [args.period]
             for period in periods:
-                for title, query, headers in REPORTS[period]:
-                    rows = [list(r.values()) for r in await maintenance.report(query)]
+                for title, headers, records in await maintenance.report(period):
+                    rows = [list(r.values()) for r in records]
                     out[title] = [dict(zip(headers, r, strict=True)) for r in rows]
                     if not args.json:
                         print(f"\n== {title} ({period})")

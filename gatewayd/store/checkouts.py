@@ -430,11 +430,19 @@ class CheckoutStore:
         return result
 
     async def begin_refund(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Record a refund request and the transaction that will carry it (idempotent by key)."""
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.fetchval("SELECT gw_begin_refund($1, $2::jsonb)", self.store_id, payload),
-            what="begin refund",
-        )
+        """Record a refund request and the transaction that will carry it (idempotent by key).
+
+        Two requests racing on one key: the loser's insert hits the unique key and is rolled back
+        whole; asked again, the function finds the winner's refund ("exists")."""
+
+        async def work(c: asyncpg.Connection) -> Any:
+            query = "SELECT gw_begin_refund($1, $2::jsonb)"
+            try:
+                return await c.fetchval(query, self.store_id, payload)
+            except asyncpg.UniqueViolationError:
+                return await c.fetchval(query, self.store_id, payload)
+
+        result: dict[str, Any] = await self.db.run(work, what="begin refund")
         return result
 
     async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str, owner: str) -> dict[str, Any]:

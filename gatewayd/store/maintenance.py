@@ -9,6 +9,51 @@ import asyncpg
 
 from gatewayd.store.db import Database
 
+# The guide's reports over the monitoring views (sql/003): title, query, column headers.
+REPORTS: dict[str, list[tuple[str, str, list[str]]]] = {
+    "hourly": [
+        (
+            "Payment success rate, last hour",
+            "SELECT status, count, percentage FROM payment_success_last_hour WHERE store_id = $1 ORDER BY count DESC",
+            ["STATUS", "COUNT", "%"],
+        ),
+        (
+            "Order completion, last hour",
+            "SELECT status, payment_status, count FROM order_completion_last_hour WHERE store_id = $1"
+            " ORDER BY count DESC",
+            ["STATUS", "PAYMENT", "COUNT"],
+        ),
+    ],
+    "daily": [
+        (
+            "Orphaned payments",
+            "SELECT reference_id, terminal_id, amount, order_number, order_status, date_trunc('second', age)"
+            " FROM find_orphaned_payments($1)",
+            ["REFERENCE", "TERMINAL", "AMOUNT", "ORDER", "STATUS", "AGE"],
+        ),
+        (
+            "Orders stuck in payment for more than an hour",
+            "SELECT order_number, status, payment_status, created_at, date_trunc('second', age) FROM stuck_orders"
+            " WHERE store_id = $1 ORDER BY created_at",
+            ["ORDER", "STATUS", "PAYMENT", "CREATED", "AGE"],
+        ),
+    ],
+    "weekly": [
+        (
+            "Terminal health",
+            "SELECT processor_name, health_status, last_health_check, last_health_error, is_active, is_live"
+            " FROM terminal_health_summary WHERE store_id = $1 ORDER BY last_health_check DESC NULLS LAST",
+            ["TERMINAL", "STATUS", "LAST CHECK", "LAST ERROR", "ACTIVE", "LIVE"],
+        ),
+        (
+            "Payment success rate by terminal, 7 days",
+            "SELECT processor_name, total_transactions, successful, failed, success_rate"
+            " FROM terminal_success_rate_7d WHERE store_id = $1 ORDER BY success_rate DESC",
+            ["TERMINAL", "TOTAL", "OK", "FAILED", "SUCCESS %"],
+        ),
+    ],
+}
+
 
 class MaintenanceStore:
     """Read-mostly queries over one store's payments."""
@@ -124,9 +169,23 @@ class MaintenanceStore:
             {"terminal_id": terminal_id, **detail},
         )
 
-    async def report(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """Rows of one of the monitoring views (named by the caller from a fixed list)."""
-        return await self.db.fetch(query, self.store_id, *args)
+    async def report(self, period: str) -> list[tuple[str, list[str], list[asyncpg.Record]]]:
+        """The guide's reports of one period (hourly, daily, weekly): (title, column headers, rows)."""
+        return [
+            (title, headers, await self.db.fetch(query, self.store_id)) for title, query, headers in REPORTS[period]
+        ]
+
+    async def seed_inventory(self, items: list[tuple[str, str, int]]) -> None:
+        """Put SKUs on the shelf ((sku, name, on hand)) unless the store already has them: the
+        demo's catalog."""
+        await self.db.run(
+            lambda c: c.executemany(
+                "INSERT INTO inventory (store_id, sku, name, on_hand) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (store_id, sku) DO NOTHING",
+                [(self.store_id, sku, name, n) for sku, name, n in items],
+            ),
+            what="seed inventory",
+        )
 
     async def recent_orders(self, limit: int = 15) -> list[asyncpg.Record]:
         """The last checkouts, newest first, for the status page."""

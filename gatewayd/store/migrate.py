@@ -89,3 +89,12 @@ async def apply(conn: asyncpg.Connection, migrations: list[Migration] | None = N
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+
+
+async def apply_dsn(dsn: str, timeout_s: float = 15.0) -> list[Migration]:
+    """Connect to `dsn` and apply what is pending (the `migrate` command and the demo)."""
+    conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    try:
+        return await apply(conn)
+    finally:
+        await conn.close()

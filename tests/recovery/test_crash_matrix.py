@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import card, cash, order
+from tests.harness import card, cash, order, sim_authkey
 from tests.procs import DaemonProcess, Store, simulator_process
 
 RECOVERY = "[recovery]\ninterval_s = 1\n"
@@ -168,3 +168,29 @@ async def test_two_daemons_recover_at_once_without_doing_anything_twice(store: S
         await store.check()
     finally:
         await asyncio.gather(b.stop(), c.stop())
+
+
+async def test_recovery_never_takes_misconfigured_for_not_charged(store: Store) -> None:
+    """The terminal answers every inquiry "misconfigured" (its auth key was rotated): the tender
+    stays unknown and is asked again; only a definitive answer decides it."""
+    config = store.config(extra=RECOVERY)
+    body = order(card(1200, "lane-1"))
+    daemon = await DaemonProcess(config, failpoints="after_sale_answer=kill").start()
+    assert await _checkout_until_death(daemon, body) == -9
+    tpn = store.tpns["lane-1"]
+    await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": "ROTATED0000"})
+    restarted = await DaemonProcess(config).start()
+    try:
+        await asyncio.sleep(3.0)  # start-up recovery and two timer passes, every inquiry refused
+        rows = await store.fetch(
+            "SELECT o.status AS o, t.status AS t FROM orders o JOIN payment_transactions t"
+            " ON t.store_id = o.store_id AND t.order_id = o.id WHERE o.store_id = $1",
+            store.store_id,
+        )
+        assert [(r["o"], r["t"]) for r in rows] == [("payment_processing", "unknown")]
+        await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": sim_authkey(tpn)})
+        await _assert_final_and_clean(store, restarted, body)
+        statuses = await store.fetch("SELECT status FROM orders WHERE store_id = $1", store.store_id)
+        assert [r["status"] for r in statuses] == ["completed"]
+    finally:
+        await restarted.stop()

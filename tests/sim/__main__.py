@@ -2,8 +2,6 @@
 
     .venv/bin/python -m tests.sim --seed 1234 -v        # replay one seed with its full trace
     .venv/bin/python -m tests.sim --seeds 1-1000         # a range over every core; coverage verdict
-    .venv/bin/python -m tests.sim --seeds 1-1000 --explain   # and which known bugs explain failures
-    .venv/bin/python -m tests.sim --seed 1234 --fix all  # with the proposed fixes (exploration)
 
 Exit status 1 when a seed fails (or, for a range, when the run is vacuous).
 """
@@ -13,8 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.sim.fixes import FIXES
-from tests.sim.runner import explain, replay_command, run_batch, run_seed
+from tests.sim.runner import replay_command, run_batch, run_seed
 
 
 def _range(text: str) -> range:
@@ -31,21 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--seeds", type=_range, help="run a range of seeds, e.g. 1-1000")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step of the trace (--seed)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes for --seeds (default: cores)")
-    parser.add_argument(
-        "--fix",
-        action="append",
-        default=[],
-        choices=[*FIXES, "all"],
-        help="apply a proposed fix from tests/sim/fixes.py (exploration; repeatable)",
-    )
-    parser.add_argument(
-        "--explain", action="store_true", help="for failing seeds, say which proposed fixes make them pass"
-    )
     args = parser.parse_args(argv)
-    fixes = tuple(args.fix)
 
     if args.seed is not None:
-        result = run_seed(args.seed, verbose=args.verbose, fixes=fixes)
+        result = run_seed(args.seed, verbose=args.verbose)
         print(
             f"seed {result.seed}: {'ok' if result.ok else 'FAILED'}  trace {result.trace_hash[:16]}  "
             + " ".join(f"{k}={v}" for k, v in result.stats.items())
@@ -56,19 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  anomaly {line}")
         if not result.ok:
             print(f"replay: {replay_command(result.seed)}")
-            if args.explain:
-                needed = explain(result.seed)
-                print(
-                    "explained by: "
-                    + (
-                        "nothing known (a new bug?)"
-                        if needed is None
-                        else ", ".join(needed) or "several known bugs together"
-                    )
-                )
         return 0 if result.ok else 1
 
-    batch = run_batch(args.seeds, args.jobs, fixes=fixes, explain_failures=args.explain)
+    batch = run_batch(args.seeds, args.jobs)
     print(batch.summary())
     return 0 if not batch.failed and not batch.missing() else 1
 

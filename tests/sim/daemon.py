@@ -1,14 +1,15 @@
-"""One simulated gatewayd process: the real lanes, health monitor, coordinator, recovery and
-maintenance schedule, wired as gatewayd/daemon.py wires them, over the fakes.
+"""One simulated gatewayd process: the real lanes, health monitor, executor (with its lease
+heartbeat), coordinator, reversals, recovery and maintenance schedule, wired as
+gatewayd/daemon.py wires them, over the fakes.
 
 A crash is `kill -9`: every task of the process is cancelled where it stands, its in-memory
 objects are dropped, and nothing it would still have written reaches the fake database.
 A restart builds everything afresh with the same instance id (the same daemon, restarted by
 systemd) and runs start-up recovery before the API takes requests, as Daemon.start does.
 
-The coordinator and recovery are thin subclasses that only COUNT (which recovery branch ran);
-the lane subclass counts terminal operations per POS request (I6: a refused request makes
-none). No behaviour of gatewayd is changed.
+The executor and recovery are thin subclasses that only COUNT (which inquiry verdicts and
+recovery branches ran); the lane subclass counts terminal operations per POS request (I6: a
+refused request makes none). No behaviour of gatewayd is changed.
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ import asyncio
 import contextlib
 import contextvars
 import random
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from gatewayd import failpoints
-from gatewayd.checkout.coordinator import Coordinator, TenderFailure
+from gatewayd.checkout.coordinator import Coordinator
+from gatewayd.checkout.executor import Executor, LaneMap
+from gatewayd.checkout.machine import Asked, Checkout, Tender, TenderStatus, verdict
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery, RecoveryReport
+from gatewayd.checkout.reversals import Reversals
 from gatewayd.config import CheckoutConfig
 from gatewayd.terminals.health import HealthMonitor
 from gatewayd.terminals.lane import Lane
 from gatewayd.terminals.ops import Op
+from gatewayd.terminals.outcomes import Outcome
 from tests.sim.determinism import vnow
 from tests.sim.faults import Coverage
 from tests.sim.loop import OWNER
@@ -50,10 +54,12 @@ REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("sim_reques
 
 
 class SimMetrics:
-    """The coordinator's metrics hooks, counted into the run's coverage."""
+    """The executor's metrics hooks, counted into the run's coverage. A transition the database
+    refused means the state machine and the SQL disagree: an anomaly of the run."""
 
-    def __init__(self, coverage: Coverage) -> None:
+    def __init__(self, coverage: Coverage, anomaly: Callable[[str], None] = lambda message: None) -> None:
         self.coverage = coverage
+        self.anomaly = anomaly
         self.outcomes: Counter[str] = Counter()
 
     def checkout_finished(self, outcome: str, seconds: float) -> None:
@@ -70,6 +76,16 @@ class SimMetrics:
         }.get(action, f"recovery.{action}")
         self.coverage.hit(name)
 
+    def transition_refused(self, step: str) -> None:
+        self.coverage.hit(f"machine.refused_{step}")
+        self.anomaly(f"the database refused the state machine's {step}")
+
+    def lease_lost(self) -> None:
+        self.coverage.hit("lease.lost")
+
+    def charge_settled(self, what: str) -> None:
+        self.coverage.hit(f"charge.settled_{what}")
+
 
 class SimLane(Lane):
     """A real Lane; counts the operations each POS request causes."""
@@ -83,17 +99,24 @@ class SimLane(Lane):
         return await super().execute(op, *args, **kwargs)  # type: ignore[arg-type]
 
 
-class SimCoordinator(Coordinator):
-    """The real coordinator; counts how inquiries by reference id resolved."""
+class SimExecutor(Executor):
+    """The real executor; counts what inquiries about tenders in doubt decided."""
 
     coverage: Coverage
 
-    async def _resolve(self, order_id: uuid.UUID, tender: Any) -> tuple[str, TenderFailure | None]:
-        status, failure = await super()._resolve(order_id, tender)
-        branch = {"approved": "approved", "declined": "declined", "failed": "not_found"}.get(status)
-        if branch is not None:
-            self.coverage.hit(f"recovery.inquiry_{branch}")
-        return status, failure
+    async def _apply(
+        self, c: Checkout, t: Tender, asked: Asked, outcome: Outcome, *, late: bool = False
+    ) -> Checkout | None:
+        if asked is Asked.INQUIRY:
+            branch = {
+                TenderStatus.APPROVED: "approved",
+                TenderStatus.DECLINED: "declined",
+                TenderStatus.FAILED: "not_found",
+                TenderStatus.VOIDED: "voided",
+            }.get(verdict(asked, outcome, t, late=late))  # type: ignore[arg-type]
+            if branch is not None:
+                self.coverage.hit(f"recovery.inquiry_{branch}")
+        return await super()._apply(c, t, asked, outcome, late=late)
 
 
 class SimRecovery(Recovery):
@@ -118,8 +141,10 @@ class SimProcess:
         self.ready = False
         self.tasks: dict[asyncio.Task[Any], None] = {}
         self.lanes: dict[str, SimLane] = {}
-        self.coordinator: SimCoordinator | None = None
+        self.executor: SimExecutor | None = None
+        self.coordinator: Coordinator | None = None
         self.recovery: SimRecovery | None = None
+        self.operations: Operations | None = None
 
     # ------------------------------------------------------------ tasks
 
@@ -157,6 +182,11 @@ class SimProcess:
 
         task.add_done_callback(done)
 
+    def _heartbeat_died(self, task: asyncio.Task[Any]) -> None:
+        """The heartbeat is not in the daemon's task group: if it dies, leases lapse silently."""
+        if not task.cancelled() and self.alive and task.exception() is not None:
+            self.world.anomaly(f"lease heartbeat died: {type(task.exception()).__name__}: {task.exception()}")
+
     # ------------------------------------------------------------ start-up, as Daemon.start
 
     async def start(self) -> None:
@@ -187,19 +217,26 @@ class SimProcess:
             now=vnow,
         )
         self._watch(self.spawn(monitor.run()), "health monitor")
-        coordinator = SimCoordinator(  # the fakes duck-type CheckoutStore / MaintenanceStore
+        config = CheckoutConfig(card_mode=w.plan.card_mode)
+        executor = SimExecutor(  # the fakes duck-type CheckoutStore / MaintenanceStore
             w.store,  # type: ignore[arg-type]
-            self.lanes,
-            CheckoutConfig(card_mode=w.plan.card_mode),
-            instance_id=INSTANCE_ID,
+            LaneMap(self.lanes),
+            config,
+            owner=INSTANCE_ID,
             lease_s=LEASE_S,
             metrics=w.metrics,
         )
-        coordinator.coverage = w.coverage
-        recovery = SimRecovery(coordinator, w.maintenance)  # type: ignore[arg-type]
+        executor.coverage = w.coverage
+        reversals = Reversals(executor, config.max_amount)
+        coordinator = Coordinator(executor, reversals)
+        # The lease heartbeat: Daemon.start runs it beside everything else (not in the task group).
+        heartbeat = self.spawn(executor.renew_forever())
+        heartbeat.add_done_callback(self._heartbeat_died)
+        recovery = SimRecovery(executor, reversals, w.maintenance)  # type: ignore[arg-type]
         recovery.coverage = w.coverage
-        self.coordinator, self.recovery = coordinator, recovery
+        self.executor, self.coordinator, self.recovery = executor, coordinator, recovery
         operations = Operations(w.maintenance, self.lanes)  # type: ignore[arg-type]
+        self.operations = operations
         startup = self.spawn(recovery.run_once(startup=True))
         done, _ = await asyncio.wait({startup}, timeout=STARTUP_WAIT_S)
         if done and startup.exception() is not None:
@@ -211,7 +248,7 @@ class SimProcess:
 
     async def call(
         self,
-        work: Callable[[SimCoordinator], Awaitable[Any]],
+        work: Callable[[Coordinator], Awaitable[Any]],
         request: str,
         patience_s: float | None,
         cancel_on_disconnect: bool,
@@ -231,7 +268,7 @@ class SimProcess:
         return task.result()
 
 
-async def _call(work: Callable[[SimCoordinator], Awaitable[Any]], coordinator: SimCoordinator) -> Any:
+async def _call(work: Callable[[Coordinator], Awaitable[Any]], coordinator: Coordinator) -> Any:
     return await work(coordinator)
 
 
@@ -253,8 +290,14 @@ class Refused(Exception):
 
 @contextlib.contextmanager
 def failpoint_crashes(world: World) -> Iterator[None]:
-    """Make gatewayd's named failpoints places where the simulated process may be killed."""
-    saved = (failpoints.hit, failpoints.armed)
+    """Make gatewayd's named failpoints places where the simulated process may be killed.
+
+    `failpoints.hit` rolls the seed's dice at the point itself; `failpoints.soon` (a moment no
+    await marks, such as a sale on the wire) rolls them `delay_s` later in virtual time, in a
+    task of the same process, which the flow joins as in production. A seed without failpoint
+    crashes leaves them unarmed (`soon` schedules nothing), as production does.
+    """
+    saved = (failpoints.hit, failpoints.soon)
 
     async def hit(name: str) -> None:
         owner = OWNER.get()
@@ -262,12 +305,19 @@ def failpoint_crashes(world: World) -> Iterator[None]:
             world.crash(f"failpoint {name}", planned=True, failpoint=True)
             await asyncio.sleep(0)  # the kill lands here: this task is cancelled with the others
 
-    def armed(name: str) -> bool:
-        return name == "after_sale_sent" and world.plan.failpoint_crash > 0
+    def soon(name: str, delay_s: float) -> asyncio.Task[None] | None:
+        if world.plan.failpoint_crash <= 0:
+            return None
+
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            await hit(name)
+
+        return asyncio.ensure_future(later())
 
     failpoints.hit = hit  # type: ignore[assignment]
-    failpoints.armed = armed  # type: ignore[assignment]
+    failpoints.soon = soon  # type: ignore[assignment]
     try:
         yield
     finally:
-        failpoints.hit, failpoints.armed = saved  # type: ignore[assignment]
+        failpoints.hit, failpoints.soon = saved  # type: ignore[assignment]

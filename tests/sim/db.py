@@ -43,11 +43,13 @@ READS = frozenset(
         "open_on_terminal",
         "last_settled",
         "half_voided",
-        "void_pending",
+        "captures_pending",
+        "settled_orphans",
     }
 )
 
 StepHook = Callable[[str, tuple[Any, ...]], None]
+History = tuple[str, tuple[Any, ...], dict[str, Any], Any, "dict[Any, bool] | None"]
 
 
 class FakeServer:
@@ -62,7 +64,11 @@ class FakeServer:
         self.coverage = coverage
         self.trace = trace
         self.down_until = -1.0
-        self.history: list[tuple[str, tuple[Any, ...], dict[str, Any], Any]] = []
+        # Every write, in order: (name, args, kwargs, answer, leases) where `leases` says, for every
+        # order with a lease owner, whether its lease was live when the statement ran (recorded
+        # only with `record_leases`: the differential replay runs on another clock).
+        self.history: list[History] = []
+        self.record_leases = False
         self.on_step: StepHook | None = None
         self._last_now: datetime | None = None
         self.statements = 0
@@ -122,9 +128,11 @@ class FakeServer:
         if owner is not None and not getattr(owner, "alive", True):
             raise asyncio.CancelledError()  # kill -9: the dead process sends nothing more
         self.statements += 1
-        result = apply(self.now())
+        now = self.now()
+        leases = self.tables.lease_live(now) if write and self.record_leases else None
+        result = apply(now)
         if write:
-            self.history.append((name, args, kwargs, result))
+            self.history.append((name, args, kwargs, result, leases))
             self.trace("db", name, _short(args), _short(result))
             if self.on_step is not None:
                 self.on_step(name, args)
@@ -141,6 +149,8 @@ def _short(value: Any) -> Any:
     """A compact, deterministic rendering for the trace."""
     if isinstance(value, dict):
         return {k: _short(v) for k, v in value.items() if k not in ("lines", "tenders", "raw", "audit")}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_short(v) for v in value)[:6]
     if isinstance(value, (list, tuple)):
         return [_short(v) for v in value][:6]
     if hasattr(value, "hex") and not isinstance(value, (str, bytes, float)):

@@ -1,7 +1,8 @@
 """Owning every source of nondeterminism gatewayd reads, for the length of one seeded run.
 
-* time: `time.monotonic` and `datetime.now` in the coordinator and recovery read the virtual
-  clock (lanes and the health monitor take `clock`/`now` injections instead);
+* time: `time.monotonic` in the coordinator and recovery reads the virtual clock (lanes and the
+  health monitor take `clock`/`now` injections instead; the executor and the state machine
+  read only the database's clock, which is the fake server's virtual `now`);
 * randomness: the global `random` (the store's retry jitter) is seeded per run and restored;
 * ids: `uuid.uuid4` draws from the seed, so a replay mints the same order and reference ids;
 * logs: gatewayd's records are kept (for the trace and the hygiene check), never printed.
@@ -32,12 +33,6 @@ def vnow() -> datetime:
 
 def vmono() -> float:
     return asyncio.get_running_loop().time()
-
-
-class _VirtualDatetime(datetime):
-    @classmethod
-    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
-        return vnow() if tz is not None else vnow().replace(tzinfo=None)
 
 
 _virtual_time = types.SimpleNamespace(monotonic=vmono, time=lambda: vnow().timestamp())
@@ -72,7 +67,6 @@ def owned(seed: int, *, echo_logs: bool = False, log_level: int = logging.INFO) 
     patches: list[tuple[Any, str, Any]] = [
         (uuid, "uuid4", lambda: uuid.UUID(int=ids.getrandbits(128), version=4)),
         (coordinator_module, "time", _virtual_time),
-        (coordinator_module, "datetime", _VirtualDatetime),
         (recovery_module, "time", _virtual_time),
     ]
     saved = [(module, name, vars(module)[name]) for module, name, _ in patches]

@@ -1,14 +1,13 @@
 """Seeds that found a bug, kept forever and run by tests/sim/test_regressions.py.
 
-`KNOWN_BUGS` are the bugs in gatewayd the simulation found; each names its proposed fix in
-tests/sim/fixes.py (the same id) and a few seeds that reproduced it. While a bug is open its
-seeds may fail - but only in a way the proposed fixes remove; once gatewayd is fixed (`fixed`)
-they must pass, and stay here as regression tests. A failing seed that no known bug explains
-is a new bug: add it here, with a proposed fix in tests/sim/fixes.py.
+`KNOWN_BUGS` are the bugs in gatewayd the simulation found, each with the seeds that reproduced
+it. They are all fixed in gatewayd: every seed here must pass on today's code, as a regression
+test. A failing seed found by a range run is a new bug: add it here (and fix gatewayd).
 
 Seeds are tied to the simulator: when the simulator changes (new faults, other client
-behaviour), a seed replays a different story. `test_regressions` says so when a seed of a
-known bug no longer reproduces it; pick new ones with `python -m tests.sim --seeds 1-1000 --explain`.
+behaviour), a seed replays a different story, and a seed here may no longer walk the path
+that once found its bug. It still must pass; to cover a bug's path again, find a seed that
+reproduces it with the fix undone (a mutant of gatewayd) and add it.
 """
 
 from __future__ import annotations
@@ -18,13 +17,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class KnownBug:
-    id: str  # the key of its proposed fix in tests/sim/fixes.FIXES
+    id: str
     summary: str
-    seeds: tuple[int, ...]  # seeds that fail because of it (at the time of writing)
-    # Seeds replayed with the proposed fixes of every OTHER bug applied: a rare bug may only show
-    # once more common ones no longer end the story first.
-    seeds_with_other_fixes: tuple[int, ...] = ()
-    fixed: bool = False  # fixed in gatewayd: its seeds must pass (unless another open bug intervenes)
+    seeds: tuple[int, ...]  # seeds that failed because of it (at the time they were found)
 
 
 KNOWN_BUGS: tuple[KnownBug, ...] = (
@@ -36,7 +31,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "orphans were never voided, half-voided checkouts never finished (I1, I7). Fixed in gatewayd: "
         "Lane._finish keeps only a void's or capture's success.",
         (4, 21),
-        fixed=True,
     ),
     KnownBug(
         "refund-inquiry",
@@ -45,19 +39,16 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "books said not (I2). Fixed in gatewayd: Offline/Busy only fail a refund when they answer the "
         "Return itself.",
         (113, 290, 375),
-        fixed=True,
     ),
     KnownBug(
         "not-found-anchor",
         "After a restart, recovery believes a 'not found' once sent_at + timeout + 10 s has passed, but "
         "sent_at is not when the request last left: the tender is failed, the order rolled back (or the "
         "refund failed), and the terminal approves moments later (I2, I1: money without goods, nobody "
-        "voids it). Partly fixed in gatewayd (mark_sent now runs in the lane's before_send, after the "
-        "queue wait: seeds 161, 421, 757); still open for busy resends (sent_at = coalesce(sent_at, now()) "
-        "keeps the first attempt; the lane resends for up to busy_budget_s) and for Returns "
-        "(mark_refund_sent runs before the lane's queue): seeds 85, 229, 1319.",
+        "voids it). Fixed in gatewayd: mark_sent runs in the lane's before_send, after the queue wait, and "
+        "stamps sent_at again before every busy resend (seeds 161, 421, 757, then 85, 229, 1319); "
+        "mark_refund_sent does the same for Returns.",
         (161, 421, 757, 85, 229, 1319),
-        fixed=True,  # the lane's before_send re-stamps sent_at before every resend; Returns too
     ),
     KnownBug(
         "inquiry-partial",
@@ -66,7 +57,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "internal_error (a 5xx) until a later pass voided it. Fixed in gatewayd: _apply judges the approved "
         "amount against the tender.",
         (446, 531),
-        fixed=True,
     ),
     KnownBug(
         "capture-after-void",
@@ -75,7 +65,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "gatewayd: record_tender clears capture_status of a voided/failed tender, claim_uncaptured "
         "selects approved tenders only.",
         (93, 1654, 1697),
-        fixed=True,
     ),
     KnownBug(
         "void-intent",
@@ -85,34 +74,32 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "twice (I3, I2). Fixed in gatewayd: payment_transactions.void_requested_at, half_voided picks "
         "such orders up, refunds are refused while a void is pending.",
         (268, 413, 1865),
-        fixed=True,
     ),
     KnownBug(
         "refund-race",
         "Recovery's refund pass fails a refund that is still pending as 'interrupted before it was sent' "
         "while this very process is about to send it for the POS; the Return is sent anyway "
         "(mark_refund_sent silently changes nothing): the customer gets the money, the refund stays "
-        "failed (I2).",
-        (4270,),
-        seeds_with_other_fixes=(2130, 2957, 4211, 7261),
-        fixed=True,  # fail_unsent_refund is atomic; mark_refund_sent says whether it moved the row
+        "failed (I2). Fixed in gatewayd: fail_unsent_refund is atomic, mark_refund_sent says whether it "
+        "moved the row and the Return is not sent when it did not; recovery skips orders this process "
+        "is working on.",
+        (4270, 2130, 2957, 4211, 7261),
     ),
     KnownBug(
         "void-refund-pending",
         "A checkout can be voided while one of its refunds is still pending (Return sent, answer "
         "unknown); recovery then finishes the refund as approved and gw_finish_refund turns the voided "
         "order into partially_refunded: the customer got the void and the refund, loyalty and register "
-        "totals go wrong (I2, I3, I5).",
-        (3182, 1072, 2818),
-        seeds_with_other_fixes=(2923, 4167),
-        fixed=True,  # a checkout with a pending refund cannot be voided
+        "totals go wrong (I2, I3, I5). Fixed in gatewayd: a checkout with a pending refund cannot be "
+        "voided.",
+        (3182, 1072, 2818, 2923, 4167),
     ),
     KnownBug(
         "refund-timeout",
         "refund_checkout writes every refund transaction with timeout_s 120 whatever the terminal's own "
         "timeout (up to 720 s): with a slower terminal recovery believes a 'not found' for a Return still "
-        "running, fails the refund, and the terminal pays the customer moments later (I2).",
+        "running, fails the refund, and the terminal pays the customer moments later (I2). Fixed in "
+        "gatewayd: mark_refund_sent stores the terminal's own timeout.",
         (35,),
-        fixed=True,  # mark_refund_sent stores the terminal's own timeout
     ),
 )

@@ -1,22 +1,40 @@
-"""CheckoutStore and MaintenanceStore for the simulation: the same methods, signatures and
-retry behaviour as `gatewayd/store/checkouts.py` and `maintenance.py`, over the fake server.
+"""CheckoutStore and MaintenanceStore for the simulation: the same methods, signatures, typed
+answers and retry behaviour as `gatewayd/store/checkouts.py` and `maintenance.py`, over the fake
+server.
 
 Every method goes through the real `Database.run` (5 attempts with backoff, as in production)
 or, for the maintenance queries, through a single `Database.connection()` attempt, exactly
-as the real classes do. `load` is three statements outside a transaction in production, and
-here too: another statement may land between reading the order and reading its tenders.
+as the real classes do. Rows come up typed (`gatewayd.checkout.machine.row`), built from the
+fake's column dicts the way CheckoutStore builds them from asyncpg records, and `load` and
+`tender` carry the database's clock (the statement's `now`), as in production.
+
+The arguments each statement is recorded with (the server's history) are those of the real
+method, so that tests/sim/differential.py can replay them through the real store.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from gatewayd.store.checkouts import OPEN_TENDER, CheckoutRows
+from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
+from gatewayd.store.checkouts import Written
 from tests.sim.db import SimDatabase
 from tests.sim.tables import Tables
+
+
+def _checkout(found: tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]] | None, now: datetime) -> Any:
+    if found is None:
+        return None
+    order, tenders, refunds = found
+    return Checkout(
+        order=row(Order, order),
+        tenders=tenders_of(tenders),
+        refunds=tuple(row(Refund, r) for r in refunds),
+        now=now,
+    )
 
 
 class SimCheckoutStore:
@@ -27,31 +45,53 @@ class SimCheckoutStore:
         self.t = tables
         self.store_id = store_id
 
+    async def _write(self, name: str, what: str, apply: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.db.run(lambda c: c.call(name, apply, *args, **kwargs), what=what)
+
     async def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call("prepare", lambda now: self.t.prepare(now, payload), payload), what="prepare checkout"
+        result: dict[str, Any] = await self._write(
+            "prepare", "prepare checkout", lambda now: self.t.prepare(now, payload), payload
         )
         return result
 
     async def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         return await self.db.run(lambda c: c.call("find_key", lambda now: self.t.find_key(key), key), what="find key")
 
-    async def mark_sent(self, order_id: uuid.UUID, tender_id: uuid.UUID) -> bool:
-        return bool(
-            await self.db.run(
-                lambda c: c.call(
-                    "mark_sent", lambda now: self.t.mark_sent(now, order_id, tender_id), order_id, tender_id
-                ),
-                what="mark tender sent",
-            )
+    async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> Checkout | None:
+        """One statement (the order with its tenders and refunds, and now()), as in production."""
+        found: Checkout | None = await self.db.run(
+            lambda c: c.call("load", lambda now: _checkout(self.t.load(order_id, key), now)), what="load checkout"
         )
+        return found
+
+    async def tender(self, tender_id: uuid.UUID) -> tuple[Tender, datetime] | None:
+        def apply(now: datetime) -> tuple[Tender, datetime] | None:
+            t = self.t.tender(tender_id)
+            return None if t is None else (row(Tender, t), now)
+
+        found: tuple[Tender, datetime] | None = await self.db.run(
+            lambda c: c.call("tender", apply, tender_id), what="tender"
+        )
+        return found
+
+    async def mark_sent(self, order_id: uuid.UUID, tender_id: uuid.UUID, owner: str) -> Written:
+        written: Written = await self._write(
+            "mark_sent",
+            "mark tender sent",
+            lambda now: self.t.mark_sent(now, order_id, tender_id, owner),
+            order_id,
+            tender_id,
+            owner,
+        )
+        return written
 
     async def record_tender(
         self,
         tender_id: uuid.UUID,
-        status: str,
+        status: TenderStatus,
+        owner: str,
         *,
-        from_statuses: Sequence[str] = OPEN_TENDER,
+        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
         approved_amount: int | None = None,
         auth_code: str | None = None,
         card_brand: str | None = None,
@@ -59,12 +99,15 @@ class SimCheckoutStore:
         batch_number: str | None = None,
         transaction_number: str | None = None,
         status_code: str | None = None,
+        failure_code: str | None = None,
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
-    ) -> bool:
+    ) -> Written:
+        # Plain strings, in a stable order: the history is replayed and the run must not depend
+        # on the hash seed (a frozenset's order does).
         kwargs: dict[str, Any] = {
-            "from_statuses": tuple(from_statuses),
+            "from_statuses": tuple(sorted(str(s) for s in from_statuses)),
             "approved_amount": approved_amount,
             "auth_code": auth_code,
             "card_brand": card_brand,
@@ -72,61 +115,81 @@ class SimCheckoutStore:
             "batch_number": batch_number,
             "transaction_number": transaction_number,
             "status_code": status_code,
+            "failure_code": failure_code,
             "raw": raw,
             "last_error": last_error,
             "audit": audit,
         }
-        return bool(
-            await self.db.run(
-                lambda c: c.call(
-                    "record_tender",
-                    lambda now: self.t.record_tender(now, tender_id, status, **kwargs),
-                    tender_id,
-                    status,
-                    **kwargs,
-                ),
-                what="record tender",
-            )
+        text = str(status)
+        written: Written = await self._write(
+            "record_tender",
+            "record tender",
+            lambda now: self.t.record_tender(now, tender_id, text, owner, **kwargs),
+            tender_id,
+            text,
+            owner,
+            **kwargs,
         )
+        return written
 
-    async def commit(self, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call(
-                "commit",
-                lambda now: self.t.commit(now, order_id, points_per_unit, minor_per_unit),
-                order_id,
-                points_per_unit,
-                minor_per_unit,
-            ),
-            what="commit checkout",
+    async def mark_settled(self, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
+        written: Written = await self._write(
+            "mark_settled",
+            "mark tender settled",
+            lambda now: self.t.mark_settled(now, tender_id, owner, reason),
+            tender_id,
+            owner,
+            reason,
+        )
+        return written
+
+    async def mark_void_requested(self, tender_id: uuid.UUID, owner: str) -> Written:
+        written: Written = await self._write(
+            "mark_void_requested",
+            "mark void requested",
+            lambda now: self.t.mark_void_requested(now, tender_id, owner),
+            tender_id,
+            owner,
+        )
+        return written
+
+    async def commit(
+        self, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int, owner: str
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(
+            "commit",
+            "commit checkout",
+            lambda now: self.t.commit(now, order_id, points_per_unit, minor_per_unit, owner),
+            order_id,
+            points_per_unit,
+            minor_per_unit,
+            owner,
         )
         return result
 
-    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed") -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call(
-                "fail", lambda now: self.t.fail(now, order_id, code, reason, status), order_id, code, reason, status
-            ),
-            what="fail checkout",
+    async def fail(self, order_id: uuid.UUID, code: str, reason: str, status: str, owner: str) -> dict[str, Any]:
+        text = str(status)
+        result: dict[str, Any] = await self._write(
+            "fail",
+            "fail checkout",
+            lambda now: self.t.fail(now, order_id, code, reason, text, owner),
+            order_id,
+            code,
+            reason,
+            text,
+            owner,
         )
         return result
 
-    async def set_captured(self, tender_id: uuid.UUID) -> None:
-        await self.db.run(
-            lambda c: c.call("set_captured", lambda now: self.t.set_captured(now, tender_id), tender_id),
-            what="record capture",
+    async def set_captured(self, tender_id: uuid.UUID, owner: str) -> Written:
+        written: Written = await self._write(
+            "set_captured",
+            "record capture",
+            lambda now: self.t.set_captured(now, tender_id, owner),
+            tender_id,
+            owner,
         )
-
-    async def load(self, *, order_id: uuid.UUID | None = None, key: str | None = None) -> CheckoutRows | None:
-        async def work(c: Any) -> CheckoutRows | None:
-            order = await c.call("load", lambda now: self.t.load(order_id, key))
-            if order is None:
-                return None
-            # The tenders and refunds are read by later statements, as in production.
-            again = await c.call("load", lambda now: self.t.load(order[0]["id"], None))
-            return CheckoutRows(order[0], again[1], again[2])  # type: ignore[arg-type]
-
-        return await self.db.run(work, what="load checkout")
+        return written
 
     async def audit(
         self,
@@ -136,10 +199,17 @@ class SimCheckoutStore:
         transaction_id: uuid.UUID | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        await self.db.run(
-            lambda c: c.call("audit", lambda now: self.t.audit(now, kind, order_id, transaction_id, detail), kind),
-            what="audit",
+        await self._write(
+            "audit",
+            "audit",
+            lambda now: self.t.audit(now, kind, order_id, transaction_id, detail),
+            kind,
+            order_id=order_id,
+            transaction_id=transaction_id,
+            detail=detail,
         )
+
+    # ------------------------------------------------------------ leases
 
     async def claim_unfinished(
         self,
@@ -151,105 +221,115 @@ class SimCheckoutStore:
         older_than_s: float = 0.0,
         only: uuid.UUID | None = None,
     ) -> list[uuid.UUID]:
-        return await self.db.run(
-            lambda c: c.call(
-                "claim_unfinished",
-                lambda now: self.t.claim_unfinished(
-                    now, owner, lease_s, take_own=take_own, limit=limit, older_than_s=older_than_s, only=only
-                ),
-                owner,
-                take_own,
-                only,
+        claimed: list[uuid.UUID] = await self._write(
+            "claim_unfinished",
+            "claim unfinished orders",
+            lambda now: self.t.claim_unfinished(
+                now, owner, lease_s, take_own=take_own, limit=limit, older_than_s=older_than_s, only=only
             ),
-            what="claim unfinished orders",
+            owner,
+            lease_s,
+            take_own=take_own,
+            limit=limit,
+            older_than_s=older_than_s,
+            only=only,
         )
+        return claimed
 
-    async def claim_uncaptured(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.db.run(
-            lambda c: c.call("claim_uncaptured", lambda now: self.t.claim_uncaptured(limit)), what="uncaptured"
+    async def take_lease(self, order_id: uuid.UUID, owner: str, lease_s: float) -> bool | None:
+        taken: bool | None = await self._write(
+            "take_lease",
+            "take lease",
+            lambda now: self.t.take_lease(now, order_id, owner, lease_s),
+            order_id,
+            owner,
+            lease_s,
         )
+        return taken
+
+    async def renew_leases(self, order_ids: list[uuid.UUID], owner: str, lease_s: float) -> set[uuid.UUID]:
+        ids = list(order_ids)
+        renewed: set[uuid.UUID] = await self._write(
+            "renew_leases",
+            "renew leases",
+            lambda now: self.t.renew_leases(now, ids, owner, lease_s),
+            ids,
+            owner,
+            lease_s,
+        )
+        return renewed
 
     async def release_lease(self, order_id: uuid.UUID, owner: str) -> None:
-        await self.db.run(
-            lambda c: c.call("release_lease", lambda now: self.t.release_lease(order_id, owner), order_id, owner),
-            what="release lease",
+        await self._write(
+            "release_lease", "release lease", lambda now: self.t.release_lease(order_id, owner), order_id, owner
         )
 
-    async def void_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call("void_order", lambda now: self.t.void_order(now, order_id), order_id), what="void checkout"
+    # ------------------------------------------------------------ captures, voids and refunds
+
+    async def claim_uncaptured(self, limit: int = 100) -> list[Tender]:
+        found: list[Tender] = await self.db.run(
+            lambda c: c.call("claim_uncaptured", lambda now: [row(Tender, t) for t in self.t.claim_uncaptured(limit)]),
+            what="uncaptured",
+        )
+        return found
+
+    async def void_order(self, order_id: uuid.UUID, owner: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(
+            "void_order", "void checkout", lambda now: self.t.void_order(now, order_id, owner), order_id, owner
         )
         return result
 
     async def begin_refund(self, payload: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call("begin_refund", lambda now: self.t.begin_refund(now, payload), payload),
-            what="begin refund",
+        result: dict[str, Any] = await self._write(
+            "begin_refund", "begin refund", lambda now: self.t.begin_refund(now, payload), payload
         )
         return result
 
-    async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str = "") -> dict[str, Any]:
-        result: dict[str, Any] = await self.db.run(
-            lambda c: c.call(
-                "finish_refund", lambda now: self.t.finish_refund(now, refund_id, ok, reason), refund_id, ok, reason
-            ),
-            what="finish refund",
+    async def finish_refund(self, refund_id: uuid.UUID, ok: bool, reason: str, owner: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._write(
+            "finish_refund",
+            "finish refund",
+            lambda now: self.t.finish_refund(now, refund_id, ok, reason, owner),
+            refund_id,
+            ok,
+            reason,
+            owner,
         )
         return result
 
-    async def unresolved_refunds(self, older_than_s: float = 0.0) -> list[dict[str, Any]]:
-        return await self.db.run(
+    async def unresolved_refunds(self, older_than_s: float = 0.0, refund_id: uuid.UUID | None = None) -> list[Tender]:
+        found: list[Tender] = await self.db.run(
             lambda c: c.call(
-                "unresolved_refunds", lambda now: self.t.unresolved_refunds(now, older_than_s), older_than_s
+                "unresolved_refunds",
+                lambda now: [row(Tender, t) for t in self.t.unresolved_refunds(now, older_than_s, refund_id)],
+                older_than_s,
+                refund_id,
             ),
             what="unresolved refunds",
         )
+        return found
 
-    async def mark_void_requested(self, transaction_id: uuid.UUID) -> None:
-        await self.db.run(
-            lambda c: c.call(
-                "mark_void_requested", lambda now: self.t.mark_void_requested(now, transaction_id), transaction_id
-            ),
-            what="mark void requested",
+    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
+        written: Written = await self._write(
+            "mark_refund_sent",
+            "mark refund sent",
+            lambda now: self.t.mark_refund_sent(now, transaction_id, timeout_s, owner),
+            transaction_id,
+            timeout_s,
+            owner,
         )
+        return written
 
-    async def void_pending(self, order_id: uuid.UUID) -> bool:
+    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str, owner: str) -> bool:
         return bool(
-            await self.db.run(
-                lambda c: c.call("void_pending", lambda now: self.t.void_pending(order_id), order_id),
-                what="void pending",
+            await self._write(
+                "fail_unsent_refund",
+                "fail unsent refund",
+                lambda now: self.t.fail_unsent_refund(now, refund_id, reason, owner),
+                refund_id,
+                reason,
+                owner,
             )
-        )
-
-    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int) -> bool:
-        return bool(
-            await self.db.run(
-                lambda c: c.call(
-                    "mark_refund_sent",
-                    lambda now: self.t.mark_refund_sent(now, transaction_id, timeout_s),
-                    transaction_id,
-                    timeout_s,
-                ),
-                what="mark refund sent",
-            )
-        )
-
-    async def fail_unsent_refund(self, refund_id: uuid.UUID, reason: str) -> bool:
-        return bool(
-            await self.db.run(
-                lambda c: c.call(
-                    "fail_unsent_refund",
-                    lambda now: self.t.fail_unsent_refund(now, refund_id, reason),
-                    refund_id,
-                    reason,
-                ),
-                what="fail unsent refund",
-            )
-        )
-
-    async def tender(self, transaction_id: uuid.UUID) -> dict[str, Any] | None:
-        return await self.db.run(
-            lambda c: c.call("tender", lambda now: self.t.tender(transaction_id), transaction_id), what="tender"
         )
 
 
@@ -262,9 +342,13 @@ class SimMaintenanceStore:
         self.t = tables
         self.store_id = store_id
 
-    async def orphans(self) -> list[dict[str, Any]]:
+    async def _read(self, name: str, apply: Any, *args: Any) -> Any:
         async with self.db.conn() as c:
-            return await c.call("orphans", lambda now: self.t.orphans(now))  # type: ignore[no-any-return]
+            return await c.call(name, apply, *args)
+
+    async def orphans(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._read("orphans", lambda now: self.t.orphans(now))
+        return found
 
     async def cleanup(self, minutes: int) -> int:
         def apply(now: datetime) -> list[uuid.UUID]:
@@ -275,24 +359,30 @@ class SimMaintenanceStore:
                 )
             return stale
 
-        async with self.db.conn() as c:
-            return len(await c.call("cleanup", apply, minutes))
+        return len(await self._read("cleanup", apply, minutes))
 
     async def unresolved(self, older_than_s: float = 0.0) -> list[dict[str, Any]]:
-        async with self.db.conn() as c:
-            return await c.call("unresolved", lambda now: self.t.unresolved(now, older_than_s))  # type: ignore[no-any-return]
+        found: list[dict[str, Any]] = await self._read("unresolved", lambda now: self.t.unresolved(now, older_than_s))
+        return found
 
     async def half_voided(self) -> list[uuid.UUID]:
-        async with self.db.conn() as c:
-            return await c.call("half_voided", lambda now: self.t.half_voided())  # type: ignore[no-any-return]
+        found: list[uuid.UUID] = await self._read("half_voided", lambda now: self.t.half_voided())
+        return found
 
     async def open_on_terminal(self, terminal_id: str) -> int:
-        async with self.db.conn() as c:
-            return int(await c.call("open_on_terminal", lambda now: self.t.open_on_terminal(terminal_id)))
+        return int(await self._read("open_on_terminal", lambda now: self.t.open_on_terminal(terminal_id)))
+
+    async def captures_pending(self, terminal_id: str) -> int:
+        return int(await self._read("captures_pending", lambda now: self.t.captures_pending(terminal_id)))
+
+    async def settled_orphans(self, terminal_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._read(
+            "settled_orphans", lambda now: self.t.settled_orphans(terminal_id)
+        )
+        return found
 
     async def record_settlement(self, terminal_id: str, detail: dict[str, Any]) -> None:
-        async with self.db.conn() as c:
-            await c.call(
-                "record_settlement",
-                lambda now: self.t.audit(now, "terminal.settled", None, None, {"terminal_id": terminal_id, **detail}),
-            )
+        await self._read(
+            "record_settlement",
+            lambda now: self.t.audit(now, "terminal.settled", None, None, {"terminal_id": terminal_id, **detail}),
+        )

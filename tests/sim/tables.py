@@ -1,59 +1,34 @@
-"""The store's tables in memory, and the SQL of `sql/002` and `sql/004` as plain functions.
+"""The store's tables in memory, and the SQL of `sql/002` to `sql/006` as plain functions.
 
 Each method is one statement or one server-side function, applied atomically (the fake
 database runs it between two awaits), with the same answers as the SQL: the same outcome
-dicts, the same from-status guards, the same CHECK constraints (violations raise
-PermanentStoreError and change nothing). Rows are dicts keyed like the columns, so the
-coordinator reads them exactly as it reads asyncpg records. The differential test replays a
-seed's history against PostgreSQL to keep this second implementation honest.
+dicts, the same from-status guards, the same lease fencing (on the database's clock: the
+`now` each statement is given), the same CHECK constraints (violations raise
+PermanentStoreError and change nothing). Rows are dicts keyed like the columns; the fake
+store (tests/sim/store.py) turns them into the typed rows of gatewayd.checkout.machine exactly
+as CheckoutStore does with asyncpg records. The differential test replays a seed's history
+against PostgreSQL to keep this second implementation honest.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from gatewayd.errors import PermanentStoreError
 
 OPEN_ORDER = ("pending_payment", "payment_processing", "payment_authorized")
 COMPLETED = ("completed", "refunded", "partially_refunded")
+FAILED_ORDER = ("payment_failed", "cancelled")
 CHARGING = ("processing", "unknown", "approved")
+IN_DOUBT = ("processing", "unknown")
 
 Row = dict[str, Any]
-
-# Proposed SQL changes, switched on only by tests/sim/fixes.py (exploration): see there.
-PROPOSED: set[str] = set()
-
-_TENDER_COLUMNS = (
-    "id",
-    "kind",
-    "refund_id",
-    "tender_index",
-    "tender_type",
-    "operation",
-    "amount",
-    "approved_amount",
-    "tendered",
-    "status",
-    "capture_status",
-    "reference_id",
-    "payment_processor_id",
-    "auth_code",
-    "card_brand",
-    "last4",
-    "status_code",
-    "last_error",
-    "timeout_s",
-    "sent_at",
-    "attempts",
-)
-
-
-def tender_view(t: Row) -> Row:
-    """The columns `_LOAD_TENDERS` selects."""
-    return {k: t[k] for k in _TENDER_COLUMNS}
+# What a fenced write says (gatewayd.store.checkouts.Written).
+Written = Literal["ok", "lease_lost", "stale"]
 
 
 def _check(ok: bool, what: str) -> None:
@@ -91,11 +66,12 @@ class Tables:
     def _payment_cards(self, order_id: uuid.UUID) -> list[Row]:
         return [t for t in self.tenders_of(order_id) if t["kind"] == "payment" and t["tender_type"] == "card"]
 
-    def _qty_by_sku(self, order_id: uuid.UUID, minus_restocked: bool = False) -> dict[str, int]:
+    def _took_by_sku(self, order_id: uuid.UUID) -> dict[str, int]:
+        """sum(coalesce(reserved, quantity)) per SKU: what the order took off the shelf."""
         qty: dict[str, int] = {}
         for line in self.items.get(order_id, []):
-            n = line["quantity"] - (line["restocked"] if minus_restocked else 0)
-            qty[line["sku"]] = qty.get(line["sku"], 0) + n
+            took = line["quantity"] if line["reserved"] is None else line["reserved"]
+            qty[line["sku"]] = qty.get(line["sku"], 0) + took
         return qty
 
     def _audit(
@@ -133,6 +109,7 @@ class Tables:
             "batch_number": None,
             "transaction_number": None,
             "status_code": None,
+            "failure_code": None,
             "raw_response": None,
             "attempts": 0,
             "last_error": None,
@@ -142,9 +119,66 @@ class Tables:
             "created_at": now,
             "updated_at": now,
             "void_requested_at": None,
+            "settled_at": None,
         }
         row.update(cols)
         return row
+
+    # ------------------------------------------------------------ leases (gw_lease_held, gw_take_lease)
+
+    def lease_held(self, now: datetime, order_id: uuid.UUID | None, owner: str | None) -> bool:
+        """gw_lease_held: `owner` holds the order's lease at `now` (a NULL owner never does)."""
+        o = self.orders.get(order_id) if order_id is not None else None
+        return (
+            o is not None
+            and owner is not None
+            and o["lease_owner"] == owner
+            and o["lease_until"] is not None
+            and o["lease_until"] > now
+        )
+
+    def _held_via_tender(self, now: datetime, tender_id: uuid.UUID, owner: str | None) -> bool:
+        tx = self.txs.get(tender_id)
+        return tx is not None and self.lease_held(now, tx["order_id"], owner)
+
+    @staticmethod
+    def _lease_lost(now: datetime, o: Row, owner: str | None) -> bool:
+        """The commit/fail fence: `p_owner IS NOT NULL AND (lease_owner IS DISTINCT FROM p_owner
+        OR lease_until <= now())` (a NULL lease_until compares as NULL: not lost)."""
+        if owner is None:
+            return False
+        return o["lease_owner"] != owner or (o["lease_until"] is not None and o["lease_until"] <= now)
+
+    def lease_live(self, now: datetime) -> dict[uuid.UUID, bool]:
+        """Every order with a lease owner: whether its lease is live at `now` (for the differential
+        replay, which runs on another clock)."""
+        return {
+            oid: o["lease_until"] is not None and o["lease_until"] > now
+            for oid, o in self.orders.items()
+            if o["lease_owner"] is not None
+        }
+
+    def take_lease(self, now: datetime, order_id: uuid.UUID, owner: str, lease_s: float) -> bool | None:
+        o = self.orders.get(order_id)
+        if o is None:
+            return None
+        if o["lease_until"] is None or o["lease_until"] <= now or (owner is not None and o["lease_owner"] == owner):
+            o.update(lease_owner=owner, lease_until=now + timedelta(seconds=float(lease_s)))
+            return True
+        return False
+
+    def renew_leases(self, now: datetime, order_ids: Iterable[uuid.UUID], owner: str, lease_s: float) -> set[uuid.UUID]:
+        renewed: set[uuid.UUID] = set()
+        for order_id in dict.fromkeys(order_ids):
+            if self.lease_held(now, order_id, owner):
+                self.orders[order_id]["lease_until"] = now + timedelta(seconds=float(lease_s))
+                renewed.add(order_id)
+        return renewed
+
+    def release_lease(self, order_id: uuid.UUID, owner: str) -> None:
+        o = self.orders.get(order_id)
+        if o is not None and owner is not None and o["lease_owner"] == owner:
+            o.update(lease_owner=None, lease_until=None)
 
     # ------------------------------------------------------------ gw_prepare_checkout
 
@@ -209,6 +243,7 @@ class Tables:
             "failed_at": None,
         }
         self.by_key[p["idempotency_key"]] = order_id
+        # Each line records what it reserved: nothing for a SKU without an inventory row.
         self.items[order_id] = [
             {
                 "line_no": i,
@@ -216,6 +251,7 @@ class Tables:
                 "quantity": int(line["quantity"]),
                 "unit_price": int(line["unit_price"]),
                 "restocked": 0,
+                "reserved": int(line["quantity"]) if line["sku"] in self.inventory else 0,
             }
             for i, line in enumerate(p["lines"])
         ]
@@ -242,24 +278,27 @@ class Tables:
         order_id = self.by_key.get(key)
         return None if order_id is None else (order_id, self.orders[order_id]["request_hash"])
 
-    # ------------------------------------------------------------ tenders
+    # ------------------------------------------------------------ tenders (fenced by the order's lease)
 
-    def mark_sent(self, now: datetime, order_id: uuid.UUID, tender_id: uuid.UUID) -> bool:
-        order = self.orders.get(order_id)
-        if order is None or order["status"] not in ("pending_payment", "payment_processing"):
-            return False
+    def mark_sent(self, now: datetime, order_id: uuid.UUID, tender_id: uuid.UUID, owner: str) -> Written:
+        if not self.lease_held(now, order_id, owner):
+            return "lease_lost"
+        order = self.orders[order_id]
+        if order["status"] not in ("pending_payment", "payment_processing"):
+            return "stale"
         order.update(status="payment_processing", payment_status="processing", updated_at=now)
         tx = self.txs.get(tender_id)
         if tx is None or tx["order_id"] != order_id or tx["status"] not in ("pending", "processing", "unknown"):
-            return False
+            return "stale"
         tx.update(status="processing", sent_at=now, attempts=tx["attempts"] + 1, updated_at=now)
-        return True
+        return "ok"
 
     def record_tender(
         self,
         now: datetime,
         tender_id: uuid.UUID,
         status: str,
+        owner: str,
         *,
         from_statuses: Iterable[str],
         approved_amount: int | None = None,
@@ -269,13 +308,16 @@ class Tables:
         batch_number: str | None = None,
         transaction_number: str | None = None,
         status_code: str | None = None,
+        failure_code: str | None = None,
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
-    ) -> bool:
-        tx = self.txs.get(tender_id)
-        if tx is None or tx["status"] not in list(from_statuses):
-            return False
+    ) -> Written:
+        if not self._held_via_tender(now, tender_id, owner):
+            return "lease_lost"
+        tx = self.txs[tender_id]
+        if tx["status"] not in list(from_statuses):
+            return "stale"
         _check(approved_amount is None or approved_amount >= 0, "approved_amount >= 0")
         _check(last4 is None or (len(last4) == 4 and last4.isdigit()), "last4")
 
@@ -293,16 +335,36 @@ class Tables:
             status_code=keep(status_code, tx["status_code"]),
             raw_response=keep(raw, tx["raw_response"]),
             last_error=last_error,
+            failure_code=failure_code,
             capture_status=None if status in ("voided", "failed") else tx["capture_status"],
-            resolved_at=None if status in ("processing", "unknown") else now,
+            resolved_at=None if status in IN_DOUBT else now,
             updated_at=now,
         )
         self._audit(now, f"tender.{status}", tx["order_id"], tender_id, audit or {})
-        return True
+        return "ok"
+
+    def mark_settled(self, now: datetime, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
+        if not self._held_via_tender(now, tender_id, owner):
+            return "lease_lost"
+        tx = self.txs[tender_id]
+        if tx["status"] != "approved":
+            return "stale"
+        tx.update(settled_at=tx["settled_at"] or now, last_error=reason, updated_at=now)
+        self._audit(now, "tender.settled", tx["order_id"], tender_id, {"reason": reason})
+        return "ok"
+
+    def mark_void_requested(self, now: datetime, tender_id: uuid.UUID, owner: str) -> Written:
+        if not self._held_via_tender(now, tender_id, owner):
+            return "lease_lost"
+        tx = self.txs[tender_id]
+        tx.update(void_requested_at=tx["void_requested_at"] or now, updated_at=now)
+        return "ok"
 
     # ------------------------------------------------------------ gw_commit_checkout
 
-    def commit(self, now: datetime, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int) -> dict[str, Any]:
+    def commit(
+        self, now: datetime, order_id: uuid.UUID, points_per_unit: int, minor_per_unit: int, owner: str | None
+    ) -> dict[str, Any]:
         o = self.orders.get(order_id)
         if o is None:
             return {"outcome": "not_found"}
@@ -310,24 +372,24 @@ class Tables:
             return {"outcome": "already", "status": o["status"]}
         if o["status"] not in OPEN_ORDER:
             return {"outcome": "not_committable", "status": o["status"]}
+        if self._lease_lost(now, o, owner):
+            return {"outcome": "lease_lost", "status": o["status"]}
         if any(t["status"] != "approved" or t["approved_amount"] != t["amount"] for t in self._payment_cards(order_id)):
             return {"outcome": "not_ready", "status": o["status"]}
         payments = [t for t in self.tenders_of(order_id) if t["kind"] == "payment"]
-        qty = self._qty_by_sku(order_id)
-        for sku, n in qty.items():
-            if sku in self.inventory:
-                inv = self.inventory[sku]
-                _check(
-                    inv["on_hand"] - n >= 0 and inv["reserved"] - n >= 0 and inv["reserved"] - n <= inv["on_hand"] - n,
-                    f"inventory {sku}",
-                )
+        took = {sku: n for sku, n in self._took_by_sku(order_id).items() if n > 0 and sku in self.inventory}
+        for sku, n in took.items():
+            inv = self.inventory[sku]
+            _check(
+                inv["on_hand"] - n >= 0 and inv["reserved"] - n >= 0 and inv["reserved"] - n <= inv["on_hand"] - n,
+                f"inventory {sku}",
+            )
         for t in payments:
             if t["tender_type"] == "cash":
                 t.update(status="approved", approved_amount=t["amount"], resolved_at=now, updated_at=now)
-        for sku, n in qty.items():
-            if sku in self.inventory:
-                inv = self.inventory[sku]
-                inv.update(on_hand=inv["on_hand"] - n, reserved=inv["reserved"] - n, updated_at=now)
+        for sku, n in took.items():
+            inv = self.inventory[sku]
+            inv.update(on_hand=inv["on_hand"] - n, reserved=inv["reserved"] - n, updated_at=now)
         points = (o["total"] * points_per_unit) // minor_per_unit if o["customer_id"] is not None else 0
         if points > 0:
             self.loyalty[o["customer_id"]] = self.loyalty.get(o["customer_id"], 0) + points
@@ -378,25 +440,38 @@ class Tables:
     # ------------------------------------------------------------ gw_fail_checkout
 
     def fail(
-        self, now: datetime, order_id: uuid.UUID, code: str, reason: str, status: str = "payment_failed"
+        self,
+        now: datetime,
+        order_id: uuid.UUID,
+        code: str,
+        reason: str,
+        status: str = "payment_failed",
+        owner: str | None = None,
     ) -> dict[str, Any]:
         o = self.orders.get(order_id)
         if o is None:
             return {"outcome": "not_found"}
-        if o["status"] in ("payment_failed", "cancelled"):
+        if o["status"] in FAILED_ORDER:
             return {"outcome": "already", "status": o["status"]}
         if o["status"] not in OPEN_ORDER:
             return {"outcome": "not_failable", "status": o["status"]}
-        if any(t["status"] in CHARGING for t in self._payment_cards(order_id)):
+        if self._lease_lost(now, o, owner):
+            return {"outcome": "lease_lost", "status": o["status"]}
+        # Nothing in doubt, and an approved charge only once its batch has settled (an orphan to return).
+        if any(
+            t["status"] in IN_DOUBT or (t["status"] == "approved" and t["settled_at"] is None)
+            for t in self._payment_cards(order_id)
+        ):
             return {"outcome": "not_ready", "status": o["status"]}
+        took = {sku: n for sku, n in self._took_by_sku(order_id).items() if n > 0 and sku in self.inventory}
+        for sku, n in took.items():
+            _check(self.inventory[sku]["reserved"] - n >= 0, f"inventory {sku} reserved")
         for t in self.tenders_of(order_id):
             if t["kind"] == "payment" and t["status"] == "pending":
                 t.update(status="voided" if t["tender_type"] == "cash" else "failed", resolved_at=now, updated_at=now)
-        for sku, n in self._qty_by_sku(order_id).items():
-            if sku in self.inventory:
-                inv = self.inventory[sku]
-                _check(inv["reserved"] - n >= 0, f"inventory {sku} reserved")
-                inv.update(reserved=inv["reserved"] - n, updated_at=now)
+        for sku, n in took.items():
+            inv = self.inventory[sku]
+            inv.update(reserved=inv["reserved"] - n, updated_at=now)
         voided = any(t["tender_type"] == "card" and t["status"] == "voided" for t in self.tenders_of(order_id))
         o.update(
             status=status,
@@ -411,7 +486,7 @@ class Tables:
         self._audit(now, f"checkout.{status}", order_id, detail={"code": code, "reason": reason})
         return {"outcome": status, "status": status}
 
-    # ------------------------------------------------------------ leases and captures
+    # ------------------------------------------------------------ recovery's claims and captures
 
     def claim_unfinished(
         self,
@@ -427,10 +502,11 @@ class Tables:
         def eligible(o: Row) -> bool:
             if o["status"] not in OPEN_ORDER or not o["updated_at"] < now - timedelta(seconds=older_than_s):
                 return False
-            lease_ok = o["lease_until"] is None or o["lease_until"] < now or (take_own and o["lease_owner"] == owner)
+            ours = take_own and o["lease_owner"] == owner
+            lease_ok = o["lease_until"] is None or o["lease_until"] <= now or ours
             if not lease_ok or (only is not None and o["id"] != only):
                 return False
-            if only is not None or o["status"] != "pending_payment" or (take_own and o["lease_owner"] == owner):
+            if only is not None or o["status"] != "pending_payment" or ours:
                 return True
             return any(t["status"] in CHARGING for t in self.tenders_of(o["id"]))
 
@@ -439,50 +515,47 @@ class Tables:
             o.update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
         return [o["id"] for o in chosen]
 
-    def release_lease(self, order_id: uuid.UUID, owner: str) -> None:
-        o = self.orders.get(order_id)
-        if o is not None and o["lease_owner"] == owner:
-            o.update(lease_owner=None, lease_until=None)
-
     def claim_uncaptured(self, limit: int) -> list[Row]:
-        rows = sorted(
-            (t for t in self.txs.values() if t["capture_status"] == "pending" and t["status"] == "approved"),
+        """Authorizations waiting for their capture, not lost to a settle."""
+        return sorted(
+            (
+                t
+                for t in self.txs.values()
+                if t["capture_status"] == "pending" and t["status"] == "approved" and t["settled_at"] is None
+            ),
             key=lambda t: t["created_at"],
-        )
-        return [
-            {k: t[k] for k in ("id", "order_id", "reference_id", "payment_processor_id", "amount")}
-            for t in rows[:limit]
-        ]
+        )[:limit]
 
-    def set_captured(self, now: datetime, tender_id: uuid.UUID) -> None:
-        t = self.txs.get(tender_id)
-        if t is None or t["capture_status"] != "pending":
-            return
-        t.update(capture_status="captured", updated_at=now)
-        self._audit(now, "tender.captured", t["order_id"], tender_id)
+    def set_captured(self, now: datetime, tender_id: uuid.UUID, owner: str) -> Written:
+        if not self._held_via_tender(now, tender_id, owner):
+            return "lease_lost"
+        t = self.txs[tender_id]
+        if t["capture_status"] != "pending":
+            return "stale"
         o = self.orders[t["order_id"]]
         others = [x for x in self.tenders_of(o["id"]) if x["capture_status"] == "pending" and x["id"] != tender_id]
+        t.update(capture_status="captured", updated_at=now)
+        self._audit(now, "tender.captured", t["order_id"], tender_id)
         if o["payment_status"] == "authorized" and not others:
             o.update(payment_status="paid", updated_at=now)
+        return "ok"
 
     # ------------------------------------------------------------ reads
 
     def load(self, order_id: uuid.UUID | None, key: str | None) -> tuple[Row, list[Row], list[Row]] | None:
+        """The order, its transactions (by kind, tender index, creation) and refunds, as copies."""
         if order_id is None:
             order_id = self.by_key.get(key or "")
         o = self.orders.get(order_id) if order_id is not None else None
         if o is None:
             return None
-        order_rank = {"payment": 0, "refund": 1}
-        tenders = sorted(
-            self.tenders_of(o["id"]), key=lambda t: (order_rank[t["kind"]], t["tender_index"], t["created_at"])
-        )
+        tenders = sorted(self.tenders_of(o["id"]), key=lambda t: (t["kind"], t["tender_index"], t["created_at"]))
         refunds = sorted((r for r in self.refunds.values() if r["order_id"] == o["id"]), key=lambda r: r["created_at"])
-        return dict(o), [tender_view(t) for t in tenders], [dict(r) for r in refunds]
+        return dict(o), [dict(t) for t in tenders], [dict(r) for r in refunds]
 
     def tender(self, transaction_id: uuid.UUID) -> Row | None:
         t = self.txs.get(transaction_id)
-        return None if t is None else tender_view(t)
+        return None if t is None else dict(t)
 
     def audit(
         self,
@@ -494,19 +567,39 @@ class Tables:
     ) -> None:
         self._audit(now, kind, order_id, transaction_id, detail)
 
+    # ------------------------------------------------------------ gw_restock
+
+    def restock(self, now: datetime, order_id: uuid.UUID, lines: list[dict[str, Any]] | None) -> None:
+        """Every line (lines None) or the named [{sku, quantity}]; only units the line took off the
+        shelf (what it reserved) go back into inventory."""
+        left: dict[str, int] = {}
+        if lines is not None:
+            for line in lines:
+                left[line["sku"]] = left.get(line["sku"], 0) + int(line["quantity"])
+        for item in sorted(self.items.get(order_id, []), key=lambda i: i["line_no"]):
+            took = item["quantity"] if item["reserved"] is None else item["reserved"]
+            want = item["quantity"] if lines is None else left.get(item["sku"], 0)
+            put = min(want, item["quantity"] - item["restocked"])
+            if put <= 0:
+                continue
+            back = max(min(put, took - item["restocked"]), 0)
+            item["restocked"] += put
+            inv = self.inventory.get(item["sku"])
+            if inv is not None:
+                inv.update(on_hand=inv["on_hand"] + back, updated_at=now)
+            if lines is not None:
+                left[item["sku"]] = want - put
+
     # ------------------------------------------------------------ gw_void_checkout
 
-    def void_order(self, now: datetime, order_id: uuid.UUID) -> dict[str, Any]:
-        o = self.orders.get(order_id)
-        if o is None:
-            return {"outcome": "not_found"}
+    def void_order(self, now: datetime, order_id: uuid.UUID, owner: str) -> dict[str, Any]:
+        """CheckoutStore.void_order: gw_void_checkout under the lease."""
+        if not self.lease_held(now, order_id, owner):
+            return {"outcome": "lease_lost"}
+        o = self.orders[order_id]
         if o["status"] == "voided":
             return {"outcome": "already"}
         if o["status"] != "completed" or o["refunded_amount"] > 0:
-            return {"outcome": "not_voidable", "status": o["status"]}
-        if "void-refund-pending" in PROPOSED and any(
-            r["order_id"] == order_id and r["status"] == "pending" for r in self.refunds.values()
-        ):
             return {"outcome": "not_voidable", "status": o["status"]}
         if any(t["status"] not in ("voided", "failed") for t in self._payment_cards(order_id)):
             return {"outcome": "not_ready"}
@@ -522,12 +615,7 @@ class Tables:
         for t in payments:
             if t["tender_type"] == "cash":
                 t.update(status="voided", updated_at=now)
-        for sku, n in self._qty_by_sku(order_id, minus_restocked=True).items():
-            if sku in self.inventory:
-                inv = self.inventory[sku]
-                inv.update(on_hand=inv["on_hand"] + n, updated_at=now)
-        for line in self.items.get(order_id, []):
-            line["restocked"] = line["quantity"]
+        self.restock(now, order_id, None)
         if o["customer_id"] is not None and o["loyalty_points"] > 0:
             self.loyalty[o["customer_id"]] = self.loyalty.get(o["customer_id"], 0) - o["loyalty_points"]
             self.loyalty_ledger.append(
@@ -544,7 +632,7 @@ class Tables:
                 card_total=s["card_total"] - card,
                 checkout_count=s["checkout_count"] - 1,
             )
-        o.update(status="voided", payment_status="voided", updated_at=now)
+        o.update(status="voided", payment_status="voided", lease_owner=None, lease_until=None, updated_at=now)
         self._audit(now, "checkout.voided", order_id, detail={"total": o["total"]})
         return {"outcome": "voided"}
 
@@ -560,24 +648,64 @@ class Tables:
         o = self.orders.get(uuid.UUID(p["order_id"]))
         if o is None:
             return {"outcome": "not_found"}
-        if o["status"] not in ("completed", "partially_refunded"):
+        orphan = o["status"] in FAILED_ORDER
+        if o["status"] not in ("completed", "partially_refunded") and not orphan:
             return {"outcome": "not_refundable", "status": o["status"]}
-        if "void-intent" in PROPOSED and any(
-            e["order_id"] == o["id"] and e["kind"] == "checkout.void_requested" for e in self.audit_events
+        txs = self.tenders_of(o["id"])
+        if any(
+            t["kind"] == "payment"
+            and t["status"] == "approved"
+            and t["void_requested_at"] is not None
+            and t["settled_at"] is None
+            for t in txs
         ):
-            return {"outcome": "not_refundable", "status": "void requested"}
+            return {"outcome": "void_pending"}
         amount = int(p["amount"])
         taken = sum(
             r["amount"]
             for r in self.refunds.values()
             if r["order_id"] == o["id"] and r["status"] in ("pending", "completed")
         )
-        if taken + amount > o["total"]:
-            return {"outcome": "over_limit", "refundable": o["total"] - taken}
-        txs = self.tenders_of(o["id"])
+        lines = p.get("lines")
+        named = isinstance(lines, list) and len(lines) > 0
+        if orphan:
+            limit = sum(
+                t["approved_amount"] or 0
+                for t in txs
+                if t["kind"] == "payment"
+                and t["tender_type"] == "card"
+                and t["status"] == "approved"
+                and t["settled_at"] is not None
+            )
+            if limit == 0:
+                return {"outcome": "not_refundable", "status": o["status"]}
+            if named:
+                return {"outcome": "bad_lines", "reason": "nothing of this order left the shelf"}
+        else:
+            limit = o["total"]
+        if taken + amount > limit:
+            return {"outcome": "over_limit", "refundable": limit - taken}
+        if p["restock"] and not orphan:
+            if not named:
+                if taken + amount < limit:
+                    return {
+                        "outcome": "bad_lines",
+                        "reason": "a partial refund with restock names the lines it puts back",
+                    }
+            else:
+                asked: dict[str, int] = {}
+                for line in lines or []:
+                    asked[line["sku"]] = asked.get(line["sku"], 0) + int(line["quantity"])
+                on_order: dict[str, int] = {}
+                for item in self.items.get(o["id"], []):
+                    on_order[item["sku"]] = on_order.get(item["sku"], 0) + item["quantity"] - item["restocked"]
+                bad = [sku for sku, qty in asked.items() if sku not in on_order or qty > on_order[sku]]
+                if bad:
+                    return {"outcome": "bad_lines", "reason": "more than is left on the order for " + json.dumps(bad)}
 
         def left(t: Row) -> int:
-            return int(t["amount"]) - sum(
+            approved = t["amount"] if t["approved_amount"] is None else t["approved_amount"]
+            return int(approved) - sum(
                 int(r["amount"])
                 for r in txs
                 if r["kind"] == "refund"
@@ -585,12 +713,19 @@ class Tables:
                 and r["status"] in ("pending", "processing", "unknown", "approved")
             )
 
-        candidates = [t for t in txs if t["kind"] == "payment" and t["status"] == "approved" and left(t) >= amount]
+        candidates = [
+            t
+            for t in txs
+            if t["kind"] == "payment"
+            and t["status"] == "approved"
+            and (not orphan or (t["tender_type"] == "card" and t["settled_at"] is not None))
+            and left(t) >= amount
+        ]
         candidates.sort(key=lambda t: (t["tender_type"] != "card", t["tender_index"]))
         if not candidates:
             return {
                 "outcome": "over_limit",
-                "refundable": o["total"] - taken,
+                "refundable": limit - taken,
                 "reason": "no single tender has that much left to refund",
             }
         _check(amount > 0, "refunds amount > 0")
@@ -602,7 +737,8 @@ class Tables:
             "idempotency_key": p["idempotency_key"],
             "request_hash": p["request_hash"],
             "amount": amount,
-            "restock": bool(p["restock"]),
+            "restock": bool(p["restock"]) and not orphan,
+            "restock_lines": [dict(line) for line in lines or []] if named else None,
             "status": "pending",
             "failure_reason": None,
             "created_at": now,
@@ -628,10 +764,13 @@ class Tables:
         self._audit(now, "refund.requested", o["id"], detail={"amount": amount, "refund_id": p["refund_id"]})
         return {"outcome": "created", "refund_id": p["refund_id"]}
 
-    def finish_refund(self, now: datetime, refund_id: uuid.UUID, ok: bool, reason: str) -> dict[str, Any]:
+    def finish_refund(self, now: datetime, refund_id: uuid.UUID, ok: bool, reason: str, owner: str) -> dict[str, Any]:
+        """CheckoutStore.finish_refund: gw_finish_refund under the order's lease."""
         r = self.refunds.get(refund_id)
         if r is None:
             return {"outcome": "not_found"}
+        if not self.lease_held(now, r["order_id"], owner):
+            return {"outcome": "lease_lost"}
         if r["status"] != "pending":
             return {"outcome": "already", "status": r["status"]}
         txs = [t for t in self.tenders_of(r["order_id"]) if t["refund_id"] == refund_id]
@@ -643,8 +782,36 @@ class Tables:
             self._audit(now, "refund.failed", r["order_id"], detail={"refund_id": str(refund_id), "reason": reason})
             return {"outcome": "failed"}
         o = self.orders[r["order_id"]]
-        if "void-refund-pending" in PROPOSED and o["status"] not in COMPLETED:
-            return {"outcome": "not_refundable", "status": o["status"]}
+        if o["status"] in FAILED_ORDER:
+            # An orphan's refund: the settled charge it returned is refunded once returned in full.
+            index = txs[0]["tender_index"] if txs else None
+            for t in txs:
+                if t["tender_type"] == "cash":
+                    t.update(status="approved", approved_amount=t["amount"], updated_at=now)
+            before = sum(
+                x["amount"]
+                for x in self.refunds.values()
+                if x["order_id"] == o["id"]
+                and x["status"] == "completed"
+                and any(y["refund_id"] == x["id"] and y["tender_index"] == index for y in self.tenders_of(o["id"]))
+            )
+            for t in self.tenders_of(o["id"]):
+                charged = t["amount"] if t["approved_amount"] is None else t["approved_amount"]
+                if (
+                    t["kind"] == "payment"
+                    and t["tender_index"] == index
+                    and t["status"] == "approved"
+                    and charged <= r["amount"] + before
+                ):
+                    t.update(status="refunded", updated_at=now)
+            r.update(status="completed", completed_at=now)
+            self._audit(
+                now,
+                "refund.completed",
+                o["id"],
+                detail={"refund_id": str(refund_id), "amount": r["amount"], "orphan": True},
+            )
+            return {"outcome": "completed"}
         _check(o["refunded_amount"] + r["amount"] <= o["total"], "refunded_amount <= total")
         for t in txs:
             if t["tender_type"] == "cash":
@@ -658,12 +825,7 @@ class Tables:
                 {"customer_id": o["customer_id"], "order_id": o["id"], "points": -points, "reason": "refund"}
             )
         if r["restock"]:
-            for sku, n in self._qty_by_sku(o["id"], minus_restocked=True).items():
-                if sku in self.inventory:
-                    inv = self.inventory[sku]
-                    inv.update(on_hand=inv["on_hand"] + n, updated_at=now)
-            for line in self.items.get(o["id"], []):
-                line["restocked"] = line["quantity"]
+            self.restock(now, o["id"], r["restock_lines"])
         if o["register_session_id"] is not None:
             s = self.sessions[o["register_session_id"]]
             s["refund_total"] += r["amount"]
@@ -674,42 +836,38 @@ class Tables:
         self._audit(now, "refund.completed", o["id"], detail={"refund_id": str(refund_id), "amount": r["amount"]})
         return {"outcome": "completed"}
 
-    def unresolved_refunds(self, now: datetime, older_than_s: float = 0.0) -> list[Row]:
-        rows = []
-        for t in self.txs.values():
-            if (
-                t["kind"] == "refund"
-                and self.refunds[t["refund_id"]]["status"] == "pending"
-                and (now - t["updated_at"]).total_seconds() >= older_than_s
-            ):
-                rows.append({**t, "refund_row": t["refund_id"]})
-        return rows
+    def unresolved_refunds(self, now: datetime, older_than_s: float, refund_id: uuid.UUID | None) -> list[Row]:
+        return [
+            dict(t)
+            for t in self.txs.values()
+            if t["kind"] == "refund"
+            and self.refunds[t["refund_id"]]["status"] == "pending"
+            and t["updated_at"] <= now - timedelta(seconds=older_than_s)
+            and (refund_id is None or t["refund_id"] == refund_id)
+        ]
 
-    def mark_void_requested(self, now: datetime, transaction_id: uuid.UUID) -> None:
-        t = self.txs.get(transaction_id)
-        if t is not None:
-            t.update(void_requested_at=t["void_requested_at"] or now, updated_at=now)
-
-    def void_pending(self, order_id: uuid.UUID) -> bool:
-        return any(
-            t["kind"] == "payment" and t["void_requested_at"] is not None and t["status"] == "approved"
-            for t in self.tenders_of(order_id)
-        )
-
-    def mark_refund_sent(self, now: datetime, transaction_id: uuid.UUID, timeout_s: int) -> bool:
-        t = self.txs.get(transaction_id)
-        if t is None or t["status"] not in ("pending", "processing"):
-            return False
+    def mark_refund_sent(self, now: datetime, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
+        if not self._held_via_tender(now, transaction_id, owner):
+            return "lease_lost"
+        t = self.txs[transaction_id]
+        if t["status"] not in ("pending", "processing"):
+            return "stale"
         t.update(status="processing", sent_at=now, timeout_s=timeout_s, attempts=t["attempts"] + 1, updated_at=now)
-        return True
+        return "ok"
 
-    def fail_unsent_refund(self, now: datetime, refund_id: uuid.UUID, reason: str) -> bool:
+    def fail_unsent_refund(self, now: datetime, refund_id: uuid.UUID, reason: str, owner: str) -> bool:
         r = self.refunds.get(refund_id)
-        txs = [t for t in self.txs.values() if t["refund_id"] == refund_id and t["status"] == "pending"]
-        if r is None or r["status"] != "pending" or not txs:
+        if r is None:
             return False
+        txs = [
+            t
+            for t in self.tenders_of(r["order_id"])
+            if t["refund_id"] == refund_id and t["status"] == "pending" and self.lease_held(now, t["order_id"], owner)
+        ]
         for t in txs:
             t.update(status="failed", last_error=reason, updated_at=now)
+        if not txs or r["status"] != "pending":
+            return False
         r.update(status="failed", failure_reason=reason)
         self._audit(now, "refund.failed", r["order_id"], detail={"refund_id": str(refund_id), "reason": reason})
         return True
@@ -728,6 +886,7 @@ class Tables:
             ):
                 rows.append(
                     {
+                        "store_id": "sim",
                         "transaction_id": t["id"],
                         "order_id": o["id"],
                         "order_number": o["order_number"],
@@ -738,18 +897,21 @@ class Tables:
                         "approved_amount": t["approved_amount"],
                         "created_at": t["created_at"],
                         "age": now - t["created_at"],
+                        "settled": t["settled_at"] is not None,
                     }
                 )
         return rows
 
     def stale_pending(self, now: datetime, minutes: int) -> list[uuid.UUID]:
-        """The orders cleanup_stale_pending_orders would cancel, oldest first."""
+        """The orders cleanup_stale_pending_orders would cancel, oldest first: never one whose
+        lease is live, nor one with a card tender that may have charged."""
         limit = now - timedelta(minutes=minutes)
         return [
             o["id"]
             for o in sorted(self.orders.values(), key=lambda o: o["created_at"])
             if o["status"] == "pending_payment"
             and o["created_at"] < limit
+            and (o["lease_until"] is None or o["lease_until"] <= now)
             and not any(t["tender_type"] == "card" and t["status"] in CHARGING for t in self.tenders_of(o["id"]))
         ]
 
@@ -757,7 +919,7 @@ class Tables:
         rows = []
         for t in self.txs.values():
             since = t["sent_at"] or t["created_at"]
-            if t["status"] in ("processing", "unknown") and since < now - timedelta(seconds=older_than_s):
+            if t["status"] in IN_DOUBT and since < now - timedelta(seconds=older_than_s):
                 rows.append(
                     {
                         "id": t["id"],
@@ -773,20 +935,19 @@ class Tables:
         return sorted(rows, key=lambda r: -r["age_s"])
 
     def half_voided(self) -> list[uuid.UUID]:
-        """Completed orders with a card tender already voided (a void that stopped half-way)."""
-        requested: set[uuid.UUID] = set()
-        if "void-intent" in PROPOSED:
-            requested = {e["order_id"] for e in self.audit_events if e["kind"] == "checkout.void_requested"}
+        """Completed orders whose void stopped half-way (a card tender voided, or its void sent),
+        unless a charge of theirs settled (it can only be refunded now)."""
         return [
             o["id"]
             for o in self.orders.values()
             if o["status"] == "completed"
-            and (
-                o["id"] in requested
-                or any(
-                    t["status"] == "voided" or (t["status"] == "approved" and t["void_requested_at"] is not None)
-                    for t in self._payment_cards(o["id"])
-                )
+            and any(
+                t["status"] == "voided" or (t["status"] == "approved" and t["void_requested_at"] is not None)
+                for t in self._payment_cards(o["id"])
+            )
+            and not any(
+                t["kind"] == "payment" and t["status"] == "approved" and t["settled_at"] is not None
+                for t in self.tenders_of(o["id"])
             )
         ]
 
@@ -796,6 +957,35 @@ class Tables:
             if t["payment_processor_id"] != terminal_id:
                 continue
             o = self.orders[t["order_id"]]
-            if t["status"] in ("processing", "unknown") or (t["status"] == "approved" and o["status"] in OPEN_ORDER):
+            if t["status"] in IN_DOUBT or (t["status"] == "approved" and o["status"] in OPEN_ORDER):
                 n += 1
         return n
+
+    def settled_orphans(self, terminal_id: str) -> list[Row]:
+        """Approved charges on a terminal, settled, whose order did not complete."""
+        return [
+            {
+                "reference_id": t["reference_id"],
+                "amount": t["amount"],
+                "approved_amount": t["approved_amount"],
+                "status": t["status"],
+                "order_id": t["order_id"],
+                "order_status": self.orders[t["order_id"]]["status"],
+            }
+            for t in self.txs.values()
+            if t["payment_processor_id"] == terminal_id
+            and t["kind"] == "payment"
+            and t["status"] == "approved"
+            and t["settled_at"] is not None
+            and self.orders[t["order_id"]]["status"] not in COMPLETED
+        ]
+
+    def captures_pending(self, terminal_id: str) -> int:
+        return sum(
+            1
+            for t in self.txs.values()
+            if t["payment_processor_id"] == terminal_id
+            and t["capture_status"] == "pending"
+            and t["status"] == "approved"
+            and t["settled_at"] is None
+        )

@@ -24,8 +24,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from gatewayd.terminals.outcomes import (
     Approved,
     BatchEntry,
@@ -37,6 +35,7 @@ from gatewayd.terminals.outcomes import (
     Outcome,
     SettleResult,
     Unknown,
+    Voided,
 )
 from tests.sim.faults import Coverage, TerminalFaultRates, calm_terminal
 from tests.sim.loop import OWNER
@@ -69,7 +68,11 @@ class Entry:
     settled: bool = False
 
     def moves_money(self) -> bool:
-        return not self.voided and self.status in ("approved", "captured", "returned")
+        """Charged, held or returned. An authorization never captured is a hold, never money
+        received: it lapses when its batch settles."""
+        if self.voided or self.status not in ("approved", "captured", "returned"):
+            return False
+        return not (self.type == "auth" and self.settled)
 
 
 @dataclass
@@ -153,7 +156,15 @@ class FakeTerminal:
 
     def _answer_of(self, entry: Entry, requested: int | None = None) -> Outcome:
         if entry.status == "declined":
-            return Declined(reference_id=entry.ref, status_code=entry.code, message="Declined")
+            cancelled = entry.code == "1012"  # the card flow was cancelled (SPIn's CANCELLED class)
+            return Declined(
+                reference_id=entry.ref,
+                status_code=entry.code,
+                message="Canceled" if cancelled else "Declined",
+                cancelled=cancelled,
+            )
+        if entry.voided:
+            return Voided(reference_id=entry.ref, amount=entry.amount, status_code=entry.code)
         return Approved(
             reference_id=entry.ref,
             amount=entry.amount,
@@ -164,7 +175,6 @@ class FakeTerminal:
             batch_number=str(entry.batch),
             transaction_number=str(entry.number),
             status_code=entry.code,
-            voided=entry.voided,
             transaction_type=entry.type,
         )
 
@@ -218,7 +228,7 @@ class FakeTerminal:
                 self._record(txn, kind, txn.amount, ok_status, "0000")
             elif plan == "late_cancel_declined":
                 self._record(txn, kind, txn.amount, "declined", "1012")
-            return Declined(reference_id=txn.ref, status_code="1012", message="Canceled")
+            return Declined(reference_id=txn.ref, status_code="1012", message="Canceled", cancelled=True)
         return self._answer_of(self._record(txn, kind, txn.amount, ok_status, "0000"), txn.amount)
 
     def _apply_void(self, txn: _Txn) -> Outcome:
@@ -394,8 +404,8 @@ class FakeDriver:
 
     async def void(self, ref: str, amount: int | None = None) -> Outcome:
         outcome = await self.terminal.transact("void", ref, amount or 0)
-        if isinstance(outcome, Approved) and not outcome.voided:
-            return msgspec.structs.replace(outcome, voided=True)  # as the SPIn codec does for a void
+        if isinstance(outcome, Approved):  # as the SPIn codec does: an approval of a Void is Voided
+            return Voided(reference_id=ref, amount=outcome.amount, status_code=outcome.status_code)
         return outcome
 
     async def refund(self, ref: str, amount: int) -> Outcome:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.sim.daemon import LEASE_S, RECOVERY_INTERVAL_S, SimMetrics, SimProcess
-from tests.sim.db import FakeServer, SimDatabase
+from tests.sim.db import FakeServer, History, SimDatabase
 from tests.sim.faults import Coverage, FaultPlan
 from tests.sim.invariants import Checker
 from tests.sim.pos import CATALOGUE, Answers, Client
@@ -43,7 +43,7 @@ class SeedResult:
     trace_hash: str
     stats: dict[str, Any]
     trace: list[tuple[Any, ...]] = field(default_factory=list)
-    history: list[tuple[str, tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=list)
+    history: list[History] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     tables: Any = None  # the final rows (kept with the history, for the differential check)
 
@@ -68,7 +68,7 @@ class World:
         self.process: SimProcess | None = None
         self.calls_by_request: Counter[str] = Counter()
         self.answers = Answers()
-        self.metrics = SimMetrics(self.coverage)
+        self.metrics = SimMetrics(self.coverage, self.anomaly)
         self.nemesis = random.Random(f"nemesis:{seed}")
         self.failpoints = random.Random(f"failpoints:{seed}")
         world_rng = random.Random(f"world:{seed}")
