@@ -43,6 +43,9 @@ from gatewayd.terminals.fleet import Fleet
 log = logging.getLogger("gatewayd")
 
 DRAIN_DEADLINE_S = 25.0
+# How long a daemon's claim on its terminals outlives its last heartbeat (a crashed daemon's
+# terminals are free for the operator CLI this long after it died).
+TERMINAL_OWNER_TTL_S = 30.0
 
 
 def instance_id(config: Config) -> str:
@@ -109,6 +112,7 @@ class Daemon:
     fleet: Fleet | None = None
     coordinator: Coordinator | None = None
     executor: Executor | None = None
+    terminals_store: TerminalStore | None = None
     lease_heartbeat: asyncio.Task[Any] | None = None
     operations: Operations | None = None
     recovery: Recovery | None = None
@@ -152,7 +156,9 @@ class Daemon:
         )
         reversals = Reversals(executor, config.checkout.max_amount)
         self.coordinator = Coordinator(executor, reversals)
-        self.lease_heartbeat = asyncio.ensure_future(executor.renew_forever())
+        self.terminals_store = terminals
+        await terminals.own([t.id for t in config.terminals], executor.owner, TERMINAL_OWNER_TTL_S)
+        self.lease_heartbeat = asyncio.ensure_future(self._heartbeat())
         self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
         self.operations = Operations(maintenance, self.fleet)
         self.recovery = Recovery(executor, reversals, maintenance)
@@ -171,6 +177,22 @@ class Daemon:
             len(config.terminals),
             config.api.socket,
         )
+
+    async def _heartbeat(self) -> None:
+        """Leases of the orders this daemon drives, and its claim on its terminals."""
+        assert self.executor is not None and self.terminals_store is not None
+        lease_task = asyncio.ensure_future(self.executor.renew_forever())
+        try:
+            while True:
+                await asyncio.sleep(TERMINAL_OWNER_TTL_S / 3)
+                ids = list(self.fleet.configs) if self.fleet is not None else []
+                try:
+                    await self.terminals_store.own(ids, self.executor.owner, TERMINAL_OWNER_TTL_S)
+                except StoreError as exc:
+                    log.warning("terminal ownership not renewed: %s", exc.message)
+        finally:
+            lease_task.cancel()
+            await asyncio.gather(lease_task, return_exceptions=True)
 
     async def _recover_at_startup(self, wait_s: float = 5.0) -> None:
         """Resolve what a previous run left unfinished before the API takes new work.
@@ -329,6 +351,11 @@ class Daemon:
             await self.metrics_runner.cleanup()
         if self.fleet is not None:
             await self.fleet.close()
+        if self.terminals_store is not None and self.executor is not None:
+            try:
+                await self.terminals_store.disown(self.executor.owner)
+            except StoreError as exc:
+                log.warning("terminals not disowned (free in %.0fs): %s", TERMINAL_OWNER_TTL_S, exc.message)
         if self.db is not None:
             await self.db.close()
 

@@ -577,3 +577,8 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- One owner per terminal: a running daemon stamps the terminals it drives (renewed while it
+-- runs); the operator CLI never drives a terminal whose owner is alive (it refuses, naming it).
+ALTER TABLE payment_processors ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE payment_processors ADD COLUMN IF NOT EXISTS owner_until timestamptz;

@@ -40,7 +40,7 @@ class OrphanList(msgspec.Struct, frozen=True, kw_only=True):
     orphans: list[Orphan]
 
 
-def _orphan(row: Any) -> Orphan:
+def _orphan(row: Mapping[str, Any]) -> Orphan:
     return Orphan(
         transaction_id=str(row["transaction_id"]),
         order_id=str(row["order_id"]),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -13,6 +13,8 @@ COMPLETED = ("completed", "refunded", "partially_refunded")
 Kind = Literal[
     "missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch", "uncaptured", "needs_refund"
 ]
+
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class Discrepancy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -70,17 +72,17 @@ def _hold(entry: BatchEntry) -> bool:
     return entry.type == "auth" and entry.status == "approved"
 
 
-def _db_status(row: Any) -> str:
+def _db_status(row: Mapping[str, Any]) -> str:
     return str(row["status"])
 
 
 def compare(
     terminal_id: str,
     batch: Iterable[BatchEntry],
-    rows: dict[str, Any],
-    recent: Iterable[Any],
+    rows: Mapping[str, Mapping[str, Any]],
+    recent: Iterable[Mapping[str, Any]],
     report: ReconcileReport,
-    settled_orphans: Iterable[Any] = (),
+    settled_orphans: Iterable[Mapping[str, Any]] = (),
 ) -> None:
     """Fold one terminal's batch into `report`. `rows`: gatewayd's transactions by reference id
     (any that the batch names); `recent`: gatewayd's transactions on this terminal since its last

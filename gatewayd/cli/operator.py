@@ -17,6 +17,7 @@ import aiohttp
 import msgspec
 
 from gatewayd.api.client import GatewayClient
+from gatewayd.checkout.reconcile import KINDS
 from gatewayd.cli.output import Progress, emit_json, table
 from gatewayd.cli.status import add_socket_args, socket_path
 from gatewayd.config import Config, load
@@ -153,12 +154,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+DISCREPANCIES = KINDS  # every list a reconcile report can carry
+
+
 def _print_reconcile(body: dict[str, Any]) -> None:
     print(f"terminals: {', '.join(body['terminals']) or '-'}   matched: {body['matched']}")
     for tid, error in body.get("errors", {}).items():
         print(f"  {tid}: could not read the batch: {error}")
-    for kind in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch"):
-        items = body[kind]
+    for kind in DISCREPANCIES:
+        items = body.get(kind, [])
         if not items:
             continue
         print(f"\n{kind.replace('_', ' ')} ({len(items)}):")
@@ -174,13 +178,14 @@ def _print_reconcile(body: dict[str, Any]) -> None:
             for i in items
         ]
         print(table(["TERMINAL", "REFERENCE", "AMOUNT", "AT TERMINAL", "ORDER", "SUGGESTED ACTION"], rows))
-    if all(not body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")):
+    if all(not body.get(k) for k in DISCREPANCIES):
         print("nothing to do: the batches agree with the database")
 
 
 async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
     from gatewayd.checkout.operations import Operations
     from gatewayd.checkout.reconcile import ReconcileReport
+    from gatewayd.store.terminals import TerminalStore
     from gatewayd.terminals.spin.driver import SpinDriver
 
     if not args.config:
@@ -190,6 +195,14 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
     assert config is not None
     ops = Operations(maintenance, {})
     terminals = [t for t in config.terminals if args.terminal in (None, t.id)]
+    owners = await TerminalStore(db, config.store_id).live_owners([t.id for t in terminals])
+    if owners:
+        await db.close()
+        tid, owner = sorted(owners.items())[0]
+        raise GatewayError(
+            f"terminal {tid} is driven by a running gatewayd ({owner}); reconcile through it"
+            f" (--socket), never behind its back"
+        )
     report = ReconcileReport(terminals=[t.id for t in terminals])
     progress = Progress("reconciling")
     try:
@@ -218,9 +231,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             emit_json(body)
         else:
             _print_reconcile(body)
-        clean = not any(
-            body[k] for k in ("missing_in_db", "missing_at_terminal", "amount_mismatch", "status_mismatch")
-        ) and not body.get("errors")
+        clean = not any(body.get(k) for k in DISCREPANCIES) and not body.get("errors")
         return 0 if clean else 3
 
     return _run(args, work)

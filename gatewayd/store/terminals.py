@@ -15,6 +15,44 @@ class TerminalStore:
         self.db = db
         self.store_id = store_id
 
+    async def own(self, terminal_ids: Sequence[str], owner: str, ttl_s: float) -> None:
+        """Stamp (or renew) this daemon as the owner of its terminals for `ttl_s`."""
+        await self.db.run(
+            lambda c: c.execute(
+                """UPDATE payment_processors SET owner = $3, owner_until = now() + make_interval(secs => $4)
+                    WHERE store_id = $1 AND id = ANY($2::text[])""",
+                self.store_id,
+                list(terminal_ids),
+                owner,
+                ttl_s,
+            ),
+            what="own terminals",
+        )
+
+    async def disown(self, owner: str) -> None:
+        """A daemon stopping: its terminals are free at once."""
+        await self.db.run(
+            lambda c: c.execute(
+                "UPDATE payment_processors SET owner = NULL, owner_until = NULL WHERE store_id = $1 AND owner = $2",
+                self.store_id,
+                owner,
+            ),
+            what="disown terminals",
+        )
+
+    async def live_owners(self, terminal_ids: Sequence[str]) -> dict[str, str]:
+        """Terminals of these that a running daemon owns now: {terminal id: owner}."""
+        rows = await self.db.run(
+            lambda c: c.fetch(
+                """SELECT id, owner FROM payment_processors
+                    WHERE store_id = $1 AND id = ANY($2::text[]) AND owner_until > now()""",
+                self.store_id,
+                list(terminal_ids),
+            ),
+            what="terminal owners",
+        )
+        return {r["id"]: r["owner"] for r in rows}
+
     async def sync(self, terminals: Sequence[tuple[str, str, str, bool]]) -> None:
         """Upsert (id, name, driver, is_live) for every configured terminal; others become inactive."""
         ids = [t[0] for t in terminals]

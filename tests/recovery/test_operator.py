@@ -125,3 +125,16 @@ async def test_cleanup_and_report_straight_to_the_database(gw: Gateway) -> None:
     assert "Payment success rate, last hour" in out and "Lane lane-1" in out
     code, out = await run_cli("orphans", "--socket", "/nonexistent.sock")
     assert code == 1 and "cannot reach gatewayd" in out
+
+
+async def test_direct_reconcile_never_drives_a_terminal_behind_a_running_daemon(gw: Gateway) -> None:
+    """One owner per terminal: with the daemon up (but its socket not given), the CLI refuses to
+    talk to the terminals itself and names the daemon; once the daemon has let go, it may."""
+    assert gw.daemon.config_path is not None
+    args = ("reconcile", "--socket", "/nonexistent.sock", "--config", gw.daemon.config_path)
+    code, out = await run_cli(*args)
+    assert code == 1 and "driven by a running gatewayd" in out, out
+    await gw.fetch("UPDATE payment_processors SET owner_until = now() - interval '1 second' WHERE store_id = $1",
+                   gw.store_id)  # fmt: skip
+    code, out = await run_cli(*args)
+    assert code == 0 and "nothing to do" in out, out

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gatewayd.checkout.errors import (
+    AlreadySettled,
     CheckoutError,
     DatabaseUnavailable,
     IdempotencyConflict,
@@ -29,6 +30,7 @@ from gatewayd.checkout.errors import (
     NotAllowed,
     NotFound,
     OutcomePending,
+    RefundDeclined,
     TerminalOffline,
     UnknownTerminalRequested,
 )
@@ -262,7 +264,7 @@ class Client:
             tag = self._tag()
             try:
                 result: CheckoutView = await self._send(lambda c: c.void(uuid.UUID(view.id), 30.0), tag)
-            except (NotAllowed, NotFound) as exc:
+            except (NotAllowed, NotFound, AlreadySettled) as exc:
                 w.trace("pos", tag, "void", view.id, type(exc).__name__)
                 return
             except (OutcomePending, DatabaseUnavailable, Disconnected, Refused) as exc:
@@ -322,7 +324,7 @@ class Client:
             if w.calls_by_request[tag]:
                 w.answers.problems.append(f"I6: refund {tag} refused after terminal operations")
             return "final"
-        except (NotAllowed, NotFound, InvalidRequest) as exc:
+        except (NotAllowed, NotFound, InvalidRequest, RefundDeclined) as exc:
             w.trace("pos", tag, "refund", view.id, type(exc).__name__)
             return "final"
         except (OutcomePending, DatabaseUnavailable, Disconnected, Refused) as exc:
