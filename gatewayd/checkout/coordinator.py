@@ -42,6 +42,7 @@ from gatewayd.checkout.persistence import after_intent, before_intent, best_effo
 from gatewayd.checkout.reversals import Reversals
 from gatewayd.checkout.validate import change_due, request_hash, validate
 from gatewayd.checkout.views import checkout_view
+from gatewayd.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,20 @@ class Coordinator:
             raise ShuttingDown("the daemon is shutting down; nothing was started")
         return self.executor.spawn(work)
 
+    async def _view_if_any(self, order_id: uuid.UUID) -> CheckoutView | None:
+        """The checkout as stored now, for an answer that is not final; None when it cannot be read
+        (the database is away, or the intent has not landed yet): the error is the answer then."""
+        try:
+            return await self.get(order_id)
+        except (CheckoutError, StoreError):
+            return None
+
     async def _await(self, task: asyncio.Task[Any], order_id: uuid.UUID, wait_s: float) -> Any:
         """The reversal's result; it goes on if the caller's wait ends."""
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait_s)
         except TimeoutError:
-            view = await best_effort(self.get(order_id))
+            view = await self._view_if_any(order_id)
             raise OutcomePending(
                 "the terminal has not answered yet; ask again", details={"checkout_id": str(order_id)}, checkout=view
             ) from None
@@ -206,7 +215,7 @@ class Coordinator:
         details: dict[str, Any] = {"idempotency_key": key}
         if entry.order_id is not None:
             details["checkout_id"] = str(entry.order_id)
-            view = view or await best_effort(self.get(entry.order_id))
+            view = view or await self._view_if_any(entry.order_id)
         raise OutcomePending(
             "the outcome is not known yet; the checkout goes on: poll it", details=details, checkout=view
         )

@@ -329,8 +329,10 @@ class CheckoutStore:
     ) -> list[uuid.UUID]:
         """Take the lease on unfinished orders for recovery: expired leases, and with `take_own` our own.
 
-        SKIP LOCKED lets two daemons recover side by side without waiting on each other, and the
-        lease keeps them from driving one order twice.
+        A live daemon renews the leases of the orders it drives, so an expired lease means its
+        owner died or stalled: the order is recovered (one never sent is rolled back; the stalled
+        owner, if it wakes, is fenced off). SKIP LOCKED lets two daemons recover side by side
+        without waiting on each other, and the lease keeps them from driving one order twice.
         """
         rows = await self.db.run(
             lambda c: c.fetch(
@@ -343,11 +345,6 @@ class CheckoutStore:
                        AND updated_at < now() - make_interval(secs => $6)
                        AND (lease_until IS NULL OR lease_until <= now() OR ($4 AND lease_owner = $2))
                        AND ($7::uuid IS NULL OR id = $7)
-                       AND ($7::uuid IS NOT NULL OR status <> 'pending_payment'
-                            OR ($4 AND lease_owner = $2) OR EXISTS (
-                            SELECT 1 FROM payment_transactions pt
-                             WHERE pt.store_id = orders.store_id AND pt.order_id = orders.id
-                               AND pt.status IN ('processing', 'unknown', 'approved')))
                      ORDER BY created_at LIMIT $5 FOR UPDATE SKIP LOCKED)
                RETURNING o.id""",
                 self.store_id,

@@ -29,6 +29,7 @@ TERMINAL_FAULTS = (
     "term.status_unknown",  # a Status inquiry timed out
     "term.void_declined",  # the terminal refuses a void
     "term.void_timeout",  # a void times out (applied or not)
+    "term.batch_closed_outside",  # the terminal's batch closes without gatewayd (the processor's auto-close)
 )
 STORE_FAULTS = (
     "db.drop_before_commit",  # the connection drops before COMMIT: nothing applied
@@ -47,6 +48,11 @@ POS_FAULTS = (
     "pos.disconnect",  # the POS stops waiting (the request goes on)
     "pos.void",  # a completed checkout is voided
     "pos.refund",  # a completed checkout is refunded
+    "pos.void_settled",  # a void refused as already settled: the cashier refunds instead
+)
+OPERATOR_ACTIONS = (
+    "ops.settle",  # the operator settles a terminal through gatewayd (refused while anything is open)
+    "ops.refund_orphan",  # the operator refunds a settled orphan (a charge of an order that did not complete)
 )
 RECOVERY_BRANCHES = (
     "recovery.completed",  # recovery finished an order (commit)
@@ -57,9 +63,10 @@ RECOVERY_BRANCHES = (
     "recovery.inquiry_declined",  # ... declined
     "recovery.inquiry_not_found",  # ... not found (after the terminal's own timeout)
     "recovery.void_retried",  # a void was sent again after a failed or unknown attempt
+    "charge.settled_void",  # a void found its charge settled: it stands, marked settled, to be returned
 )
 CARD_MODES: tuple[Literal["sale", "auth_capture"], ...] = ("sale", "sale", "sale", "auth_capture")
-REQUIRED = TERMINAL_FAULTS + STORE_FAULTS + PROCESS_FAULTS + POS_FAULTS + RECOVERY_BRANCHES
+REQUIRED = TERMINAL_FAULTS + STORE_FAULTS + PROCESS_FAULTS + POS_FAULTS + OPERATOR_ACTIONS + RECOVERY_BRANCHES
 
 
 def _rate(rng: random.Random, *levels: float) -> float:
@@ -115,6 +122,8 @@ class FaultPlan:
     void: float
     refund: float
     legacy_orphans: int  # approved charges of failed orders left by the old POS flow
+    settles: int  # the operator settles a terminal through gatewayd, during the fault phase
+    batch_closes: int  # a terminal's batch closes on its own (outside gatewayd), during the fault phase
 
     @staticmethod
     def draw(seed: int) -> FaultPlan:
@@ -160,6 +169,8 @@ class FaultPlan:
             void=_rate(rng, 0.05, 0.15),
             refund=_rate(rng, 0.05, 0.2),
             legacy_orphans=rng.choice((0, 0, 1, 2)),
+            settles=rng.choice((0, 0, 1, 2, 4)),
+            batch_closes=rng.choice((0, 0, 0, 1, 2)),
         )
 
     def calm(self) -> FaultPlan:

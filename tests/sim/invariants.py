@@ -121,6 +121,15 @@ class Checker:
                 "a void for a charge that was not approved",
             )
 
+    def on_capture_request(self, terminal_id: str, ref: str, entry: Entry | None) -> None:
+        if entry is None or entry.voided or entry.status == "declined" or entry.type not in ("auth", "capture"):
+            state = "nothing" if entry is None else f"{entry.type} {entry.status}"
+            self.fail(
+                "I8",
+                f"capture sent for {ref} on {terminal_id}, where the terminal holds {state}: "
+                "a capture of what is not an approved authorization",
+            )
+
     # ------------------------------------------------------------ what holds at all times
 
     def _entry(self, tx: Mapping[str, Any]) -> Entry | None:
@@ -154,12 +163,22 @@ class Checker:
             and self.t.orders[tx["order_id"]]["status"] not in COMPLETED
         )
 
+    @staticmethod
+    def lapsed_hold(e: Entry | None) -> bool:
+        """An authorization whose batch closed before it was captured: nothing was ever received."""
+        return e is not None and e.type == "auth" and e.settled and not e.voided and e.status == "approved"
+
+    def lost_outside(self, tx: Mapping[str, Any], e: Entry | None) -> bool:
+        """A hold lost to a batch closed outside gatewayd, which gatewayd found and marked (alerted)."""
+        return self.lapsed_hold(e) and e is not None and e.settled_by == "outside" and tx["settled_at"] is not None
+
     def order(self, order_id: uuid.UUID, *, final: bool = False) -> None:
         o = self.t.orders[order_id]
         txs = self.t.tenders_of(order_id)
         card_total = 0
         charged_total = 0
         orphaned = 0  # charged, settled, visible: waits for a Return
+        lapsed_total = 0  # holds of a completed order lost to a batch closed before their capture
         for tx in txs:
             if tx["tender_type"] != "card":
                 continue
@@ -175,6 +194,23 @@ class Checker:
                 charged_total += e.amount
                 if self.settled_orphan(tx, e):
                     orphaned += e.amount
+            if self.lapsed_hold(e) and tx["status"] == "approved" and o["status"] in COMPLETED:
+                assert e is not None
+                lapsed_total += tx["amount"]
+                if e.settled_by != "outside":
+                    self.fail(
+                        "I2",
+                        f"authorization {ref} of {o['status']} order {o['order_number']} lapsed: gatewayd settled "
+                        f"terminal {tx['payment_processor_id']}'s batch before capturing it (never paid)",
+                        key=f"I2:lapsed:{ref}",
+                    )
+                elif final and tx["settled_at"] is None:
+                    self.fail(
+                        "I7",
+                        f"authorization {ref} of {o['status']} order {o['order_number']} lapsed in a batch closed "
+                        "outside gatewayd, and gatewayd never noticed (not marked settled, no alert)",
+                        key=f"I7:lapsed:{ref}",
+                    )
             if tx["status"] in ("pending", "declined", "failed", "voided") and charged:
                 assert e is not None
                 self.fail(
@@ -222,7 +258,26 @@ class Checker:
             self.fail(
                 "I2", f"order {o['order_number']}: terminals hold {charged_total} for {card_total} of card tenders"
             )
+        returned = self._returned(order_id)
+        if final and returned > charged_total:
+            why = sorted(
+                {
+                    "a hold that lapsed" if self.lapsed_hold(e) else "a charge voided at the terminal"
+                    for tx in txs
+                    if tx["kind"] == "payment"
+                    and tx["tender_type"] == "card"
+                    and (e := self._entry(tx)) is not None
+                    and (self.lapsed_hold(e) or e.voided)
+                }
+            )
+            self.fail(
+                "I2",
+                f"{status} order {o['order_number']}: {returned} returned to cards that paid {charged_total} "
+                f"(a Return of money never received: {', '.join(why) or 'nothing was charged'})",
+                key=f"I2:overreturned:{order_id}",
+            )
         if status in COMPLETED:
+            half_voided = False  # a card voided under a completed order: that says the rest (I2 below)
             for tx in txs:
                 if tx["kind"] != "payment":
                     continue
@@ -230,6 +285,7 @@ class Checker:
                 if bad and not final and tx["tender_type"] == "card" and tx["status"] in ("voided", "failed"):
                     bad = False  # a void of the completed order is on its way; final() requires it to finish
                 if bad:
+                    half_voided = half_voided or (tx["tender_type"] == "card" and tx["status"] == "voided")
                     self.fail(
                         "I3",
                         f"{status} order {o['order_number']} has a {tx['tender_type']} tender "
@@ -244,7 +300,7 @@ class Checker:
                         f"{status} order {o['order_number']}: tender {tx['reference_id']} approved "
                         f"{tx['approved_amount']} of {tx['amount']}",
                     )
-            if final and charged_total != card_total:
+            if final and not half_voided and charged_total + lapsed_total != card_total:
                 self.fail(
                     "I2",
                     f"{status} order {o['order_number']}: card tenders {card_total}, terminals hold {charged_total}",
@@ -257,7 +313,7 @@ class Checker:
                 for tx in txs
             ):
                 self.fail("I7", f"{status} order {o['order_number']} has a tender still in doubt")
-            kept = charged_total - self._returned(order_id)
+            kept = charged_total - returned
             if final and kept > orphaned:
                 self.fail(
                     "I1",
@@ -365,13 +421,16 @@ class Checker:
                 tx = t.txs[tx_id]
                 o = t.orders[tx["order_id"]]
                 if e.type in CHARGES and e.moves_money():
-                    if o["status"] not in COMPLETED and not self.settled_orphan(tx, e) and tx["status"] != "refunded":
-                        self.fail(
-                            "I1",
-                            f"charge {ref} ({e.amount}) on {terminal_id} belongs to a {o['status']} order "
-                            f"{o['order_number']}: money without goods",
-                            key=f"I1:failed:{o['id']}",
-                        )
+                    if o["status"] not in COMPLETED:
+                        # A settled orphan (to be returned) or one returned already is not lost money:
+                        # order() and the orphan check below hold those to account.
+                        if not self.settled_orphan(tx, e) and tx["status"] != "refunded":
+                            self.fail(
+                                "I1",
+                                f"charge {ref} ({e.amount}) on {terminal_id} belongs to a {o['status']} order "
+                                f"{o['order_number']}: money without goods",
+                                key=f"I1:failed:{o['id']}",
+                            )
                     elif e.amount != tx["amount"]:
                         self.fail("I1", f"charge {ref} is {e.amount}, its tender {tx['amount']}")
                     if tx["operation"] == "auth" and e.type != "capture" and o["status"] in COMPLETED:
@@ -381,7 +440,7 @@ class Checker:
         for tx in t.txs.values():
             if tx["status"] in ("processing", "unknown"):
                 self.fail("I7", f"{tx['kind']} {tx['reference_id']} still {tx['status']} after healing")
-            if tx["capture_status"] == "pending":
+            if tx["capture_status"] == "pending" and not self.lost_outside(tx, self._entry(tx)):
                 self.fail("I7", f"capture of {tx['reference_id']} still pending after healing")
         for o in t.orders.values():
             if o["status"] in OPEN_ORDER:
@@ -389,6 +448,14 @@ class Checker:
         for r in t.refunds.values():
             if r["status"] == "pending":
                 self.fail("I7", f"refund {r['id']} still pending after healing")
+        for tx in t.txs.values():
+            o = t.orders[tx["order_id"]]
+            if self.settled_orphan(tx, self._entry(tx)):
+                self.fail(
+                    "I7",
+                    f"settled orphan {tx['reference_id']} of {o['status']} order {o['order_number']} still not "
+                    "refunded after healing (the operator refunds every one gatewayd lists)",
+                )
         self.hygiene(log_lines)
 
     def hygiene(self, log_lines: Iterable[str]) -> None:

@@ -34,7 +34,15 @@ from gatewayd.checkout.errors import (
     TerminalOffline,
     UnknownTerminalRequested,
 )
-from gatewayd.checkout.model import CardTender, CashTender, CheckoutRequest, CheckoutView, Line, RefundRequest
+from gatewayd.checkout.model import (
+    CardTender,
+    CashTender,
+    CheckoutRequest,
+    CheckoutView,
+    Line,
+    RefundRequest,
+    RestockLine,
+)
 from gatewayd.checkout.validate import request_hash
 from tests.sim.daemon import Disconnected, Refused
 
@@ -264,32 +272,61 @@ class Client:
             tag = self._tag()
             try:
                 result: CheckoutView = await self._send(lambda c: c.void(uuid.UUID(view.id), 30.0), tag)
-            except (NotAllowed, NotFound, AlreadySettled) as exc:
+            except AlreadySettled as exc:
+                # The batch with the charge closed: it cannot be voided any more. Refund what gatewayd
+                # says is left standing, as it tells the POS to.
+                w.trace("pos", tag, "void", view.id, "AlreadySettled")
+                w.coverage.hit("pos.void_settled")
+                self.completed.pop(view.id, None)
+                await self.refund(view, amount=int(exc.details.get("refund_amount") or 0))
+                return
+            except (NotAllowed, NotFound) as exc:
                 w.trace("pos", tag, "void", view.id, type(exc).__name__)
                 return
             except (OutcomePending, DatabaseUnavailable, Disconnected, Refused) as exc:
                 w.trace("pos", tag, "void", view.id, type(exc).__name__)
                 await asyncio.sleep(rng.uniform(1.0, 10.0))
                 continue
-            except Exception as exc:
-                w.anomaly(f"void {view.id}: unexpected {type(exc).__name__}: {exc}")
+            except Exception as exc:  # not an answer the API documents: a 500
+                w.trace("pos", tag, "void", view.id, f"internal:{type(exc).__name__}")
+                w.answers.problems.append(f"I6: void of {view.id} raised {type(exc).__name__} (a 5xx): {exc}")
                 await asyncio.sleep(rng.uniform(1.0, 10.0))
                 continue
             w.trace("pos", tag, "void", view.id, result.status)
             self.completed.pop(view.id, None)
             return
 
-    async def refund(self, view: CheckoutView) -> None:
-        """Refund part of a completed checkout, resending with the same key until it is answered;
-        then, now and then, send the same key with another amount (it must be refused)."""
+    def _restock_lines(self, view: CheckoutView) -> list[RestockLine] | None:
+        """The goods a partial refund puts back: some of the checkout's lines (now and then more
+        than is left of them, or none at all: both refused as bad lines)."""
+        rng = self.rng
+        request = next((r for k, r in self.keys if k == view.idempotency_key), None)
+        if request is None or rng.random() < 0.15:
+            return None
+        lines = rng.sample(request.lines, rng.randint(1, len(request.lines)))
+        extra = 1 if rng.random() < 0.1 else 0
+        return [RestockLine(sku=line.sku, quantity=rng.randint(1, line.quantity) + extra) for line in lines]
+
+    async def refund(self, view: CheckoutView, *, amount: int | None = None) -> None:
+        """Refund part of a completed checkout (or `amount`: the goods come back if it is all that
+        is left), resending with the same key until it is answered; then, now and then, send the
+        same key with another amount (it must be refused). A partial refund with restock names the
+        lines it puts back."""
         w, rng = self.world, self.rng
         w.coverage.hit("pos.refund")
         left = view.total - view.refunded_amount
-        if left <= 0:
+        if left <= 0 or (amount is not None and amount <= 0):
             return
-        amount = rng.choice((left, max(1, left // 2), rng.randint(1, left)))
+        if amount is None:
+            amount = rng.choice((left, max(1, left // 2), rng.randint(1, left)))
+            restock = rng.random() < 0.5
+        else:
+            restock = amount >= left
         request = RefundRequest(
-            idempotency_key=f"{self.register}-R{rng.getrandbits(32):08x}", amount=amount, restock=rng.random() < 0.5
+            idempotency_key=f"{self.register}-R{rng.getrandbits(32):08x}",
+            amount=amount,
+            restock=restock,
+            lines=self._restock_lines(view) if restock and amount < left else None,
         )
         for attempt in range(20):
             if attempt and w.faults_on and rng.random() < w.plan.give_up:
@@ -331,8 +368,9 @@ class Client:
             w.trace("pos", tag, "refund", view.id, type(exc).__name__)
             await asyncio.sleep(rng.uniform(1.0, 10.0))
             return "retry"
-        except Exception as exc:
-            w.anomaly(f"refund {view.id}: unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # not an answer the API documents: a 500
+            w.trace("pos", tag, "refund", view.id, f"internal:{type(exc).__name__}")
+            w.answers.problems.append(f"I6: refund of {view.id} raised {type(exc).__name__} (a 5xx): {exc}")
             await asyncio.sleep(rng.uniform(1.0, 10.0))
             return "retry"
         w.trace("pos", tag, "refund", view.id, result.status, result.refunded_amount)

@@ -15,6 +15,7 @@ from tests.sim import loop
 from tests.sim.daemon import failpoint_crashes
 from tests.sim.determinism import owned
 from tests.sim.faults import REQUIRED
+from tests.sim.regressions import explain
 from tests.sim.world import SeedResult, World
 
 
@@ -57,6 +58,11 @@ class Batch:
         return [r for r in self.results if not r.ok]
 
     @property
+    def unexplained(self) -> list[SeedResult]:
+        """Failing seeds that no open known bug accounts for (tests/sim/regressions.py): new bugs."""
+        return [r for r in self.failed if explain(r.violations) is None]
+
+    @property
     def coverage(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for r in self.results:
@@ -70,15 +76,26 @@ class Batch:
     def summary(self) -> str:
         n = len(self.results)
         rate = n / self.seconds if self.seconds else 0.0
-        lines = [f"{n} seeds in {self.seconds:.1f}s ({rate:.1f} seeds/s), {len(self.failed)} failed"]
+        failed, unexplained = self.failed, self.unexplained
+        lines = [
+            f"{n} seeds in {self.seconds:.1f}s ({rate:.1f} seeds/s), {len(failed)} failed"
+            + (f" ({len(failed) - len(unexplained)} by open known bugs)" if len(failed) != len(unexplained) else "")
+        ]
         anomalies = sum(len(r.anomalies) for r in self.results)
         if anomalies:
             lines.append(f"{anomalies} anomalies (unexpected errors, not invariant violations)")
         missing = self.missing()
         lines.append("vacuous: never hit " + ", ".join(missing) if missing else "every fault and recovery branch hit")
-        for r in self.failed[:20]:
+        for r in unexplained[:20]:
             lines.append(f"seed {r.seed}: {r.violations[0]}")
             lines.append(f"  replay: {replay_command(r.seed)}")
+        known: dict[str, list[int]] = {}
+        for r in failed:
+            for bug in explain(r.violations) or ():
+                known.setdefault(bug, []).append(r.seed)
+        for bug, seeds in sorted(known.items()):
+            more = f" (+{len(seeds) - 10})" if len(seeds) > 10 else ""
+            lines.append(f"open bug {bug}: seeds {', '.join(map(str, seeds[:10]))}{more}")
         return "\n".join(lines)
 
 

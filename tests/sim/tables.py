@@ -504,11 +504,7 @@ class Tables:
                 return False
             ours = take_own and o["lease_owner"] == owner
             lease_ok = o["lease_until"] is None or o["lease_until"] <= now or ours
-            if not lease_ok or (only is not None and o["id"] != only):
-                return False
-            if only is not None or o["status"] != "pending_payment" or ours:
-                return True
-            return any(t["status"] in CHARGING for t in self.tenders_of(o["id"]))
+            return lease_ok and (only is None or o["id"] == only)
 
         chosen = sorted((o for o in self.orders.values() if eligible(o)), key=lambda o: o["created_at"])[:limit]
         for o in chosen:

@@ -66,6 +66,7 @@ class Entry:
     number: int
     voided: bool = False
     settled: bool = False
+    settled_by: str = ""  # "gatewayd" (a Settle it sent) or "outside" (the batch closed on its own)
 
     def moves_money(self) -> bool:
         """Charged, held or returned. An authorization never captured is a hold, never money
@@ -99,6 +100,7 @@ class FakeTerminal:
     trace: Callable[..., None]
     on_ledger: Callable[[str, str], None] = lambda ref, what: None
     on_void_request: Callable[[str, Entry | None], None] = lambda ref, entry: None
+    on_capture_request: Callable[[str, Entry | None], None] = lambda ref, entry: None
     ledger: dict[str, Entry] = field(default_factory=dict)
     batch: int = 1
     current: _Txn | None = None
@@ -301,6 +303,8 @@ class FakeTerminal:
             if self.void_requests[ref] > 1:
                 self.coverage.hit("recovery.void_retried")
             self.on_void_request(ref, self.ledger.get(ref))
+        if kind == "capture":
+            self.on_capture_request(ref, self.ledger.get(ref))
         if self.offline():
             self.coverage.hit("term.offline")
             return Offline(status_code="2001", message="Terminal not connected to SPIn Proxy server")
@@ -346,17 +350,27 @@ class FakeTerminal:
         return Health(state="online")
 
     async def settle(self) -> SettleResult:
+        """A Settle from a driver (gatewayd's lane)."""
         self.calls["settle"] += 1
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
         if self.offline():
             return SettleResult(ok=False, message="offline")
+        if self.current is not None:
+            return SettleResult(ok=False, message="busy")
+        return self.close_batch("gatewayd")
+
+    def close_batch(self, by: str) -> SettleResult:
+        """Close the open batch: its charges can no longer be voided (nor its holds captured), only
+        returned; an authorization never captured lapses."""
         closed = [e for e in self.ledger.values() if not e.settled]
         if not closed:
             return SettleResult(ok=False, message="no open batch")
         for e in closed:
-            e.settled = True
-        self.trace("term", self.terminal_id, "settled", self.batch, len(closed))
+            e.settled, e.settled_by = True, by
+        self.trace("term", self.terminal_id, "settled", by, self.batch, len(closed))
         self.batch += 1
+        for e in closed:
+            self.on_ledger(e.ref, "settle")
         return SettleResult(ok=True, batch=str(self.batch - 1), count=len(closed))
 
     def open_batch(self) -> list[BatchEntry]:

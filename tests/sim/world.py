@@ -19,7 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.sim.daemon import LEASE_S, RECOVERY_INTERVAL_S, SimMetrics, SimProcess
+from gatewayd.checkout.errors import CheckoutError, NotAllowed
+from gatewayd.checkout.model import RefundRequest
+from gatewayd.checkout.operations import Operations
+from gatewayd.errors import GatewayError
+from tests.sim.daemon import LEASE_S, RECOVERY_INTERVAL_S, Disconnected, SimMetrics, SimProcess
 from tests.sim.db import FakeServer, History, SimDatabase
 from tests.sim.faults import Coverage, FaultPlan
 from tests.sim.invariants import Checker
@@ -93,6 +97,7 @@ class World:
         for term in self.terminals.values():
             term.on_ledger = functools.partial(self._ledger_changed, term.terminal_id)
             term.on_void_request = functools.partial(self.checker.on_void_request, term.terminal_id)
+            term.on_capture_request = functools.partial(self.checker.on_capture_request, term.terminal_id)
         self.setup: dict[str, Any] = {
             "stock": dict(self.initial_stock),
             "terminals": list(self.terminals),
@@ -183,6 +188,91 @@ class World:
             await self._at(t)
             self.server.stop_for(rng.uniform(1.0, 60.0))
 
+    async def _settle_schedule(self, fault_s: float) -> None:
+        """The operator settles terminals through gatewayd (refused while anything on them is open),
+        and now and then a terminal's batch closes on its own (the processor's auto-close)."""
+        rng = random.Random(f"settle-nemesis:{self.seed}")
+        events = [(rng.uniform(10.0, fault_s), "operator") for _ in range(self.plan.settles)]
+        events += [(rng.uniform(10.0, fault_s), "outside") for _ in range(self.plan.batch_closes)]
+        for t, who in sorted(events):
+            await self._at(t)
+            tid = rng.choice(sorted(self.terminals))
+            if who == "outside":
+                if self.terminals[tid].close_batch("outside").ok:
+                    self.coverage.hit("term.batch_closed_outside")
+                continue
+            proc = self.process
+            if proc is not None and proc.ready and proc.operations is not None:
+                proc.spawn(self._operator_settle(proc.operations, tid))
+
+    async def _operator_settle(self, operations: Operations, terminal_id: str) -> None:
+        try:
+            result = await operations.settle(terminal_id)
+        except NotAllowed as exc:
+            self.trace("ops", "settle", terminal_id, "refused", exc.message[:60])
+            return
+        except GatewayError as exc:
+            self.trace("ops", "settle", terminal_id, type(exc).__name__)
+            return
+        except Exception as exc:  # not an answer the API documents: a 500
+            self.answers.problems.append(f"I6: settle of {terminal_id} raised {type(exc).__name__}: {exc}")
+            return
+        self.trace("ops", "settle", terminal_id, result.ok, result.message)
+        if result.ok:
+            self.coverage.hit("ops.settle")
+
+    async def _operator(self) -> None:
+        """The operator works gatewayd's orphan list: a charge that can no longer be voided (its batch
+        settled) is listed to be refunded, and the operator refunds it, through the API."""
+        rng = random.Random(f"operator:{self.seed}")
+        n = 0
+        while True:
+            await asyncio.sleep(rng.uniform(20.0, 60.0))
+            proc = self.process
+            if proc is None or not proc.ready or proc.operations is None:
+                continue
+            operations = proc.operations
+            n += 1
+            try:
+                listing = await proc.call(lambda c, ops=operations: ops.orphans(), f"ops#{n}", None, False)
+            except (GatewayError, Disconnected) as exc:
+                self.trace("ops", "orphans", type(exc).__name__)
+                continue
+            for orphan in listing.orphans:
+                if orphan.action == "refund":
+                    await self._refund_orphan(proc, orphan.order_id, orphan.reference_id, orphan.amount)
+
+    async def _refund_orphan(self, proc: SimProcess, order_id: str, reference_id: str, amount: int) -> None:
+        tag = f"ops-refund-{reference_id}"
+        try:
+            view = await proc.call(lambda c: c.get(uuid.UUID(order_id)), tag, None, False)
+        except (GatewayError, Disconnected) as exc:
+            self.trace("ops", "refund", reference_id, type(exc).__name__)
+            return
+        if any(r.status == "pending" for r in view.refunds):
+            return
+        refunded = sum(r.amount for r in view.refunds if r.status == "completed")
+        failed = sum(1 for r in view.refunds if r.status == "failed")
+        if amount - refunded <= 0:
+            return
+        request = RefundRequest(idempotency_key=f"orphan-{reference_id}-{failed}", amount=amount - refunded)
+        try:
+            await proc.call(lambda c: c.refund(uuid.UUID(order_id), request, 30.0), tag, None, False)
+        except CheckoutError as exc:
+            self.trace("ops", "refund", reference_id, type(exc).__name__)
+            if exc.code == "internal_error":
+                self.answers.problems.append(f"I6: refund of orphan {reference_id} answered internal_error: {exc}")
+            return
+        except (GatewayError, Disconnected) as exc:
+            self.trace("ops", "refund", reference_id, type(exc).__name__)
+            return
+        except Exception as exc:  # not an answer the API documents: a 500
+            self.trace("ops", "refund", reference_id, f"internal:{type(exc).__name__}")
+            self.answers.problems.append(f"I6: refund of orphan {reference_id} raised {type(exc).__name__}: {exc}")
+            return
+        self.trace("ops", "refund", reference_id, "refunded", amount - refunded)
+        self.coverage.hit("ops.refund_orphan")
+
     # ------------------------------------------------------------ setup: what the old POS flow left behind
 
     def add_legacy_orphans(self) -> None:
@@ -258,7 +348,8 @@ class World:
             and proc.ready
             and not any(o["status"] in OPEN_ORDER for o in t.orders.values())
             and not any(
-                x["status"] in ("processing", "unknown") or x["capture_status"] == "pending" for x in t.txs.values()
+                x["status"] in ("processing", "unknown") or (x["capture_status"] == "pending" and not x["settled_at"])
+                for x in t.txs.values()
             )
             and not any(r["status"] == "pending" for r in t.refunds.values())
             and not t.orphans(self.server.now())
@@ -272,6 +363,8 @@ class World:
         self.start_process()
         nemeses = [world_task(self._crash_schedule(fault_s)), world_task(self._db_schedule(fault_s))]
         nemeses += [world_task(self._terminal_schedule(term, fault_s)) for term in self.terminals.values()]
+        nemeses.append(world_task(self._settle_schedule(fault_s)))
+        operator = world_task(self._operator())
         clients = [world_task(Client(self, i).run()) for i in range(self.plan.clients)]
         await asyncio.sleep(fault_s)
         for task in nemeses:
@@ -281,6 +374,7 @@ class World:
         await asyncio.wait(clients, timeout=HEAL_BOUND_S)
         while self.now() < deadline and not self.quiescent():  # noqa: ASYNC110 - polling the world is the point
             await asyncio.sleep(5.0)
+        operator.cancel()
         healed_in = self.now() - (deadline - HEAL_BOUND_S)
         self.trace("phase", "final_check", round(healed_in, 3))
         self.checker.final(self.log_lines())
