@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
+
+from gatewayd.stack import DaemonProcess, StoreSpec, TerminalSpec
+from gatewayd.store.migrate import apply_dsn
+from gatewayd.terminals.simulator.server import simulator_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout whose gatewayd is measured
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,13 +101,7 @@ def postgres() -> Any:
 
 
 async def migrate(dsn: str) -> None:
-    from gatewayd.store import migrate as m
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await m.apply(conn)
-    finally:
-        await conn.close()
+    await apply_dsn(dsn)
 
 
 def pgbench(server: Any, clients: int, seconds: float, scale: int) -> dict[str, Any]:
@@ -133,43 +130,14 @@ def pgbench(server: Any, clients: int, seconds: float, scale: int) -> dict[str, 
 
 
 # ------------------------------------------------------------------ the simulator and the daemon
+# (built by gatewayd.stack, as the demo, the tests and the chaos run build them)
 
 
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_simulator(tmp: Path, latency_ms: int = 0) -> tuple[Proc, str]:
-    port = free_port()
-    log = tmp / f"sim-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gatewayd", "simulate", "--port", str(port),
-                                 "--latency-ms", str(latency_ms)], cwd=ROOT, env=child_env(),
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return Proc(proc, log), url
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+@contextlib.asynccontextmanager
+async def simulator(latency_ms: int = 0) -> AsyncIterator[str]:
+    """`gatewayd simulate` in its own process; yields its URL."""
+    async with simulator_subprocess(free_port(), args=("--latency-ms", str(latency_ms))) as url:
+        yield url
 
 
 @dataclass
@@ -197,76 +165,57 @@ class Store:
     def terminal_ids(self) -> list[str]:
         return [f"lane-{i}" for i in range(1, self.terminals + 1)]
 
+    def spec(self, stock: dict[str, int] | None = None) -> StoreSpec:
+        terminals = [
+            TerminalSpec(f"lane-{i}", f"{self.store_id.upper()}{i:06d}", self.sim_url, timeout_s=30)
+            for i in range(1, self.terminals + 1)
+        ]
+        return StoreSpec(terminals, store_id=self.store_id, stock=stock or {})
+
     def write_config(self) -> Path:
-        parts = [f'store_id = "{self.store_id}"\nstate_dir = "{self.tmp / self.store_id}"\n',
-                 f'[database]\ndsn = "{self.dsn}"\npool_max = {self.pool_max}\n',
-                 f'[api]\nsocket = "{self.socket}"\ncheckout_wait_s = 60\n',
-                 '[metrics]\nlisten = "127.0.0.1:0"\n',
-                 f'[health]\ninterval_s = {self.health_interval_s}\n',
-                 f'[log]\nlevel = "{self.log_level}"\n', self.extra, "\n"]
-        for i in range(1, self.terminals + 1):
-            tpn = f"{self.store_id.upper()}{i:06d}"
-            parts.append(f'[[terminals]]\nid = "lane-{i}"\nbase_url = "{self.sim_url}"\ntpn = "{tpn}"\n'
-                         f'authkey = "K{tpn}"\ntimeout_s = 30\nis_live = false\n')
-        self.config_path.write_text("".join(parts))
-        return self.config_path
+        return self.spec().write_config(
+            self.config_path,
+            state_dir=self.tmp / self.store_id,
+            socket_path=self.socket,
+            dsn=self.dsn,
+            sections={
+                "database": {"pool_min": 2, "pool_max": self.pool_max},
+                "api": {"checkout_wait_s": 60},
+                "health": {"interval_s": self.health_interval_s, "failure_threshold": 2},
+                "log": {"level": self.log_level},
+            },
+            extra=self.extra,
+        )
 
     async def seed(self, skus: dict[str, int]) -> None:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            await conn.executemany("INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-                                   [(self.store_id, sku, n) for sku, n in skus.items()])
-        finally:
-            await conn.close()
+        await self.spec(skus).seed(self.dsn)
 
 
-def start_daemon(store: Store, *, failpoints: str = "", name: str = "daemon") -> Proc:
-    log = store.tmp / f"{store.store_id}-{name}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gatewayd", "run", "--config", str(store.config_path)],
-                                cwd=ROOT, env=child_env(GATEWAYD_FAILPOINTS=failpoints), stdout=out,
-                                stderr=subprocess.STDOUT)
-    return Proc(proc, log)
-
-
-async def wait_ready(store: Store, proc: Proc, timeout_s: float = 120.0) -> float:
-    """Until GET /v1/health answers 200 over the socket; returns the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.proc.returncode}: {proc.log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-            conn = await HttpConn.open(store.socket)
-            try:
-                status, _ = await conn.request("GET", "/v1/health")
-            finally:
-                conn.close()
-            if status in (200, 503) or status < 600:
-                return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"daemon not ready: {proc.log.read_text()[-3000:]}")
+async def start_daemon(store: Store, *, failpoints: str = "", name: str = "daemon", wait: bool = True) -> DaemonProcess:
+    """The store's daemon as a real process (children import gatewayd from ROOT)."""
+    daemon = DaemonProcess(store.config_path, failpoints=failpoints, name=name, env=child_env())
+    await daemon.start(wait=False)
+    if wait:
+        await daemon.ready(timeout_s=120.0)
+    return daemon
 
 
 @contextlib.asynccontextmanager
-async def world(terminals: int, **store_kw: Any) -> AsyncIterator[tuple[Any, Store, Proc, Proc]]:
+async def world(terminals: int, **store_kw: Any) -> AsyncIterator[tuple[Any, Store, DaemonProcess, str]]:
     """PostgreSQL (shared, durable), a simulator and a ready daemon holding `terminals` lanes."""
     server = postgres()
     await migrate(server.dsn)
     tmp = WORK / "run"
     tmp.mkdir(parents=True, exist_ok=True)
-    sim, url = start_simulator(tmp)
-    daemon: Proc | None = None
-    try:
+    async with simulator() as url:
         store = Store(server.dsn, url, tmp, terminals, **store_kw)
         store.write_config()
         await store.seed({f"SKU-{i}": 10**9 for i in range(64)})
-        daemon = start_daemon(store)
-        await wait_ready(store, daemon)
-        yield server, store, daemon, sim
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        sim.stop()
+        daemon = await start_daemon(store)
+        try:
+            yield server, store, daemon, url
+        finally:
+            await daemon.stop()
 
 
 # ------------------------------------------------------------------ a lean HTTP/1.1 client

@@ -24,23 +24,26 @@ async def run(quick: bool) -> dict[str, Any]:
     await env.migrate(server.dsn)
     tmp = env.WORK / "run"
     tmp.mkdir(parents=True, exist_ok=True)
-    sim, url = env.start_simulator(tmp)
+    async with env.simulator() as url:
+        return await _run(server, url, tmp, n, terminals)
+
+
+async def _run(server: Any, url: str, tmp: Any, n: int, terminals: int) -> dict[str, Any]:
     db = await asyncpg.connect(server.dsn)
     try:
         store = env.Store(server.dsn, url, tmp, terminals)
         store.write_config()
         await store.seed({f"SKU-{i}": 10**9 for i in range(64)})
-        daemon = env.start_daemon(store, failpoints="after_sale_sent=stall:600@*", name="first")
+        daemon = await env.start_daemon(store, failpoints="after_sale_sent=stall:600@*", name="first")
         try:
-            await env.wait_ready(store, daemon)
             load_s, open_before = await _load_and_kill(db, store, daemon, n, terminals)
         finally:
-            daemon.stop(9)
+            await daemon.kill()
         restart = time.monotonic()
-        daemon = env.start_daemon(store, name="second")
+        daemon = await env.start_daemon(store, name="second", wait=False)
         ready_s: float | None = None
         try:
-            ready_task = asyncio.ensure_future(env.wait_ready(store, daemon))
+            ready_task = asyncio.ensure_future(daemon.ready(timeout_s=120.0))
             while True:
                 left = await db.fetchval(f"SELECT count(*) FROM orders WHERE store_id = $1 AND status IN {OPEN}",
                                          store.store_id)
@@ -58,10 +61,9 @@ async def run(quick: bool) -> dict[str, Any]:
             outcome = {r["status"]: r["n"] for r in await db.fetch(
                 "SELECT status, count(*) n FROM orders WHERE store_id = $1 GROUP BY status", store.store_id)}
         finally:
-            daemon.stop()
+            await daemon.stop()
     finally:
         await db.close()
-        sim.stop()
     print(f"  {n} in flight (loaded in {load_s:.1f}s), open at kill {open_before}; resolved {resolved_s:.2f}s"
           f" after restart (ready at {ready_s:.2f}s): {outcome}", flush=True)
     return {"benchmark": "recovery", "in_flight": n, "open_at_kill": open_before, "terminals": terminals,
@@ -69,7 +71,7 @@ async def run(quick: bool) -> dict[str, Any]:
             "met": resolved_s <= GOAL_S}
 
 
-async def _load_and_kill(db: asyncpg.Connection, store: env.Store, daemon: env.Proc, n: int,
+async def _load_and_kill(db: asyncpg.Connection, store: env.Store, daemon: env.DaemonProcess, n: int,
                          terminals: int) -> tuple[float, int]:
     """n checkouts, each stalled right after its sale was sent; kill -9 once all n are processing."""
     conns = [await env.HttpConn.open(store.socket) for _ in range(n)]
@@ -88,7 +90,7 @@ async def _load_and_kill(db: asyncpg.Connection, store: env.Store, daemon: env.P
             raise RuntimeError(f"only {processing} tenders processing")
         await asyncio.sleep(0.05)
     load_s = time.monotonic() - t0
-    daemon.stop(9)
+    await daemon.kill()
     for p in posts:
         p.cancel()
     await asyncio.gather(*posts, return_exceptions=True)

@@ -25,7 +25,7 @@ from gatewayd.checkout.coordinator import Coordinator
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery
-from gatewayd.checkout.reversals import Reversals
+from gatewayd.checkout.wiring import wire
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.observe import logs
@@ -145,23 +145,23 @@ class Daemon:
             on_event=self.metrics.lane_event,
         )
         self.fleet.start(config.terminals)
-        store = CheckoutStore(self.db, config.store_id)
-        self.executor = executor = Executor(
-            store,
+        self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
+        parts = wire(
+            CheckoutStore(self.db, config.store_id),
+            maintenance,
             self.fleet,
             config.checkout,
             owner=instance_id(config),
             lease_s=config.recovery.lease_s,
             metrics=self.metrics,
+            terminals=self.fleet,
         )
-        reversals = Reversals(executor, config.checkout.max_amount)
-        self.coordinator = Coordinator(executor, reversals)
+        self.executor, self.coordinator = parts.executor, parts.coordinator
+        self.operations, self.recovery = parts.operations, parts.recovery
+        executor = parts.executor
         self.terminals_store = terminals
         await terminals.own([t.id for t in config.terminals], executor.owner, TERMINAL_OWNER_TTL_S)
         self.lease_heartbeat = asyncio.ensure_future(self._heartbeat())
-        self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
-        self.operations = Operations(maintenance, self.fleet)
-        self.recovery = Recovery(executor, reversals, maintenance)
         coordinator = self.coordinator
         fleet = self.fleet
         self.metrics.watch(lambda: fleet, self.db, lambda: coordinator.in_flight)

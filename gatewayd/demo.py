@@ -10,10 +10,9 @@ from pathlib import Path
 
 from gatewayd import daemon
 from gatewayd.config import Config, parse
+from gatewayd.stack import StoreSpec, TerminalSpec
 from gatewayd.store import migrate
-from gatewayd.store.db import Database
 from gatewayd.store.embedded import EmbeddedPostgres
-from gatewayd.store.maintenance import MaintenanceStore
 from gatewayd.terminals.simulator.server import running_simulator
 
 log = logging.getLogger("gatewayd.demo")
@@ -41,28 +40,43 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def demo_store(sim_url: str) -> StoreSpec:
+    """The demo's store: four simulated lanes and the catalog (config/demo.toml's values)."""
+    terminals = [
+        TerminalSpec(
+            f"lane-{i}",
+            f"SIMLANE0000{i}",
+            sim_url,
+            name=f"Lane {i} (simulated)",
+            authkey=f"DEMOKEY00{i}",
+            timeout_s=10,
+            http_margin_s=2,
+        )
+        for i in range(1, 5)
+    ]
+    return StoreSpec(
+        terminals,
+        store_id="demo-store",
+        stock={sku: n for sku, _, n in CATALOG},
+        names={sku: name for sku, name, _ in CATALOG},
+    )
+
+
 def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) -> Config:
     """The demo's configuration: config/demo.toml's values with this run's paths and ports."""
-    terminals = "".join(
-        f'[[terminals]]\nid = "lane-{i}"\nname = "Lane {i} (simulated)"\nbase_url = "{sim_url}"\n'
-        f'tpn = "SIMLANE0000{i}"\nauthkey = "DEMOKEY00{i}"\ntimeout_s = 10\nhttp_margin_s = 2\nis_live = false\n'
-        for i in range(1, 5)
-    )
-    text = (
-        f'store_id = "demo-store"\nstate_dir = "{state_dir}"\n[database]\ndsn = "{dsn}"\n'
-        f'[api]\nsocket = "{state_dir / "gatewayd.sock"}"\nsocket_mode = "0660"\ncheckout_wait_s = 30\n'
-        f'[metrics]\nlisten = "{metrics_listen}"\n[health]\ninterval_s = 5\n[recovery]\ninterval_s = 10\n' + terminals
+    text = demo_store(sim_url).config_text(
+        state_dir=state_dir,
+        socket_path=state_dir / "gatewayd.sock",
+        dsn=dsn,
+        sections={
+            "database": {"pool_min": 2, "pool_max": 10},
+            "api": {"socket_mode": "0660"},
+            "metrics": {"listen": metrics_listen},
+            "health": {"interval_s": 5, "failure_threshold": 2},
+            "recovery": {"interval_s": 10},
+        },
     )
     return parse(text, "<demo>")
-
-
-async def _seed_catalog(dsn: str) -> None:
-    db = Database(dsn, pool_min=1, pool_max=1)
-    await db.open()
-    try:
-        await MaintenanceStore(db, "demo-store").seed_inventory(list(CATALOG))
-    finally:
-        await db.close()
 
 
 def _ready_text(config: Config, sim_url: str, metrics_url: str) -> str:
@@ -113,12 +127,12 @@ async def run_demo(state_dir: Path) -> int:
             def ready(_: daemon.Daemon) -> None:
                 print(_ready_text(config, sim.url, metrics_url), flush=True)
 
-            await _migrate_and_seed(dsn)
+            await _migrate_and_seed(dsn, demo_store(sim.url))
             return await daemon.serve(config, on_ready=ready)
     finally:
         await asyncio.to_thread(pg.stop)
 
 
-async def _migrate_and_seed(dsn: str) -> None:
+async def _migrate_and_seed(dsn: str, store: StoreSpec) -> None:
     await migrate.apply_dsn(dsn)
-    await _seed_catalog(dsn)
+    await store.seed(dsn)

@@ -17,6 +17,7 @@ from gatewayd.api.client import Answer, GatewayClient
 from gatewayd.config import parse
 from gatewayd.daemon import Daemon
 from gatewayd.observe.systemd import Notifier
+from gatewayd.stack import StoreSpec, TerminalSpec
 from gatewayd.terminals.simulator.server import Simulator, running_simulator
 from tests.invariants import check_money_invariants
 
@@ -115,9 +116,10 @@ def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
     return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
 
 
-def sim_authkey(tpn: str) -> str:
-    """The auth key the harness configures for `tpn` (the simulator binds each Tpn to its first key)."""
-    return f"KEY{tpn[-7:]}"
+def store_spec(store_id: str, sim_url: str, tpns: dict[str, str], *, timeout_s: int = 2, **kw: Any) -> StoreSpec:
+    """The tests' store: these terminals on the simulator at `sim_url`."""
+    terminals = [TerminalSpec(tid, tpn, sim_url, timeout_s=timeout_s) for tid, tpn in tpns.items()]
+    return StoreSpec(terminals, store_id=store_id, **kw)
 
 
 def config_text(
@@ -131,16 +133,9 @@ def config_text(
     timeout_s: int = 2,
     extra: str = "",
 ) -> str:
-    terminals = "".join(
-        f'[[terminals]]\nid = "{tid}"\nname = "Lane {tid}"\nbase_url = "{sim_url}"\ntpn = "{tpn}"\n'
-        f'authkey = "{sim_authkey(tpn)}"\ntimeout_s = {timeout_s}\nhttp_margin_s = 1.0\nis_live = false\n'
-        for tid, tpn in tpns.items()
-    )
-    return (
-        f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n'
-        f'[database]\ndsn = "{dsn}"\npool_min = 1\npool_max = 8\n'
-        f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = 30\n'
-        f'[metrics]\nlisten = "127.0.0.1:0"\n[health]\ninterval_s = 0.5\nfailure_threshold = 1\n{extra}\n{terminals}'
+    """A test daemon's config (gatewayd.stack writes it): short timeouts, a fast health sweep."""
+    return store_spec(store_id, sim_url, tpns, timeout_s=timeout_s).config_text(
+        state_dir=state_dir, socket_path=socket_path, dsn=dsn, extra=extra
     )
 
 
@@ -159,15 +154,8 @@ async def running_gateway(
     store_id = "t" + uuid.uuid4().hex[:10]
     tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in range(1, terminals + 1)}
     stock = dict(STOCK if stock is None else stock)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.executemany(
-            "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-            [(store_id, sku, n) for sku, n in stock.items()],
-        )
-    finally:
-        await conn.close()
     async with running_simulator(slow_s=slow_s) as sim:
+        await store_spec(store_id, sim.url, tpns, stock=stock).seed(dsn)
         socket_path = tmp / f"{store_id}.sock"
         text = config_text(store_id, socket_path, tmp, dsn, sim.url, tpns, timeout_s=timeout_s, extra=extra)
         config_file = tmp / f"{store_id}.toml"

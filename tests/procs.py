@@ -1,11 +1,10 @@
-"""Real processes for crash tests: the simulator and the daemon as subprocesses."""
+"""Real processes for crash tests: the simulator and the daemon (gatewayd.stack.DaemonProcess) as
+subprocesses, over one store."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import sys
 import time
@@ -14,12 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 
-from gatewayd.api.client import GatewayClient
+from gatewayd.stack import DaemonProcess
 from gatewayd.terminals.simulator.server import simulator_subprocess
-from tests.harness import STOCK, StoreProbe, config_text
+from tests.harness import STOCK, StoreProbe, config_text, store_spec
 
 
 def free_port() -> int:
@@ -58,14 +56,7 @@ class Store(StoreProbe):
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
 
     async def seed(self) -> None:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            await conn.executemany(
-                "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)",
-                [(self.store_id, sku, n) for sku, n in self.stock.items()],
-            )
-        finally:
-            await conn.close()
+        await store_spec(self.store_id, self.sim_url, self.tpns, stock=self.stock).seed(self.dsn)
 
     def config(self, name: str = "a", extra: str = "") -> Path:
         """Write a config for daemon `name` (its own socket, so its own instance id)."""
@@ -104,69 +95,4 @@ class Store(StoreProbe):
     check = StoreProbe.check_invariants
 
 
-class DaemonProcess:
-    """`gatewayd run` as a real subprocess."""
-
-    def __init__(self, config: Path, *, failpoints: str = "", name: str = "a", args: tuple[str, ...] = ()) -> None:
-        self.config = config
-        self.failpoints = failpoints
-        self.args = args
-        self.socket = str(config).replace(".toml", ".sock")
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log = config.with_suffix(f".{name}.log")
-
-    async def start(self, wait: bool = True) -> DaemonProcess:
-        env = {**os.environ, "GATEWAYD_FAILPOINTS": self.failpoints}
-        with open(self.log, "ab") as out:  # noqa: ASYNC230 - the child keeps its own copy of the fd
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gatewayd",
-                "run",
-                "--config",
-                str(self.config),
-                *self.args,
-                env=env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        if wait:
-            await self.ready()
-        return self
-
-    async def ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.returncode is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                async with GatewayClient(self.socket, timeout_s=2) as client:
-                    if (await client.health()).status == 200:
-                        return
-            except (aiohttp.ClientError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"daemon not ready:\n{self.log.read_text()[-3000:]}")
-
-    def client(self, timeout_s: float = 60.0) -> GatewayClient:
-        return GatewayClient(self.socket, timeout_s=timeout_s)
-
-    async def exited(self, timeout_s: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except TimeoutError:
-            return None
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 60)
-        return code
+__all__ = ["DaemonProcess", "Store", "free_port", "run_cli", "simulator_process"]

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import card, cash, order, sim_authkey
+from gatewayd.stack import authkey_for
+from tests.harness import card, cash, order
 from tests.procs import DaemonProcess, Store, simulator_process
 
 RECOVERY = "[recovery]\ninterval_s = 1\n"
@@ -188,7 +189,7 @@ async def test_recovery_never_takes_misconfigured_for_not_charged(store: Store) 
             store.store_id,
         )
         assert [(r["o"], r["t"]) for r in rows] == [("payment_processing", "unknown")]
-        await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": sim_authkey(tpn)})
+        await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": authkey_for(tpn)})
         await _assert_final_and_clean(store, restarted, body)
         statuses = await store.fetch("SELECT status FROM orders WHERE store_id = $1", store.store_id)
         assert [r["status"] for r in statuses] == ["completed"]

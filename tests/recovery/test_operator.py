@@ -10,7 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import Gateway, card, running_gateway, sim_authkey
+from gatewayd.stack import authkey_for
+from tests.harness import Gateway, card, running_gateway
 from tests.procs import run_cli
 
 
@@ -23,7 +24,7 @@ async def gw(dsn: str, tmp_path: Path) -> AsyncIterator[Gateway]:
 async def _sim_sale(gw: Gateway, tpn: str, ref: str, amount: str) -> None:
     body = {
         "Tpn": tpn,
-        "Authkey": sim_authkey(tpn),
+        "Authkey": authkey_for(tpn),
         "Amount": amount,
         "PaymentType": "Credit",
         "ReferenceId": ref,

@@ -8,7 +8,8 @@ from pathlib import Path
 import aiohttp
 
 from gatewayd import failpoints
-from tests.harness import card, running_gateway, sim_authkey
+from gatewayd.stack import authkey_for
+from tests.harness import card, running_gateway
 
 
 async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> No
         async with aiohttp.ClientSession() as s:
             await s.post(
                 gw.sim_url + "/v2/Payment/Void",
-                json={"Tpn": tpn, "Authkey": sim_authkey(tpn), "ReferenceId": first, "SPInProxyTimeout": 5},
+                json={"Tpn": tpn, "Authkey": authkey_for(tpn), "ReferenceId": first, "SPInProxyTimeout": 5},
             )
         await gw.fetch(
             "UPDATE payment_transactions SET status = 'voided' WHERE store_id = $1 AND reference_id = $2",

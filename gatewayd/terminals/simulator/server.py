@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +132,15 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.asynccontextmanager
 async def simulator_subprocess(
-    port: int, *, host: str = "127.0.0.1", slow_s: float = 3.0, preexec_fn: Callable[[], Any] | None = None
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    slow_s: float = 3.0,
+    args: Sequence[str] = (),
+    preexec_fn: Callable[[], Any] | None = None,
 ) -> AsyncIterator[str]:
-    """`gatewayd simulate` in a process of its own (tests, chaos runs, benchmarks); yields its URL."""
+    """`gatewayd simulate` in a process of its own (tests, chaos runs, benchmarks); yields its URL.
+    `args`: more options (`--latency-ms`, `--tpns`, `--auto-settle-s`)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -146,6 +152,7 @@ async def simulator_subprocess(
         str(port),
         "--slow-s",
         str(slow_s),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         preexec_fn=preexec_fn,
@@ -156,9 +163,17 @@ async def simulator_subprocess(
         proc.kill()
         await proc.wait()
         raise RuntimeError(f"simulator did not start: {line!r}")
+    # Whatever it prints later is read and dropped, so that a full pipe never stalls it.
+    drain = asyncio.ensure_future(_drain(proc.stdout))
     try:
         yield f"http://{host}:{port}"
     finally:
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+        await asyncio.gather(drain, return_exceptions=True)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
