@@ -532,7 +532,7 @@ class Executor:
             "ALERT: %s of %s on %s answered 'not found' (batch closed): %s", what, t.reference_id, t.terminal_id, reason
         )
 
-    def _refused(self, step: str, order_id: uuid.UUID, result: dict[str, Any]) -> TransitionRefused:
+    def refused(self, step: str, order_id: uuid.UUID, result: dict[str, Any]) -> TransitionRefused:
         self.metrics.transition_refused(step)
         return TransitionRefused(
             f"the database refused to {step} checkout {order_id}: {result.get('outcome')}",
@@ -552,7 +552,7 @@ class Executor:
             self._lost.add(order_id)
             raise LeaseLost(order_id)
         if result["outcome"] not in ("completed", "already"):
-            raise self._refused("commit", order_id, result)
+            raise self.refused("commit", order_id, result)
         for t in c.payments:
             if t.tender_type == "cash":
                 self.metrics.tender_finished("cash", "approved")
@@ -570,7 +570,7 @@ class Executor:
             self._lost.add(order_id)
             raise LeaseLost(order_id)
         if result["outcome"] not in ("payment_failed", "cancelled", "already"):
-            raise self._refused("fail", order_id, result)
+            raise self.refused("fail", order_id, result)
         log.info("checkout %s: %s (%s)", order_id, result.get("outcome"), step.failure.message)
 
     async def capture_pending(self, order_id: uuid.UUID | None = None) -> int:

@@ -417,7 +417,18 @@ class Done(msgspec.Struct, frozen=True):
     """The order is final: nothing to do."""
 
 
+class VoidOrder(msgspec.Struct, frozen=True):
+    """Every card charge of a completed order is voided: take the order back (stock, points, register)."""
+
+
+class NeedsRefund(msgspec.Struct, frozen=True):
+    """A charge stands in a settled batch: it can no longer be voided, only returned."""
+
+    tenders: tuple[Tender, ...]
+
+
 Step = Charge | Inquire | VoidCharge | Commit | Fail | Done
+ReversalStep = VoidCharge | VoidOrder | NeedsRefund | Done
 
 ABANDONED = Failure("abandoned", "the checkout stopped before this card was charged: not charged")
 
@@ -461,3 +472,18 @@ def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
     if pending is not None:
         return Charge(pending)
     return Commit()
+
+
+def decide_void(checkout: Checkout) -> ReversalStep:
+    """The next step of voiding a completed order: void each approved charge that can still be
+    voided, then the order; a settled charge stops it (refund it instead). The caller has checked
+    that the order may be voided at all (completed, nothing refunded)."""
+    if checkout.order.status == OrderStatus.VOIDED:
+        return Done()
+    for t in checkout.cards:
+        if t.status == TenderStatus.APPROVED and not t.settled:
+            return VoidCharge(t)
+    settled = tuple(t for t in checkout.cards if t.status == TenderStatus.APPROVED and t.settled)
+    if settled:
+        return NeedsRefund(settled)
+    return VoidOrder()

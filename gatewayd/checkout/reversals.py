@@ -26,10 +26,14 @@ from gatewayd.checkout.errors import (
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.machine import (
     Checkout,
+    Done,
+    NeedsRefund,
     OrderStatus,
     RefundStatus,
     Tender,
     TenderStatus,
+    VoidCharge,
+    decide_void,
     not_found_late,
 )
 from gatewayd.checkout.model import RefundRequest
@@ -92,27 +96,31 @@ class Reversals:
                     f"a checkout that is {status} cannot be voided",
                     details={"status": str(status), "checkout_id": str(order_id)},
                 )
-            for t in c.cards:
-                if t.status == TenderStatus.APPROVED and not t.settled and not await self.executor.void_charge(t):
-                    raise OutcomePending(
-                        "the terminal did not confirm the void yet; ask again",
-                        details={"checkout_id": str(order_id), "reference_id": t.reference_id},
+            while True:
+                step = decide_void(c)
+                if isinstance(step, VoidCharge):
+                    if not await self.executor.void_charge(step.tender):
+                        raise OutcomePending(
+                            "the terminal did not confirm the void yet; ask again",
+                            details={"checkout_id": str(order_id), "reference_id": step.tender.reference_id},
+                        )
+                    c = await self._load(order_id)
+                    continue
+                if isinstance(step, NeedsRefund):
+                    raise AlreadySettled(
+                        "the batch with this charge is settled: it cannot be voided; refund it instead",
+                        details=settled_details(c),
                     )
-            c = await self._load(order_id)
-            if any(t.status == TenderStatus.APPROVED and t.settled for t in c.cards):
-                raise AlreadySettled(
-                    "the batch with this charge is settled: it cannot be voided; refund it instead",
-                    details=settled_details(c),
-                )
+                break
+            if isinstance(step, Done):
+                return c
             result = await after_intent(lambda: self.store.void_order(order_id, self.executor.owner))
             if result["outcome"] == "lease_lost":
                 raise OutcomePending(
                     "another process took this checkout over; ask again", details={"checkout_id": str(order_id)}
                 )
             if result["outcome"] not in ("voided", "already"):
-                raise NotAllowed(
-                    f"the checkout could not be voided: {result['outcome']}", details={"checkout_id": str(order_id)}
-                )
+                raise self.executor.refused("void", order_id, result)
             self.executor.metrics.checkout_finished("voided", 0.0)
             return await self._load(order_id)
 

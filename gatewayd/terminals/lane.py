@@ -24,7 +24,7 @@ from typing import Any, overload
 import msgspec
 
 from gatewayd.errors import TerminalBusy, TerminalError
-from gatewayd.retry import backoff_s, not_found_wait_s
+from gatewayd.retry import INQUIRY_BACKOFF, backoff_s, not_found_wait_s
 from gatewayd.terminals.driver import TerminalDriver
 from gatewayd.terminals.ops import (
     MONEY_OPS,
@@ -104,8 +104,8 @@ class Lane:
         driver: TerminalDriver,
         *,
         queue_depth: int = 32,
-        inquiry_base_s: float = 0.5,
-        inquiry_cap_s: float = 30.0,
+        inquiry_base_s: float = INQUIRY_BACKOFF[0],
+        inquiry_cap_s: float = INQUIRY_BACKOFF[1],
         busy_budget_s: float = 120.0,
         results_kept: int = 1024,
         clock: Callable[[], float] = time.monotonic,

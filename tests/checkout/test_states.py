@@ -198,3 +198,16 @@ def test_a_final_order_needs_nothing() -> None:
 def test_cash_never_blocks_and_never_needs_the_terminal() -> None:
     cash = _tender(TenderStatus.PENDING, tender_type="cash")
     assert isinstance(decide(_checkout(cash), charge_pending=False), machine.Commit)
+
+
+def test_voiding_a_completed_order_step_by_step() -> None:
+    approved = _tender(A, approved_amount=1000)
+    settled = _tender(A, approved_amount=500, settled_at=NOW, index=1)
+    voided = _tender(TenderStatus.VOIDED, index=2)
+    completed = OrderStatus.COMPLETED
+    step = machine.decide_void(_checkout(approved, settled, status=completed))
+    assert isinstance(step, machine.VoidCharge) and step.tender == approved
+    step = machine.decide_void(_checkout(voided, settled, status=completed))
+    assert isinstance(step, machine.NeedsRefund) and step.tenders == (settled,)
+    assert isinstance(machine.decide_void(_checkout(voided, status=completed)), machine.VoidOrder)
+    assert isinstance(machine.decide_void(_checkout(voided, status=OrderStatus.VOIDED)), machine.Done)
