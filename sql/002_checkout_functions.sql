@@ -4,6 +4,7 @@
 -- Prepare: the durable intent. Returns {"outcome": "created" | "exists" | "insufficient", ...}.
 -- Inventory rows are locked in SKU order so that racing checkouts never deadlock; SKUs with no
 -- inventory row are untracked items (services, gift wrap) and need no stock.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_prepare_checkout(p_store text, p jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -71,6 +72,7 @@ $$;
 -- Commit: every payment tender approved for its full amount -> the order is completed, the
 -- reservation becomes a deduction, loyalty points and the register session are credited.
 -- Returns {"outcome": "completed" | "already" | "not_ready" | "not_committable", ...}.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_commit_checkout(p_store text, p_order uuid, p_points_per_unit bigint,
                                               p_minor_per_unit bigint) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -155,6 +157,7 @@ $$;
 
 -- Fail: no tender may still be charged or in doubt (the coordinator voids and resolves first).
 -- The reservation is released; cash goes back to the customer; unsent card tenders end 'failed'.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_fail_checkout(p_store text, p_order uuid, p_code text, p_reason text,
                                             p_status text DEFAULT 'payment_failed') RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -223,6 +226,7 @@ $$;
 -- Cancels pending_payment orders older than p_minutes and releases their reservations. Never
 -- touches an order with a tender that might have charged (processing, unknown, approved):
 -- those belong to recovery, which asks the terminal first.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION cleanup_stale_pending_orders(p_minutes integer, p_store text DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$

@@ -2,6 +2,7 @@
 
 -- After every card tender of a completed order is voided at its terminal: the order is voided,
 -- its goods go back on the shelf, loyalty points and register-session totals are taken back.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_void_checkout(p_store text, p_order uuid) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -61,6 +62,7 @@ $$;
 
 -- Begin a refund: idempotent by its own key; the amount must fit what is left to refund on one
 -- tender (refunds still pending count as taken). Returns the refund transaction to send.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_begin_refund(p_store text, p jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -126,6 +128,7 @@ $$;
 
 -- Finish a refund whose money moved (or, with p_ok false, that failed): order totals, restock,
 -- loyalty points taken back in proportion (cumulatively exact), the register session.
+-- Superseded: the definition in force is in 006_state_machine.sql (kept here as applied).
 CREATE OR REPLACE FUNCTION gw_finish_refund(p_store text, p_refund uuid, p_ok boolean, p_reason text)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
