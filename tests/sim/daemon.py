@@ -28,7 +28,7 @@ from gatewayd.checkout.executor import Executor, LaneMap
 from gatewayd.checkout.machine import Asked, Checkout, Tender, TenderStatus, verdict
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery, RecoveryReport
-from gatewayd.checkout.reversals import Reversals
+from gatewayd.checkout.wiring import wire
 from gatewayd.config import CheckoutConfig
 from gatewayd.terminals.health import HealthMonitor
 from gatewayd.terminals.lane import Lane
@@ -177,7 +177,8 @@ class SimProcess:
                 return
             exc = t.exception()
             if exc is not None:
-                self.world.anomaly(f"{what} died: {type(exc).__name__}: {exc}")
+                # In gatewayd the task group fails and the daemon exits: a crash of its own making.
+                self.world.checker.fail("I7", f"{what} died of {type(exc).__name__}: {exc} (the daemon exits)")
                 self.world.crash("daemon task died", planned=False)
 
         task.add_done_callback(done)
@@ -217,26 +218,26 @@ class SimProcess:
             now=vnow,
         )
         self._watch(self.spawn(monitor.run()), "health monitor")
-        config = CheckoutConfig(card_mode=w.plan.card_mode)
-        executor = SimExecutor(  # the fakes duck-type CheckoutStore / MaintenanceStore
+        parts = wire(  # as Daemon.start does; the fakes duck-type CheckoutStore / MaintenanceStore
             w.store,  # type: ignore[arg-type]
+            w.maintenance,  # type: ignore[arg-type]
             LaneMap(self.lanes),
-            config,
+            CheckoutConfig(card_mode=w.plan.card_mode),
             owner=INSTANCE_ID,
             lease_s=LEASE_S,
             metrics=w.metrics,
+            terminals=self.lanes,
+            executor_type=SimExecutor,
+            recovery_type=SimRecovery,
         )
-        executor.coverage = w.coverage
-        reversals = Reversals(executor, config.max_amount)
-        coordinator = Coordinator(executor, reversals)
+        executor, recovery = parts.executor, parts.recovery
+        assert isinstance(executor, SimExecutor) and isinstance(recovery, SimRecovery)
+        executor.coverage = recovery.coverage = w.coverage
+        self.executor, self.coordinator, self.recovery = executor, parts.coordinator, recovery
+        self.operations = operations = parts.operations
         # The lease heartbeat: Daemon.start runs it beside everything else (not in the task group).
         heartbeat = self.spawn(executor.renew_forever())
         heartbeat.add_done_callback(self._heartbeat_died)
-        recovery = SimRecovery(executor, reversals, w.maintenance)  # type: ignore[arg-type]
-        recovery.coverage = w.coverage
-        self.executor, self.coordinator, self.recovery = executor, coordinator, recovery
-        operations = Operations(w.maintenance, self.lanes)  # type: ignore[arg-type]
-        self.operations = operations
         startup = self.spawn(recovery.run_once(startup=True))
         done, _ = await asyncio.wait({startup}, timeout=STARTUP_WAIT_S)
         if done and startup.exception() is not None:

@@ -3,9 +3,9 @@
 The fake tables (tests/sim/tables.py) are a second implementation of the SQL functions; if
 they drift, the simulation tests a store that does not exist. So: take a seed's history (every
 statement the fake applied, in order, with its arguments and its answer), replay it through
-the REAL CheckoutStore (and the SQL MaintenanceStore calls) against a migrated database under a fresh store_id,
-and compare each answer and, at the end, the rows (orders, tenders, refunds, order lines,
-inventory, loyalty, register sessions).
+the REAL CheckoutStore (and the SQL functions MaintenanceStore calls) against a migrated
+database under a fresh store_id, and compare each answer and, at the end, the rows (orders,
+tenders, refunds, order lines, inventory, loyalty, register sessions).
 
 Leases are fenced on the database's clock, and the fake's clock is the simulation's virtual
 time: before each statement the replay sets every leased order's `lease_until` in PostgreSQL

@@ -12,6 +12,13 @@ Two levels:
   completed orders, exactly their card amounts; nothing left undecided; refunds as the
   terminal did them; captures done; no card number anywhere).
 
+Settled batches: a charge of an order that did not complete whose batch closed before it could
+be voided is an orphan that stays charged until it is returned; that is not a violation by
+itself as long as gatewayd shows it (approved and settled in the database) and it is then
+returned. An authorization never captured is a hold, never money received: it lapses when its
+batch closes, and must then neither count as paid nor be refunded (a Return of money never
+received is I2).
+
 A violation names its invariant first ("I2 ..."), then the order/reference, with enough
 detail to read the trace from.
 """
@@ -94,7 +101,7 @@ class Checker:
             orders = [tx["order_id"]] if tx else []
         elif name == "begin_refund":
             orders = [uuid.UUID(args[0]["order_id"])]
-        elif name == "finish_refund":
+        elif name in ("finish_refund", "fail_unsent_refund"):
             refund = t.refunds.get(args[0])
             orders = [refund["order_id"]] if refund else []
         elif name == "cleanup":
@@ -160,6 +167,7 @@ class Checker:
             and tx["settled_at"] is not None
             and e is not None
             and e.settled
+            and not self.lapsed_hold(e)  # a hold that lapsed took nothing: nothing to return
             and self.t.orders[tx["order_id"]]["status"] not in COMPLETED
         )
 
@@ -168,10 +176,6 @@ class Checker:
         """An authorization whose batch closed before it was captured: nothing was ever received."""
         return e is not None and e.type == "auth" and e.settled and not e.voided and e.status == "approved"
 
-    def lost_outside(self, tx: Mapping[str, Any], e: Entry | None) -> bool:
-        """A hold lost to a batch closed outside gatewayd, which gatewayd found and marked (alerted)."""
-        return self.lapsed_hold(e) and e is not None and e.settled_by == "outside" and tx["settled_at"] is not None
-
     def order(self, order_id: uuid.UUID, *, final: bool = False) -> None:
         o = self.t.orders[order_id]
         txs = self.t.tenders_of(order_id)
@@ -179,6 +183,7 @@ class Checker:
         charged_total = 0
         orphaned = 0  # charged, settled, visible: waits for a Return
         lapsed_total = 0  # holds of a completed order lost to a batch closed before their capture
+        voided_approved = False  # a tender approved in the database, voided at the terminal (I3 says it)
         for tx in txs:
             if tx["tender_type"] != "card":
                 continue
@@ -247,6 +252,7 @@ class Checker:
                 elif e.amount != tx["approved_amount"]:
                     self.fail("I2", f"tender {ref}: database approved {tx['approved_amount']}, terminal {e.amount}")
                 elif e.voided and final:
+                    voided_approved = True
                     self.fail(
                         "I3",
                         f"tender {ref} of {o['status']} order {o['order_number']} is approved in the "
@@ -277,7 +283,7 @@ class Checker:
                 key=f"I2:overreturned:{order_id}",
             )
         if status in COMPLETED:
-            half_voided = False  # a card voided under a completed order: that says the rest (I2 below)
+            half_voided = voided_approved  # a card voided under a completed order: that says the rest (I2)
             for tx in txs:
                 if tx["kind"] != "payment":
                     continue
@@ -304,6 +310,11 @@ class Checker:
                 self.fail(
                     "I2",
                     f"{status} order {o['order_number']}: card tenders {card_total}, terminals hold {charged_total}",
+                )
+            if o["payment_status"] == "paid" and any(tx["capture_status"] == "pending" for tx in txs):
+                self.fail(
+                    "I1",
+                    f"order {o['order_number']} counted paid with a capture still owed (a hold is not money received)",
                 )
             if o["customer_id"] is not None and o["loyalty_points"] != (o["total"] * self.ppu) // self.mpu:
                 self.fail("I5", f"order {o['order_number']} earned {o['loyalty_points']} points")
@@ -440,7 +451,7 @@ class Checker:
         for tx in t.txs.values():
             if tx["status"] in ("processing", "unknown"):
                 self.fail("I7", f"{tx['kind']} {tx['reference_id']} still {tx['status']} after healing")
-            if tx["capture_status"] == "pending" and not self.lost_outside(tx, self._entry(tx)):
+            if tx["capture_status"] == "pending" and not self.lapsed_hold(self._entry(tx)):  # order() judges those
                 self.fail("I7", f"capture of {tx['reference_id']} still pending after healing")
         for o in t.orders.values():
             if o["status"] in OPEN_ORDER:

@@ -231,10 +231,10 @@ class Client:
         except (DatabaseUnavailable, Disconnected, Refused) as exc:
             self._record(tag, request, type(exc).__name__)
             return "retry"
-        except CheckoutError as exc:  # internal_error: the API answers 500
+        except CheckoutError as exc:  # internal_error (a 500), or not_found for a checkout that exists
             self._record(tag, request, f"error:{exc.code}")
             self.world.answers.problems.append(
-                f"I6: checkout {request.idempotency_key} answered {exc.code} (a 5xx, not a checkout outcome): {exc}"
+                f"I6: checkout {request.idempotency_key} answered {exc.code} (an error, not its outcome): {exc}"
             )
             return "retry"
         except Exception as exc:  # an exception the API does not map: a 500

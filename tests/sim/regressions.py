@@ -155,7 +155,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "operation): the operator's Return pays the customer money never received (I2).",
         (1, 125, 150),
         fixed=False,
-        symptoms=(r"I2 .*returned to cards that paid \d+ \(a Return of money never received: .*a hold that lapsed",),
+        symptoms=(r"I2 .*a hold that lapsed",),
     ),
     KnownBug(
         "follow-up-not-found",
@@ -163,12 +163,13 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "was' (machine.ANSWERS (VOID, NOT_FOUND) -> SETTLED; Executor.capture_pending), without asking "
         "Status, even when an earlier Void or Capture of it went out and its answer was lost: a charge "
         "already voided is declared standing and listed to be refunded (the operator's refund pays it "
-        "back twice, I2), a hold already captured is declared lost (capture pending forever, a false "
-        "ALERT, I7).",
+        "back twice, I2; or the POS is answered already_settled for a charge it voided and told to refund "
+        "it, I3), a hold already captured is declared lost (capture pending forever, a false ALERT, I7).",
         (184, 446, 584),
         fixed=False,
         symptoms=(
-            r"I2 .*returned to cards that paid \d+ \(a Return of money never received: .*a charge voided at the",
+            r"I2 .*a charge voided at the terminal",
+            r"I3 .*is approved in the database but voided at the terminal",
             r"I7 .*capture of \w+ still pending after healing",
         ),
     ),
@@ -185,12 +186,24 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
     KnownBug(
         "reversal-lock",
         "Executor.leased drops an order's lock from _locks when it is not locked at exit, but an "
-        "asyncio.Lock is unlocked between a release and the waiter's wake-up: a waiting reversal then "
-        "holds a lock no longer in the map, and a second void of the same order runs beside it. The "
-        "first's gw_void_checkout clears the lease, the second's mark_void_requested is refused, and "
-        "LeaseLost (not a CheckoutError) escapes Reversals.void to the API as a 500 (I6).",
-        (678,),
+        "asyncio.Lock is unlocked between a release and the waiter's wake-up: a waiting reversal (or "
+        "capture) then holds a lock no longer in the map, and a second one of the same order runs beside "
+        "it. The first's gw_void_checkout clears the lease, the second's next write is refused, and "
+        "LeaseLost (not a GatewayError) escapes: through Reversals.void to the API as a 500 (I6), through "
+        "capture_pending out of Recovery.run_once, whose timer dies and takes the daemon down (I7).",
+        (678, 2560, 3317),
         fixed=False,
-        symptoms=(r"I6 .*(void|refund) of [\w-]+ raised LeaseLost",),
+        symptoms=(r"I6 .*(void|refund) of [\w-]+ raised LeaseLost", r"I7 .*died of LeaseLost"),
+    ),
+    KnownBug(
+        "settle-unguarded",
+        "Operations.settle checks that nothing is open on the terminal (open_on_terminal, "
+        "captures_pending), then queues the Settle on the lane: a charge sent and committed meanwhile "
+        "(its Capture queued behind the Settle) is settled uncaptured, and the hold lapses: the merchant "
+        "is never paid, gatewayd marks it lost (I2). The checks and the Settle are not atomic with "
+        "respect to the lane.",
+        (1640,),
+        fixed=False,
+        symptoms=(r"I2 .*lapsed: gatewayd settled terminal",),
     ),
 )

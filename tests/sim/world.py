@@ -1,10 +1,12 @@
 """One seeded run: the store, its terminals, the daemon, the POS clients and the nemesis.
 
 Phases: a fault phase (`plan.fault_minutes` of virtual time: POS traffic, terminal, database
-and process faults at the seed's rates), then the healed phase (every fault off, terminals
-online, the daemon running; the POS finishes what it was doing and recovery must bring every
-checkout to a final state within `HEAL_BOUND_S`), then the final check of I1-I9.
-Safety invariants are checked after every step throughout.
+and process faults at the seed's rates, terminals settled by the operator through gatewayd or
+their batches closed on their own), then the healed phase (every fault off, terminals online,
+the daemon running; the POS finishes what it was doing and recovery must bring every checkout
+to a final state within `HEAL_BOUND_S`), then the final check of I1-I9. All along, an operator
+works gatewayd's orphan list: what it lists to refund (a charge whose batch settled before it
+could be voided) is refunded through the API. Safety invariants are checked after every step.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class World:
         }
         self.stats: dict[str, Any] = {}
         self.log_lines: Callable[[], list[str]] = list
+        self.operator_passes = 0
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -225,22 +228,50 @@ class World:
         """The operator works gatewayd's orphan list: a charge that can no longer be voided (its batch
         settled) is listed to be refunded, and the operator refunds it, through the API."""
         rng = random.Random(f"operator:{self.seed}")
-        n = 0
         while True:
             await asyncio.sleep(rng.uniform(20.0, 60.0))
-            proc = self.process
-            if proc is None or not proc.ready or proc.operations is None:
-                continue
-            operations = proc.operations
-            n += 1
-            try:
-                listing = await proc.call(lambda c, ops=operations: ops.orphans(), f"ops#{n}", None, False)
-            except (GatewayError, Disconnected) as exc:
-                self.trace("ops", "orphans", type(exc).__name__)
-                continue
-            for orphan in listing.orphans:
-                if orphan.action == "refund":
+            await self._operator_pass(refund=True)
+
+    async def _operator_pass(self, *, refund: bool) -> None:
+        """One look at the orphan list (GET /v1/orphans): what gatewayd says to refund must be money
+        it received; with `refund`, refund it."""
+        proc = self.process
+        if proc is None or not proc.ready or proc.operations is None:
+            return
+        operations = proc.operations
+        self.operator_passes += 1
+        try:
+            listing = await proc.call(
+                lambda c, ops=operations: ops.orphans(), f"ops#{self.operator_passes}", None, False
+            )
+        except (GatewayError, Disconnected) as exc:
+            self.trace("ops", "orphans", type(exc).__name__)
+            return
+        for orphan in listing.orphans:
+            if orphan.action == "refund":
+                self._check_advice(orphan.transaction_id, f"{orphan.order_status} order {orphan.order_number}")
+                if refund:
                     await self._refund_orphan(proc, orphan.order_id, orphan.reference_id, orphan.amount)
+
+    def _check_advice(self, transaction_id: str, order: str) -> None:
+        """What gatewayd tells the operator to refund must be money it received."""
+        tx = self.tables.txs[uuid.UUID(transaction_id)]
+        term = self.terminals.get(tx["payment_processor_id"] or "")
+        entry = term.ledger.get(tx["reference_id"]) if term is not None else None
+        what = (
+            "a hold that lapsed with its batch"
+            if self.checker.lapsed_hold(entry)
+            else "a charge voided at the terminal"
+            if entry is not None and entry.voided
+            else None
+        )
+        if what is not None:
+            self.checker.fail(
+                "I2",
+                f"gatewayd lists {tx['reference_id']} of {order} as a charge to refund, but it is {what}: "
+                "the refund pays the customer money never received",
+                key=f"I2:advice:{tx['reference_id']}",
+            )
 
     async def _refund_orphan(self, proc: SimProcess, order_id: str, reference_id: str, amount: int) -> None:
         tag = f"ops-refund-{reference_id}"
@@ -250,12 +281,10 @@ class World:
             self.trace("ops", "refund", reference_id, type(exc).__name__)
             return
         if any(r.status == "pending" for r in view.refunds):
-            return
-        refunded = sum(r.amount for r in view.refunds if r.status == "completed")
-        failed = sum(1 for r in view.refunds if r.status == "failed")
-        if amount - refunded <= 0:
-            return
-        request = RefundRequest(idempotency_key=f"orphan-{reference_id}-{failed}", amount=amount - refunded)
+            return  # one is on its way
+        # A new key for each new attempt (after a decline, or another charge of the order refunded),
+        # the same key while this one is answered.
+        request = RefundRequest(idempotency_key=f"orphan-{reference_id}-{len(view.refunds)}", amount=amount)
         try:
             await proc.call(lambda c: c.refund(uuid.UUID(order_id), request, 30.0), tag, None, False)
         except CheckoutError as exc:
@@ -270,7 +299,7 @@ class World:
             self.trace("ops", "refund", reference_id, f"internal:{type(exc).__name__}")
             self.answers.problems.append(f"I6: refund of orphan {reference_id} raised {type(exc).__name__}: {exc}")
             return
-        self.trace("ops", "refund", reference_id, "refunded", amount - refunded)
+        self.trace("ops", "refund", reference_id, "refunded", amount)
         self.coverage.hit("ops.refund_orphan")
 
     # ------------------------------------------------------------ setup: what the old POS flow left behind
@@ -340,6 +369,14 @@ class World:
             term.heal()
         self.trace("phase", "healed")
 
+    def _needs_operator(self, orphan: dict[str, Any]) -> bool:
+        """An orphan someone still has to act on: recovery voids it, or the operator refunds it. A
+        hold that lapsed with its batch took nothing (listed or not, nothing is owed)."""
+        tx = self.tables.txs[orphan["transaction_id"]]
+        term = self.terminals.get(tx["payment_processor_id"] or "")
+        entry = term.ledger.get(tx["reference_id"]) if term is not None else None
+        return not (orphan["settled"] and self.checker.lapsed_hold(entry))
+
     def quiescent(self) -> bool:
         t = self.tables
         proc = self.process
@@ -352,7 +389,7 @@ class World:
                 for x in t.txs.values()
             )
             and not any(r["status"] == "pending" for r in t.refunds.values())
-            and not t.orphans(self.server.now())
+            and not any(self._needs_operator(row) for row in t.orphans(self.server.now()))
             and not t.half_voided()
             and not any(term.current is not None for term in self.terminals.values())
         )
@@ -375,6 +412,7 @@ class World:
         while self.now() < deadline and not self.quiescent():  # noqa: ASYNC110 - polling the world is the point
             await asyncio.sleep(5.0)
         operator.cancel()
+        await self._operator_pass(refund=False)  # the operator's last look at the orphan list
         healed_in = self.now() - (deadline - HEAL_BOUND_S)
         self.trace("phase", "final_check", round(healed_in, 3))
         self.checker.final(self.log_lines())
