@@ -293,7 +293,9 @@ BEGIN
 END;
 $$;
 
--- Void: every card tender voided (or never charged). Takes back exactly what the commit deducted.
+-- Void: every card tender voided, never charged, or standing in a settled batch (it can no longer
+-- be voided: it stays approved and is an orphan to refund). Takes back exactly what the commit
+-- deducted.
 CREATE OR REPLACE FUNCTION gw_void_checkout(p_store text, p_order uuid) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -312,7 +314,8 @@ BEGIN
         RETURN jsonb_build_object('outcome', 'not_voidable', 'status', o.status);
     END IF;
     IF EXISTS (SELECT 1 FROM payment_transactions WHERE store_id = p_store AND order_id = p_order
-                AND kind = 'payment' AND tender_type = 'card' AND status NOT IN ('voided', 'failed')) THEN
+                AND kind = 'payment' AND tender_type = 'card' AND status NOT IN ('voided', 'failed')
+                AND NOT (status = 'approved' AND settled_at IS NOT NULL)) THEN
         RETURN jsonb_build_object('outcome', 'not_ready');
     END IF;
 
@@ -349,8 +352,8 @@ END;
 $$;
 
 -- Begin a refund. A completed order: up to what is left of one tender. An order that did not
--- complete but kept a settled charge (an orphan that can no longer be voided): a Return of that
--- charge. With restock, a partial refund names the lines it puts back (p->'lines').
+-- complete (or was voided) but kept a settled charge (an orphan that can no longer be voided): a
+-- Return of that charge. With restock, a partial refund names the lines it puts back (p->'lines').
 CREATE OR REPLACE FUNCTION gw_begin_refund(p_store text, p jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -374,7 +377,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN jsonb_build_object('outcome', 'not_found');
     END IF;
-    v_orphan := o.status IN ('payment_failed', 'cancelled');
+    v_orphan := o.status IN ('payment_failed', 'cancelled', 'voided');
     IF o.status NOT IN ('completed', 'partially_refunded') AND NOT v_orphan THEN
         RETURN jsonb_build_object('outcome', 'not_refundable', 'status', o.status);
     END IF;
@@ -386,9 +389,12 @@ BEGIN
     SELECT coalesce(sum(amount), 0) INTO v_taken FROM refunds
      WHERE store_id = p_store AND order_id = o.id AND status IN ('pending', 'completed');
     IF v_orphan THEN
+        -- money received: a settled sale or capture; an uncaptured hold that lapsed is not money
+        -- (a charge refunded in full already counts: its refunds are in v_taken)
         SELECT coalesce(sum(approved_amount), 0) INTO v_limit FROM payment_transactions
          WHERE store_id = p_store AND order_id = o.id AND kind = 'payment' AND tender_type = 'card'
-           AND status = 'approved' AND settled_at IS NOT NULL;
+           AND status IN ('approved', 'refunded') AND settled_at IS NOT NULL
+           AND NOT (operation = 'auth' AND capture_status IS DISTINCT FROM 'captured');
         IF v_limit = 0 THEN
             RETURN jsonb_build_object('outcome', 'not_refundable', 'status', o.status);
         END IF;
@@ -428,6 +434,8 @@ BEGIN
       INTO v_tender
       FROM payment_transactions t
      WHERE t.store_id = p_store AND t.order_id = o.id AND t.kind = 'payment' AND t.status = 'approved'
+       -- money received only: never an authorization not captured (a hold is not money)
+       AND NOT (t.operation = 'auth' AND t.capture_status IS DISTINCT FROM 'captured')
        AND (NOT v_orphan OR (t.tender_type = 'card' AND t.settled_at IS NOT NULL))
        AND coalesce(t.approved_amount, t.amount) - coalesce((
                SELECT sum(r.amount) FROM payment_transactions r
@@ -490,7 +498,7 @@ BEGIN
     UPDATE payment_transactions SET status = 'approved', approved_amount = amount, updated_at = now()
      WHERE store_id = p_store AND refund_id = p_refund AND tender_type = 'cash';
 
-    IF o.status IN ('payment_failed', 'cancelled') THEN
+    IF o.status IN ('payment_failed', 'cancelled', 'voided') THEN
         SELECT tender_index INTO v_index FROM payment_transactions
          WHERE store_id = p_store AND refund_id = p_refund;
         UPDATE payment_transactions t SET status = 'refunded', updated_at = now()

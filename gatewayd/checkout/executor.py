@@ -38,7 +38,7 @@ from gatewayd.checkout.machine import (
 )
 from gatewayd.checkout.persistence import after_intent, best_effort
 from gatewayd.config import CheckoutConfig
-from gatewayd.errors import StoreError, TerminalBusy
+from gatewayd.errors import GatewayError, StoreError, TerminalBusy
 from gatewayd.retry import (
     INQUIRY_BACKOFF,
     VOID_ATTEMPTS,
@@ -48,7 +48,7 @@ from gatewayd.retry import (
 )
 from gatewayd.store.checkouts import CheckoutStore, Written
 from gatewayd.terminals import ops
-from gatewayd.terminals.outcomes import Approved, Busy, NotFound, Outcome
+from gatewayd.terminals.outcomes import Approved, Busy, Misconfigured, NotFound, Offline, Outcome, Unknown, Voided
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ class NoMetrics:
         pass
 
 
-class LeaseLost(Exception):
+class LeaseLost(GatewayError):
     """This daemon no longer holds the order's lease: another may be driving it. Stop."""
 
     def __init__(self, order_id: uuid.UUID) -> None:
-        super().__init__(f"lease of {order_id} lost")
+        super().__init__(f"lease of checkout {order_id} lost: another daemon may be driving it")
         self.order_id = order_id
 
 
@@ -192,6 +192,7 @@ class Executor:
         self._held: Counter[uuid.UUID] = Counter()
         self._lost: set[uuid.UUID] = set()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._lock_users: Counter[uuid.UUID] = Counter()
 
     # ---------------------------------------------------------------- tasks and leases
 
@@ -246,21 +247,33 @@ class Executor:
         process, and across daemons only under the order's lease. Yields False when another
         daemon holds the lease."""
         lock = self._locks.setdefault(order_id, asyncio.Lock())
-        async with lock:
-            taken = await after_intent(lambda: self.store.take_lease(order_id, self.owner, self.lease_s))
-            if taken is None:
-                raise NoSuchCheckout("no such checkout")
-            if not taken:
-                yield False
-                return
-            self._hold(order_id)
-            try:
-                yield True
-            finally:
-                if self._let_go(order_id) and order_id not in self._driving:
-                    await best_effort(self.store.release_lease(order_id, self.owner))
-        if not lock.locked():
-            self._locks.pop(order_id, None)
+        self._lock_users[order_id] += 1
+        try:
+            async with lock:
+                async with self._leased(order_id) as ok:
+                    yield ok
+        finally:
+            # The lock leaves the map only when nobody holds or waits for it (a waiter woken after
+            # a release must find the same lock a newcomer would take).
+            self._lock_users[order_id] -= 1
+            if self._lock_users[order_id] == 0:
+                del self._lock_users[order_id]
+                self._locks.pop(order_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, order_id: uuid.UUID) -> AsyncIterator[bool]:
+        taken = await after_intent(lambda: self.store.take_lease(order_id, self.owner, self.lease_s))
+        if taken is None:
+            raise NoSuchCheckout("no such checkout")
+        if not taken:
+            yield False
+            return
+        self._hold(order_id)
+        try:
+            yield True
+        finally:
+            if self._let_go(order_id) and order_id not in self._driving:
+                await best_effort(self.store.release_lease(order_id, self.owner))
 
     async def renew_leases(self) -> set[uuid.UUID]:
         """Extend every lease this process holds; returns (and stops driving) those it lost."""
@@ -501,16 +514,27 @@ class Executor:
             return False
         # The void's intent first: if we die with the void in flight, recovery asks the terminal.
         self._lease(await after_intent(lambda: self.store.mark_void_requested(t.id, self.owner)), t.order_id)
+        asked = machine.void_question(t)
         for attempt in range(VOID_ATTEMPTS):
             await failpoints.hit("during_void")
             try:
                 outcome: Outcome = await lane.execute(ops.Void(t.reference_id, t.approved_amount or t.amount))
             except TerminalBusy:
                 outcome = Busy(retry_after_s=1.0)
-            decided = verdict(Asked.VOID, outcome, t, late=True)
+            if isinstance(outcome, NotFound):
+                # "Not found" to a Void may be a void already done whose answer was lost: ask.
+                outcome = await self._confirm(lane, t, outcome)
+                if isinstance(outcome, Approved):  # captured (its answer was lost), then settled
+                    if t.capture_status == "pending":
+                        captured = await after_intent(functools.partial(self.store.set_captured, t.id, self.owner))
+                        self._lease(captured, t.order_id)
+                    await self.settled(t, "void: captured, and the batch is closed; the charge stands")
+                    return True
+            decided = verdict(asked, outcome, t, late=True)
             if decided == TenderStatus.VOIDED:
                 from_ = (TenderStatus.APPROVED, TenderStatus.PROCESSING, TenderStatus.UNKNOWN)
-                await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_)
+                reason = "the hold lapsed with its batch" if isinstance(outcome, NotFound) else None
+                await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_, last_error=reason)
                 self.metrics.tender_finished("card", "voided")
                 return True
             if decided is Keep.SETTLED:
@@ -522,11 +546,24 @@ class Executor:
             await asyncio.sleep(backoff_s(attempt, *VOID_BACKOFF))
         return False
 
-    async def settled(self, t: Tender, reason: str) -> None:
+    async def _confirm(self, lane: LaneLike, t: Tender, not_found: Outcome) -> Outcome:
+        """What the terminal's Status says of a charge a Void or Capture did not find: voided or
+        captured already (an earlier answer was lost), or else out of reach with its closed batch
+        (still approved in the terminal's log, or not there at all): the "not found" stands."""
+        try:
+            status: Outcome = await lane.execute(ops.Inquire(t.reference_id, fresh=True))
+        except TerminalBusy:
+            return Busy(retry_after_s=1.0)
+        if isinstance(status, Voided) or (isinstance(status, Approved) and status.transaction_type == "capture"):
+            return status
+        if isinstance(status, Busy | Offline | Unknown | Misconfigured):
+            return status  # no answer yet: ask again later
+        return not_found
+
+    async def settled(self, t: Tender, reason: str, what: str = "void") -> None:
         """A known-approved charge that its terminal no longer has open: it stays approved, is
         marked settled, and is alerted on (it needs a Return, never a Void)."""
         self._lease(await after_intent(lambda: self.store.mark_settled(t.id, self.owner, reason)), t.order_id)
-        what = "capture" if t.capture_status == "pending" else "void"
         self.metrics.charge_settled(what)
         log.error(
             "ALERT: %s of %s on %s answered 'not found' (batch closed): %s", what, t.reference_id, t.terminal_id, reason
@@ -576,25 +613,48 @@ class Executor:
     async def capture_pending(self, order_id: uuid.UUID | None = None) -> int:
         """Capture authorizations of completed orders (right after commit, and from recovery)."""
         done = 0
-        for t in await after_intent(self.store.claim_uncaptured):
-            if order_id is not None and t.order_id != order_id:
+        for claimed in await after_intent(self.store.claim_uncaptured):
+            if order_id is not None and claimed.order_id != order_id:
                 continue
-            lane = self.lanes.for_followup(t.terminal_id)
+            lane = self.lanes.for_followup(claimed.terminal_id)
             if lane is None:
                 continue
-            async with self.leased(t.order_id) as ok:
-                if not ok:
-                    continue
-                try:
-                    outcome = await lane.execute(ops.Capture(t.reference_id, t.approved_amount or t.amount))
-                except TerminalBusy:
-                    continue
-                if isinstance(outcome, Approved):
-                    written = await after_intent(functools.partial(self.store.set_captured, t.id, self.owner))
-                    self._lease(written, t.order_id)
-                    done += 1
-                elif isinstance(outcome, NotFound):
-                    await self.settled(t, "capture: the batch closed before the capture; the hold is lost")
-                else:
-                    log.warning("capture of %s: %s; will retry", t.reference_id, type(outcome).__name__)
+            try:
+                async with self.leased(claimed.order_id) as ok:
+                    if ok and await self._capture(lane, claimed):
+                        done += 1
+            except LeaseLost:
+                continue
         return done
+
+    async def _capture(self, lane: LaneLike, claimed: Tender) -> bool:
+        # Read again under the lease: a void of the order may have run while we waited for it.
+        fresh = await after_intent(functools.partial(self.store.tender, claimed.id))
+        if fresh is None:
+            return False
+        t = fresh[0]
+        if t.status != TenderStatus.APPROVED or t.capture_status != "pending" or t.settled:
+            return False
+        try:
+            outcome: Outcome = await lane.execute(ops.Capture(t.reference_id, t.approved_amount or t.amount))
+        except TerminalBusy:
+            return False
+        if isinstance(outcome, NotFound):
+            outcome = await self._confirm(lane, t, outcome)
+        if isinstance(outcome, Approved):
+            written = await after_intent(functools.partial(self.store.set_captured, t.id, self.owner))
+            self._lease(written, t.order_id)
+            return True
+        if isinstance(outcome, Voided):
+            await self.record(
+                t,
+                TenderStatus.VOIDED,
+                outcome=outcome,
+                from_=(TenderStatus.APPROVED,),
+                last_error="voided at the terminal before its capture",
+            )
+        elif isinstance(outcome, NotFound):
+            await self.settled(t, "capture: the batch closed before the capture; the hold is lost", "capture")
+        else:
+            log.warning("capture of %s: %s; will retry", t.reference_id, type(outcome).__name__)
+        return False

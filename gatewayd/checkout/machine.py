@@ -251,7 +251,8 @@ class Asked(enum.StrEnum):
 
     CHARGE = "charge"  # the Sale or Auth itself
     INQUIRY = "inquiry"  # Status of a charge in doubt
-    VOID = "void"  # a Void of an approved charge
+    VOID = "void"  # a Void of an approved charge (a sale, or a captured authorization)
+    VOID_HOLD = "void hold"  # a Void of an authorization not captured: a hold, not money
 
 
 class Answer(enum.StrEnum):
@@ -313,7 +314,26 @@ ANSWERS: dict[tuple[Asked, Answer], Verdict] = {
     (Asked.VOID, Answer.OFFLINE): Keep.VOID_AGAIN,
     (Asked.VOID, Answer.MISCONFIGURED): Keep.VOID_AGAIN,
     (Asked.VOID, Answer.UNKNOWN): Keep.VOID_AGAIN,
+    # A hold whose batch closed before it was captured lapsed: nothing was ever taken.
+    (Asked.VOID_HOLD, Answer.VOIDED): TenderStatus.VOIDED,
+    (Asked.VOID_HOLD, Answer.APPROVED): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.PARTIAL): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.DECLINED): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.NOT_FOUND): TenderStatus.VOIDED,
+    (Asked.VOID_HOLD, Answer.NOT_FOUND_LATE): TenderStatus.VOIDED,
+    (Asked.VOID_HOLD, Answer.BUSY): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.OFFLINE): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.MISCONFIGURED): Keep.VOID_AGAIN,
+    (Asked.VOID_HOLD, Answer.UNKNOWN): Keep.VOID_AGAIN,
 }
+
+
+def void_question(tender: Tender) -> Asked:
+    """What a Void of this approved tender asks: the reversal of money received, or the release
+    of a hold never captured."""
+    if tender.operation == "auth" and tender.capture_status != "captured":
+        return Asked.VOID_HOLD
+    return Asked.VOID
 
 
 def answer_of(outcome: Outcome, tender: Tender, *, late: bool) -> Answer:
@@ -418,17 +438,12 @@ class Done(msgspec.Struct, frozen=True):
 
 
 class VoidOrder(msgspec.Struct, frozen=True):
-    """Every card charge of a completed order is voided: take the order back (stock, points, register)."""
-
-
-class NeedsRefund(msgspec.Struct, frozen=True):
-    """A charge stands in a settled batch: it can no longer be voided, only returned."""
-
-    tenders: tuple[Tender, ...]
+    """No card charge of a completed order can be voided any more: take the order back (stock,
+    points, register). A charge that stands in a settled batch stays approved: an orphan to refund."""
 
 
 Step = Charge | Inquire | VoidCharge | Commit | Fail | Done
-ReversalStep = VoidCharge | VoidOrder | NeedsRefund | Done
+ReversalStep = VoidCharge | VoidOrder | Done
 
 ABANDONED = Failure("abandoned", "the checkout stopped before this card was charged: not charged")
 
@@ -455,14 +470,14 @@ def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
         if t.status in IN_DOUBT:
             return Inquire(t)
     for t in cards:
-        if t.partial and not t.settled:
+        if t.partial and voidable(t):
             return VoidCharge(t)
     failed = next((t for t in cards if t.status in NOT_CHARGED), None)
     pending = next((t for t in cards if t.status == TenderStatus.PENDING), None)
     stuck_partial = next((t for t in cards if t.partial), None)
     if failed is not None or stuck_partial is not None or (pending is not None and not charge_pending):
         for t in cards:
-            if t.status == TenderStatus.APPROVED and not t.settled:
+            if voidable(t):
                 return VoidCharge(t)
         if failed is not None:
             return Fail(failure_of(failed))
@@ -476,14 +491,18 @@ def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
 
 def decide_void(checkout: Checkout) -> ReversalStep:
     """The next step of voiding a completed order: void each approved charge that can still be
-    voided, then the order; a settled charge stops it (refund it instead). The caller has checked
-    that the order may be voided at all (completed, nothing refunded)."""
+    voided, then the order. A settled charge cannot be voided: it stays approved, the order is
+    voided around it, and it is an orphan to refund (the POS is answered `already_settled`). The
+    caller has checked that the order may be voided at all (completed, nothing refunded)."""
     if checkout.order.status == OrderStatus.VOIDED:
         return Done()
     for t in checkout.cards:
-        if t.status == TenderStatus.APPROVED and not t.settled:
+        if voidable(t):
             return VoidCharge(t)
-    settled = tuple(t for t in checkout.cards if t.status == TenderStatus.APPROVED and t.settled)
-    if settled:
-        return NeedsRefund(settled)
     return VoidOrder()
+
+
+def voidable(t: Tender) -> bool:
+    """An approved charge a Void can still take back: one whose batch is open, or a hold never
+    captured (if its batch closed, the hold lapsed: releasing it records that)."""
+    return t.status == TenderStatus.APPROVED and (not t.settled or void_question(t) == Asked.VOID_HOLD)

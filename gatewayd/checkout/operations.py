@@ -33,6 +33,8 @@ class Orphan(msgspec.Struct, frozen=True, kw_only=True):
     # The batch is settled: the charge can no longer be voided; refund it.
     settled: bool = False
     action: str = "void"
+    # What is still to be returned of it (refunds under way or done count as returned).
+    unreturned: int = 0
 
 
 class OrphanList(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +53,9 @@ def _orphan(row: Mapping[str, Any]) -> Orphan:
         amount=row["approved_amount"] or row["amount"],
         age_s=row["age"].total_seconds(),
         settled=bool(row["settled"]),
-        action="refund" if row["settled"] else "void",
+        # a settled charge can only be refunded; a hold (never captured) is only ever released
+        action="refund" if row["settled"] and not row["hold"] else "void",
+        unreturned=row["unreturned"],
     )
 
 
@@ -96,26 +100,44 @@ class Operations:
         compare(terminal_id, batch, rows, recent, report, settled)
 
     async def settle(self, terminal_id: str) -> SettleResult:
-        """Close the terminal's batch, refused while any of its tenders is in doubt."""
-        open_count = await self.maintenance.open_on_terminal(terminal_id)
-        if open_count:
-            raise NotAllowed(
-                f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
-                details={"terminal_id": terminal_id, "unresolved": open_count},
-            )
-        captures = await self.maintenance.captures_pending(terminal_id)
-        if captures:
-            raise NotAllowed(
-                f"terminal {terminal_id} has {captures} authorization(s) still to capture; settling now would"
-                " lose them. Settle refused: try again once they are captured",
-                details={"terminal_id": terminal_id, "captures_pending": captures},
-            )
-        result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle())
+        """Close the terminal's batch; refused while any of its tenders is in doubt or any of its
+        authorizations still owes its capture. Checked once here and again on the terminal's own
+        queue, just before the Settle leaves: a charge or capture queued meanwhile comes first."""
+        refusal = await self._settle_refusal(terminal_id)
+        if refusal is not None:
+            raise refusal
+        late: list[NotAllowed] = []
+
+        async def still_clear() -> bool:
+            found = await self._settle_refusal(terminal_id)
+            if found is not None:
+                late.append(found)
+            return found is None
+
+        result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle(), before_send=still_clear)
+        if late:
+            raise late[0]
         if result.ok:
             await self.maintenance.record_settlement(
                 terminal_id, {"batch": result.batch, "count": result.count, "total": result.total}
             )
         return result
+
+    async def _settle_refusal(self, terminal_id: str) -> NotAllowed | None:
+        open_count = await self.maintenance.open_on_terminal(terminal_id)
+        if open_count:
+            return NotAllowed(
+                f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
+                details={"terminal_id": terminal_id, "unresolved": open_count},
+            )
+        captures = await self.maintenance.captures_pending(terminal_id)
+        if captures:
+            return NotAllowed(
+                f"terminal {terminal_id} has {captures} authorization(s) still to capture; settling now would"
+                " lose them. Settle refused: try again once they are captured",
+                details={"terminal_id": terminal_id, "captures_pending": captures},
+            )
+        return None
 
     async def maintain_forever(
         self, interval_s: float, stale_minutes: int, alert_minutes: int, on_orphans: Any = None

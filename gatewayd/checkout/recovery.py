@@ -140,8 +140,10 @@ class Recovery:
         voided = 0
         ex = self.executor
         for row in await self.maintenance.orphans():
-            if row["order_status"] not in ("payment_failed", "cancelled") or row["settled"]:
+            if row["order_status"] not in ("payment_failed", "cancelled", "voided"):
                 continue
+            if row["settled"] and not row["hold"]:
+                continue  # money in a closed batch: only a refund returns it
             found = await self.store.tender(row["transaction_id"])
             if found is None:
                 continue

@@ -23,11 +23,11 @@ from gatewayd.checkout.errors import (
     NotFound,
     OutcomePending,
 )
-from gatewayd.checkout.executor import Executor
+from gatewayd.checkout.executor import Executor, LeaseLost
 from gatewayd.checkout.machine import (
+    NOT_CHARGED,
     Checkout,
     Done,
-    NeedsRefund,
     OrderStatus,
     RefundStatus,
     Tender,
@@ -38,6 +38,7 @@ from gatewayd.checkout.machine import (
 )
 from gatewayd.checkout.model import RefundRequest
 from gatewayd.checkout.persistence import after_intent, before_intent
+from gatewayd.checkout.views import checkout_view
 from gatewayd.errors import TerminalBusy
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline, Outcome, Voided
@@ -48,15 +49,24 @@ def _refund_hash(request: RefundRequest) -> str:
     return hashlib.sha256(msgspec.json.encode(request)).hexdigest()
 
 
+def _unreturned(c: Checkout, t: Tender) -> int:
+    """What of a charge is not yet returned (refunds under way or done count as returned)."""
+    returned = sum(
+        r.amount
+        for r in c.tenders
+        if r.kind == "refund" and r.tender_index == t.tender_index and r.status not in NOT_CHARGED
+    )
+    return max(0, (t.approved_amount or t.amount) - returned)
+
+
 def settled_details(c: Checkout) -> dict[str, Any]:
     """What the POS needs to refund the charges a void could not reverse."""
     settled = [t for t in c.cards if t.status == TenderStatus.APPROVED and t.settled]
     return {
         "checkout_id": str(c.order.id),
-        "refund_amount": sum(t.approved_amount or t.amount for t in settled),
+        "refund_amount": sum(_unreturned(c, t) for t in settled),
         "tenders": [
-            {"reference_id": t.reference_id, "terminal_id": t.terminal_id, "amount": t.approved_amount or t.amount}
-            for t in settled
+            {"reference_id": t.reference_id, "terminal_id": t.terminal_id, "amount": _unreturned(c, t)} for t in settled
         ],
         "next": f"POST /v1/checkouts/{c.order.id}/refunds",
     }
@@ -78,6 +88,14 @@ class Reversals:
 
     async def void(self, order_id: uuid.UUID) -> Checkout:
         """Void every card tender at its terminal, then the order; calling it again changes nothing."""
+        try:
+            return await self._void(order_id)
+        except LeaseLost:
+            raise OutcomePending(
+                "another process took this checkout over; ask again", details={"checkout_id": str(order_id)}
+            ) from None
+
+    async def _void(self, order_id: uuid.UUID) -> Checkout:
         async with self.executor.leased(order_id) as ok:
             if not ok:
                 raise OutcomePending(
@@ -86,7 +104,7 @@ class Reversals:
             c = await self._load(order_id)
             status = c.order.status
             if status == OrderStatus.VOIDED:
-                return c
+                return _voided(c)
             if (
                 status != OrderStatus.COMPLETED
                 or c.order.refunded_amount > 0
@@ -98,22 +116,16 @@ class Reversals:
                 )
             while True:
                 step = decide_void(c)
-                if isinstance(step, VoidCharge):
-                    if not await self.executor.void_charge(step.tender):
-                        raise OutcomePending(
-                            "the terminal did not confirm the void yet; ask again",
-                            details={"checkout_id": str(order_id), "reference_id": step.tender.reference_id},
-                        )
-                    c = await self._load(order_id)
-                    continue
-                if isinstance(step, NeedsRefund):
-                    raise AlreadySettled(
-                        "the batch with this charge is settled: it cannot be voided; refund it instead",
-                        details=settled_details(c),
+                if not isinstance(step, VoidCharge):
+                    break
+                if not await self.executor.void_charge(step.tender):
+                    raise OutcomePending(
+                        "the terminal did not confirm the void yet; ask again",
+                        details={"checkout_id": str(order_id), "reference_id": step.tender.reference_id},
                     )
-                break
+                c = await self._load(order_id)
             if isinstance(step, Done):
-                return c
+                return _voided(c)
             result = await after_intent(lambda: self.store.void_order(order_id, self.executor.owner))
             if result["outcome"] == "lease_lost":
                 raise OutcomePending(
@@ -122,7 +134,7 @@ class Reversals:
             if result["outcome"] not in ("voided", "already"):
                 raise self.executor.refused("void", order_id, result)
             self.executor.metrics.checkout_finished("voided", 0.0)
-            return await self._load(order_id)
+            return _voided(await self._load(order_id))
 
     async def refund(self, order_id: uuid.UUID, request: RefundRequest) -> tuple[Checkout, uuid.UUID]:
         """Refund through the terminal's Return (a new reference id); idempotent by the refund's key.
@@ -145,13 +157,19 @@ class Reversals:
         result = await before_intent(self.store.begin_refund(payload))
         _refused(result, request)
         refund_id = uuid.UUID(result["refund_id"])
-        async with self.executor.leased(order_id) as ok:
-            if not ok:
-                raise OutcomePending(
-                    "another process is working on this checkout; ask again",
-                    details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
-                )
-            await self.finish(refund_id)
+        try:
+            async with self.executor.leased(order_id) as ok:
+                if not ok:
+                    raise OutcomePending(
+                        "another process is working on this checkout; ask again",
+                        details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
+                    )
+                await self.finish(refund_id)
+        except LeaseLost:
+            raise OutcomePending(
+                "another process took this checkout over; ask again",
+                details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
+            ) from None
         return await self._load(order_id), refund_id
 
     async def finish(self, refund_id: uuid.UUID, *, send_pending: bool = True) -> None:
@@ -237,6 +255,19 @@ class Reversals:
             raise OutcomePending(
                 "another process took this checkout over; ask again", details={"refund_id": str(refund_id)}
             )
+
+
+def _voided(c: Checkout) -> Checkout:
+    """A voided checkout, or AlreadySettled while a charge of it stands in a settled batch (an
+    orphan to refund, listed until it is)."""
+    if any(t.status == TenderStatus.APPROVED and t.settled for t in c.cards):
+        raise AlreadySettled(
+            "voided, but a charge's batch was already settled: the customer is still charged for it;"
+            " refund it (it stays listed as an orphan until then)",
+            details=settled_details(c),
+            checkout=checkout_view(c),
+        )
+    return c
 
 
 def _refused(result: dict[str, Any], request: RefundRequest) -> None:

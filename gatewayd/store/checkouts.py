@@ -416,7 +416,9 @@ class CheckoutStore:
         """Once every card tender is voided: the order is voided and everything it credited is taken back."""
         result: dict[str, Any] = await self.db.run(
             lambda c: c.fetchval(
-                """SELECT CASE WHEN gw_lease_held($1, $2, $3) THEN gw_void_checkout($1, $2)
+                """SELECT CASE WHEN (SELECT status FROM orders WHERE store_id = $1 AND id = $2) = 'voided'
+                                    THEN '{"outcome": "already"}'::jsonb
+                               WHEN gw_lease_held($1, $2, $3) THEN gw_void_checkout($1, $2)
                                ELSE '{"outcome": "lease_lost"}'::jsonb END""",
                 self.store_id,
                 order_id,
@@ -446,7 +448,9 @@ class CheckoutStore:
         """Complete (or fail) a refund whose terminal answer is known, fenced by the order's lease."""
         result: dict[str, Any] = await self.db.run(
             lambda c: c.fetchval(
-                """SELECT CASE WHEN gw_lease_held($1, r.order_id, $5) THEN gw_finish_refund($1, $2, $3, $4)
+                """SELECT CASE WHEN r.status <> 'pending'
+                                    THEN jsonb_build_object('outcome', 'already', 'status', r.status)
+                               WHEN gw_lease_held($1, r.order_id, $5) THEN gw_finish_refund($1, $2, $3, $4)
                                ELSE '{"outcome": "lease_lost"}'::jsonb END
                      FROM refunds r WHERE r.store_id = $1 AND r.id = $2""",
                 self.store_id,

@@ -66,7 +66,14 @@ class MaintenanceStore:
         """find_orphaned_payments() for this store, with whether each charge's batch has settled
         (then it can only be refunded)."""
         return await self.db.fetch(
-            """SELECT f.*, t.settled_at IS NOT NULL AS settled FROM find_orphaned_payments($1) f
+            """SELECT f.*, t.settled_at IS NOT NULL AS settled,
+                      (t.operation = 'auth' AND t.capture_status IS DISTINCT FROM 'captured') AS hold,
+                      coalesce(t.approved_amount, t.amount) - coalesce((
+                          SELECT sum(r.amount) FROM payment_transactions r
+                           WHERE r.store_id = t.store_id AND r.order_id = t.order_id AND r.kind = 'refund'
+                             AND r.tender_index = t.tender_index
+                             AND r.status IN ('pending', 'processing', 'unknown', 'approved')), 0) AS unreturned
+                 FROM find_orphaned_payments($1) f
                  JOIN payment_transactions t ON t.store_id = f.store_id AND t.id = f.transaction_id""",
             self.store_id,
         )
@@ -217,10 +224,7 @@ class MaintenanceStore:
                    ON t.store_id = o.store_id AND t.order_id = o.id
                 WHERE o.store_id = $1 AND o.status = 'completed' AND t.kind = 'payment'
                   AND t.tender_type = 'card'
-                  AND (t.status = 'voided' OR (t.status = 'approved' AND t.void_requested_at IS NOT NULL))
-                  AND NOT EXISTS (SELECT 1 FROM payment_transactions s
-                                   WHERE s.store_id = o.store_id AND s.order_id = o.id AND s.kind = 'payment'
-                                     AND s.status = 'approved' AND s.settled_at IS NOT NULL)""",
+                  AND (t.status = 'voided' OR (t.status = 'approved' AND t.void_requested_at IS NOT NULL))""",
             self.store_id,
         )
         return [r["id"] for r in rows]

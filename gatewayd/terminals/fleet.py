@@ -10,10 +10,8 @@ from collections.abc import Callable, Iterator, Mapping
 import aiohttp
 
 from gatewayd.config import HealthConfig, TerminalConfig
-from gatewayd.terminals import ops
 from gatewayd.terminals.health import HealthMonitor, Write
 from gatewayd.terminals.lane import Lane
-from gatewayd.terminals.outcomes import SettleResult
 from gatewayd.terminals.spin.driver import SpinDriver
 
 log = logging.getLogger(__name__)
@@ -154,9 +152,6 @@ class Fleet(Mapping[str, Lane]):
             # The next operation uses the new settings; the one in flight ends on the old ones.
             self._lanes[tid].reconfigure(self._driver(config))
         return added, removed, changed
-
-    async def settle(self, terminal_id: str) -> SettleResult:
-        return await self._lanes[terminal_id].execute(ops.Settle())
 
     async def close(self) -> None:
         """Stop the sweeper and every lane."""

@@ -229,7 +229,7 @@ class Lane:
             job = self._pending_by_ref.get(op.ref) or self._pending.get(key)
             if job is not None:
                 return asyncio.shield(job.future)
-            known = self._known.get(op.ref)
+            known = None if op.fresh else self._known.get(op.ref)
             return _ready(known) if known is not None else None
         job = self._pending.get(key)
         if job is not None:
@@ -263,11 +263,7 @@ class Lane:
                 result: Result | BaseException
                 try:
                     if job.before_send is not None and not await job.before_send():
-                        result = Declined(
-                            reference_id=getattr(job.op, "ref", ""),
-                            status_code="",
-                            message="not sent: withdrawn by the caller",
-                        )
+                        result = _withdrawn(job.op)
                     else:
                         result = await self._perform(job.op)
                 except asyncio.CancelledError:
@@ -443,6 +439,13 @@ def _fit(op: MoneyOp, outcome: Outcome) -> Outcome:
     if isinstance(outcome, Approved) and not isinstance(op, Void) and outcome.requested_amount != op.amount:
         return msgspec.structs.replace(outcome, requested_amount=op.amount)
     return outcome
+
+
+def _withdrawn(op: Op) -> Result:
+    """The result of an operation its caller withdrew just before it would have been sent."""
+    if isinstance(op, Settle):
+        return SettleResult(ok=False, message="not sent: withdrawn by the caller")
+    return Declined(reference_id=getattr(op, "ref", ""), status_code="", message="not sent: withdrawn by the caller")
 
 
 def _stopped(op: Op, *, sent: bool) -> Result | BaseException:

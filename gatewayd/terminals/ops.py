@@ -41,9 +41,13 @@ class Refund(msgspec.Struct, frozen=True):
 
 
 class Inquire(msgspec.Struct, frozen=True):
-    """Ask what became of `ref` (joins the operation on `ref` if one is queued or running)."""
+    """Ask what became of `ref` (joins the operation on `ref` if one is queued or running).
+
+    `fresh`: ask the terminal even when this lane kept an earlier answer for `ref` (that answer
+    may be stale: a Void or Capture since may have changed the transaction)."""
 
     ref: str
+    fresh: bool = False
 
 
 class Settle(msgspec.Struct, frozen=True):

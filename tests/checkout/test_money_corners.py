@@ -52,7 +52,7 @@ async def _metric(gw: Gateway, name: str) -> float:
 
 async def test_void_after_settle_keeps_the_charge_and_tells_the_pos_to_refund(dsn: str, tmp_path: Path) -> None:
     async with running_gateway(dsn, tmp_path) as gw:
-        answer = await gw.checkout(card(1500))
+        answer = await gw.checkout(card(1500), lines=[{"sku": "MUG", "quantity": 1, "unit_price": 1500}])
         assert answer.status == 200, answer.body
         checkout_id = answer.body["id"]
         assert (await gw.client.settle("lane-1")).status == 200
@@ -60,12 +60,19 @@ async def test_void_after_settle_keeps_the_charge_and_tells_the_pos_to_refund(ds
         assert void.status == 409 and void.error_code == "already_settled", void.body
         details = void.body["error"]["details"]
         assert details["refund_amount"] == 1500 and details["next"].endswith(f"{checkout_id}/refunds")
-        view = (await gw.client.get_checkout(checkout_id)).body
-        assert view["status"] == "completed"
-        assert (view["tenders"][0]["status"], view["tenders"][0]["settled"]) == ("approved", True)
+        # The goods are back on the shelf; the charge stands, approved and settled, and stays listed.
+        assert void.body["status"] == "voided"
+        assert (void.body["tenders"][0]["status"], void.body["tenders"][0]["settled"]) == ("approved", True)
+        assert await gw.fetchval("SELECT on_hand FROM inventory WHERE store_id = $1 AND sku = 'MUG'", gw.store_id) == 10
         assert await _metric(gw, "gatewayd_settled_charges_total") == 1
+        orphans = (await gw.client.orphans()).body
+        assert [(o["amount"], o["action"]) for o in orphans["orphans"]] == [(1500, "refund")]
+        again = await gw.client.void(checkout_id)  # a retry says the same, and changes nothing
+        assert again.status == 409 and again.error_code == "already_settled", again.body
         refund = await gw.client.refund(checkout_id, "refund-after-settle", 1500)
-        assert refund.status == 200 and refund.body["status"] == "refunded", refund.body
+        assert refund.status == 200, refund.body
+        assert refund.body["tenders"][0]["status"] == "refunded"
+        assert (await gw.client.orphans()).body["count"] == 0
         assert sorted((t["type"], t["status"]) for t in await gw.ledger()) == [
             ("return", "returned"),
             ("sale", "approved"),

@@ -110,7 +110,7 @@ OUTCOMES: dict[Answer, Any] = {
 def test_each_row_of_the_answer_table(key: tuple[Asked, Answer]) -> None:
     asked, answer = key
     late = answer == Answer.NOT_FOUND_LATE
-    tender = _tender(TenderStatus.APPROVED if asked == Asked.VOID else TenderStatus.PROCESSING)
+    tender = _tender(TenderStatus.APPROVED if asked in (Asked.VOID, Asked.VOID_HOLD) else TenderStatus.PROCESSING)
     assert machine.answer_of(OUTCOMES[answer], tender, late=late) == answer
     result = machine.verdict(asked, OUTCOMES[answer], tender, late=late)
     assert result == ANSWERS[key]
@@ -207,7 +207,17 @@ def test_voiding_a_completed_order_step_by_step() -> None:
     completed = OrderStatus.COMPLETED
     step = machine.decide_void(_checkout(approved, settled, status=completed))
     assert isinstance(step, machine.VoidCharge) and step.tender == approved
-    step = machine.decide_void(_checkout(voided, settled, status=completed))
-    assert isinstance(step, machine.NeedsRefund) and step.tenders == (settled,)
+    # a settled charge cannot be voided: the order is voided around it (an orphan to refund)
+    assert isinstance(machine.decide_void(_checkout(voided, settled, status=completed)), machine.VoidOrder)
     assert isinstance(machine.decide_void(_checkout(voided, status=completed)), machine.VoidOrder)
     assert isinstance(machine.decide_void(_checkout(voided, status=OrderStatus.VOIDED)), machine.Done)
+
+
+def test_a_hold_is_voided_by_its_own_question() -> None:
+    hold = Tender(**{**{f: getattr(_tender(A), f) for f in Tender.__struct_fields__}, "operation": "auth"})
+    assert machine.void_question(hold) == Asked.VOID_HOLD
+    captured = Tender(**{**{f: getattr(hold, f) for f in Tender.__struct_fields__}, "capture_status": "captured"})
+    assert machine.void_question(captured) == Asked.VOID
+    assert machine.void_question(_tender(A)) == Asked.VOID
+    # a hold whose batch closed lapsed: nothing was taken, the tender is voided, never "settled"
+    assert ANSWERS[(Asked.VOID_HOLD, Answer.NOT_FOUND)] == TenderStatus.VOIDED

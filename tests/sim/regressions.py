@@ -134,7 +134,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "_view_if_any answers the pending outcome without a view.",
         (14, 20, 26),
     ),
-    # ---------------------------------------------------------------- open: found, not fixed yet
+    # ---------------------------------------------------------------- found in the state machine's first cut, fixed
     KnownBug(
         "void-split-settled",
         "Reversals.void voids the card tenders one at a time; when a later one's batch has settled "
@@ -143,8 +143,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "gw_void_checkout refuses it, and the refund the POS is told to make covers only the settled "
         "charge: goods kept, part of the money back, books say sold (I3).",
         (92, 135, 211),
-        fixed=False,
-        symptoms=(r"I3 .*(completed|refunded) order \d+ has a card tender \w+ that is voided",),
     ),
     KnownBug(
         "refund-lapsed-hold",
@@ -154,8 +152,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "gw_begin_refund's orphan branch counts it as refundable (status approved, settled_at set, any "
         "operation): the operator's Return pays the customer money never received (I2).",
         (1, 125, 150),
-        fixed=False,
-        symptoms=(r"I2 .*a hold that lapsed",),
     ),
     KnownBug(
         "follow-up-not-found",
@@ -166,12 +162,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "back twice, I2; or the POS is answered already_settled for a charge it voided and told to refund "
         "it, I3), a hold already captured is declared lost (capture pending forever, a false ALERT, I7).",
         (184, 446, 584),
-        fixed=False,
-        symptoms=(
-            r"I2 .*a charge voided at the terminal",
-            r"I3 .*is approved in the database but voided at the terminal",
-            r"I7 .*capture of \w+ still pending after healing",
-        ),
     ),
     KnownBug(
         "capture-stale-tender",
@@ -180,8 +170,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "without reading it again: a Capture for an authorization just voided, and a false 'hold lost' "
         "ALERT (charge_settled) when the terminal says it has no such hold (I8).",
         (93,),
-        fixed=False,
-        symptoms=(r"I8 .*capture sent for \w+ on \w+, where the terminal holds auth voided",),
     ),
     KnownBug(
         "reversal-lock",
@@ -192,8 +180,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "LeaseLost (not a GatewayError) escapes: through Reversals.void to the API as a 500 (I6), through "
         "capture_pending out of Recovery.run_once, whose timer dies and takes the daemon down (I7).",
         (678, 2560, 3317),
-        fixed=False,
-        symptoms=(r"I6 .*(void|refund) of [\w-]+ raised LeaseLost", r"I7 .*died of LeaseLost"),
     ),
     KnownBug(
         "settle-unguarded",
@@ -203,7 +189,5 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "is never paid, gatewayd marks it lost (I2). The checks and the Settle are not atomic with "
         "respect to the lane.",
         (1640,),
-        fixed=False,
-        symptoms=(r"I2 .*lapsed: gatewayd settled terminal",),
     ),
 )

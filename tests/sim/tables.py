@@ -23,6 +23,15 @@ from gatewayd.errors import PermanentStoreError
 OPEN_ORDER = ("pending_payment", "payment_processing", "payment_authorized")
 COMPLETED = ("completed", "refunded", "partially_refunded")
 FAILED_ORDER = ("payment_failed", "cancelled")
+# Orders whose settled charges are orphans to refund (they did not complete, or were voided).
+ORPHAN_ORDER = (*FAILED_ORDER, "voided")
+
+
+def _money(t: Row) -> bool:
+    """A settled charge that is money received: a sale, or a captured authorization (never a hold)."""
+    return not (t["operation"] == "auth" and t["capture_status"] != "captured")
+
+
 CHARGING = ("processing", "unknown", "approved")
 IN_DOUBT = ("processing", "unknown")
 
@@ -589,15 +598,18 @@ class Tables:
     # ------------------------------------------------------------ gw_void_checkout
 
     def void_order(self, now: datetime, order_id: uuid.UUID, owner: str) -> dict[str, Any]:
-        """CheckoutStore.void_order: gw_void_checkout under the lease."""
-        if not self.lease_held(now, order_id, owner):
-            return {"outcome": "lease_lost"}
+        """CheckoutStore.void_order: gw_void_checkout under the lease ('already' whoever holds it)."""
         o = self.orders[order_id]
         if o["status"] == "voided":
             return {"outcome": "already"}
+        if not self.lease_held(now, order_id, owner):
+            return {"outcome": "lease_lost"}
         if o["status"] != "completed" or o["refunded_amount"] > 0:
             return {"outcome": "not_voidable", "status": o["status"]}
-        if any(t["status"] not in ("voided", "failed") for t in self._payment_cards(order_id)):
+        if any(
+            t["status"] not in ("voided", "failed") and not (t["status"] == "approved" and t["settled_at"] is not None)
+            for t in self._payment_cards(order_id)
+        ):
             return {"outcome": "not_ready"}
         payments = [t for t in self.tenders_of(order_id) if t["kind"] == "payment"]
         cash = sum(t["amount"] for t in payments if t["tender_type"] == "cash")
@@ -644,7 +656,7 @@ class Tables:
         o = self.orders.get(uuid.UUID(p["order_id"]))
         if o is None:
             return {"outcome": "not_found"}
-        orphan = o["status"] in FAILED_ORDER
+        orphan = o["status"] in ORPHAN_ORDER
         if o["status"] not in ("completed", "partially_refunded") and not orphan:
             return {"outcome": "not_refundable", "status": o["status"]}
         txs = self.tenders_of(o["id"])
@@ -670,8 +682,9 @@ class Tables:
                 for t in txs
                 if t["kind"] == "payment"
                 and t["tender_type"] == "card"
-                and t["status"] == "approved"
+                and t["status"] in ("approved", "refunded")
                 and t["settled_at"] is not None
+                and _money(t)
             )
             if limit == 0:
                 return {"outcome": "not_refundable", "status": o["status"]}
@@ -714,6 +727,7 @@ class Tables:
             for t in txs
             if t["kind"] == "payment"
             and t["status"] == "approved"
+            and _money(t)
             and (not orphan or (t["tender_type"] == "card" and t["settled_at"] is not None))
             and left(t) >= amount
         ]
@@ -765,10 +779,10 @@ class Tables:
         r = self.refunds.get(refund_id)
         if r is None:
             return {"outcome": "not_found"}
-        if not self.lease_held(now, r["order_id"], owner):
-            return {"outcome": "lease_lost"}
         if r["status"] != "pending":
             return {"outcome": "already", "status": r["status"]}
+        if not self.lease_held(now, r["order_id"], owner):
+            return {"outcome": "lease_lost"}
         txs = [t for t in self.tenders_of(r["order_id"]) if t["refund_id"] == refund_id]
         if not ok:
             r.update(status="failed", failure_reason=reason)
@@ -778,7 +792,7 @@ class Tables:
             self._audit(now, "refund.failed", r["order_id"], detail={"refund_id": str(refund_id), "reason": reason})
             return {"outcome": "failed"}
         o = self.orders[r["order_id"]]
-        if o["status"] in FAILED_ORDER:
+        if o["status"] in ORPHAN_ORDER:
             # An orphan's refund: the settled charge it returned is refunded once returned in full.
             index = txs[0]["tender_index"] if txs else None
             for t in txs:
@@ -894,6 +908,15 @@ class Tables:
                         "created_at": t["created_at"],
                         "age": now - t["created_at"],
                         "settled": t["settled_at"] is not None,
+                        "hold": not _money(t),
+                        "unreturned": (t["amount"] if t["approved_amount"] is None else t["approved_amount"])
+                        - sum(
+                            r["amount"]
+                            for r in self.tenders_of(o["id"])
+                            if r["kind"] == "refund"
+                            and r["tender_index"] == t["tender_index"]
+                            and r["status"] in ("pending", "processing", "unknown", "approved")
+                        ),
                     }
                 )
         return rows
@@ -931,8 +954,7 @@ class Tables:
         return sorted(rows, key=lambda r: -r["age_s"])
 
     def half_voided(self) -> list[uuid.UUID]:
-        """Completed orders whose void stopped half-way (a card tender voided, or its void sent),
-        unless a charge of theirs settled (it can only be refunded now)."""
+        """Completed orders whose void stopped half-way (a card tender voided, or its void sent)."""
         return [
             o["id"]
             for o in self.orders.values()
@@ -940,10 +962,6 @@ class Tables:
             and any(
                 t["status"] == "voided" or (t["status"] == "approved" and t["void_requested_at"] is not None)
                 for t in self._payment_cards(o["id"])
-            )
-            and not any(
-                t["kind"] == "payment" and t["status"] == "approved" and t["settled_at"] is not None
-                for t in self.tenders_of(o["id"])
             )
         ]
 

@@ -251,7 +251,8 @@ class World:
             if orphan.action == "refund":
                 self._check_advice(orphan.transaction_id, f"{orphan.order_status} order {orphan.order_number}")
                 if refund:
-                    await self._refund_orphan(proc, orphan.order_id, orphan.reference_id, orphan.amount)
+                    if orphan.unreturned > 0:
+                        await self._refund_orphan(proc, orphan.order_id, orphan.reference_id, orphan.unreturned)
 
     def _check_advice(self, transaction_id: str, order: str) -> None:
         """What gatewayd tells the operator to refund must be money it received."""
