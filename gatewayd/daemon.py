@@ -319,9 +319,19 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return False
         logs.register_secrets(self._secrets(new))
-        await TerminalStore(self.db, new.store_id).sync(
-            [(t.id, t.display_name, t.driver, t.is_live) for t in new.terminals]
-        )
+        try:
+            await TerminalStore(self.db, new.store_id).sync(
+                [(t.id, t.display_name, t.driver, t.is_live) for t in new.terminals]
+            )
+        except StoreError as exc:
+            # New terminals need their rows before a charge can name them: change nothing for now.
+            log.error(
+                "reload refused, keeping the running configuration: the database is away (%s);"
+                " reload again once it is back",
+                exc.message,
+            )
+            self.notifier.ready(self.status_line())
+            return False
         added, removed, changed = await self.fleet.reload(new.terminals)
         self.config = new
         log.info(

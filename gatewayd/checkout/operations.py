@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from gatewayd.checkout.errors import NotAllowed, NotFound
+from gatewayd.checkout.persistence import after_intent, before_intent
 from gatewayd.checkout.reconcile import ReconcileReport, compare
 from gatewayd.errors import GatewayError, StoreError
 from gatewayd.store.maintenance import MaintenanceStore
@@ -118,19 +119,21 @@ class Operations:
         if late:
             raise late[0]
         if result.ok:
-            await self.maintenance.record_settlement(
-                terminal_id, {"batch": result.batch, "count": result.count, "total": result.total}
+            await after_intent(
+                lambda: self.maintenance.record_settlement(
+                    terminal_id, {"batch": result.batch, "count": result.count, "total": result.total}
+                )
             )
         return result
 
     async def _settle_refusal(self, terminal_id: str) -> NotAllowed | None:
-        open_count = await self.maintenance.open_on_terminal(terminal_id)
+        open_count = await before_intent(self.maintenance.open_on_terminal(terminal_id))
         if open_count:
             return NotAllowed(
                 f"terminal {terminal_id} has {open_count} unresolved tender(s); settle refused",
                 details={"terminal_id": terminal_id, "unresolved": open_count},
             )
-        captures = await self.maintenance.captures_pending(terminal_id)
+        captures = await before_intent(self.maintenance.captures_pending(terminal_id))
         if captures:
             return NotAllowed(
                 f"terminal {terminal_id} has {captures} authorization(s) still to capture; settling now would"

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from chaos.workload import ClientPool, Spec, checkouts
 from gatewayd.api.client import Answer, GatewayClient
+from tests.chaos.workload import ClientPool, Spec, checkouts
 
 CHECKOUT_DEADLINE_S = 40.0  # a cashier gives up on one checkout after this long
 CLIENT_TIMEOUT_S = 15.0  # the HTTP timeout (the daemon answers 504 after checkout_wait_s = 8)

@@ -16,14 +16,14 @@ from typing import Any
 
 import asyncpg
 
-from chaos import checks
-from chaos.clients import GatewayClients
-from chaos.nemesis import Nemesis, plan
-from chaos.oldflow import OldFlow
-from chaos.proxy import FaultProxy
-from chaos.stack import OLDFLOW_APP, DaemonSupervisor, Postgres, config_text, simulator_process
-from chaos.workload import STOCK
 from gatewayd.store.embedded import free_port
+from tests.chaos import checks
+from tests.chaos.clients import GatewayClients
+from tests.chaos.nemesis import GatewayLanes, Nemesis, plan
+from tests.chaos.oldflow import OldFlow
+from tests.chaos.proxy import FaultProxy
+from tests.chaos.stack import OLDFLOW_APP, DaemonSupervisor, Postgres, config_text, simulator_process
+from tests.chaos.workload import STOCK
 
 log = logging.getLogger("chaos")
 
@@ -39,6 +39,7 @@ async def run(
     keep: bool = False,
     with_oldflow: bool = True,
     strict: bool = False,
+    auto_settle_anytime: bool = False,
 ) -> dict[str, Any]:
     wall0 = time.monotonic()
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
@@ -53,6 +54,7 @@ async def run(
         "lanes": lanes,
         "workdir": str(tmp),
         "daemon_log": str(tmp / "gatewayd.log"),
+        "auto_settle_anytime": auto_settle_anytime,
     }
     await pg.start()
     try:
@@ -68,7 +70,19 @@ async def run(
             await conn.close()
         async with simulator_process() as sim_port:
             await _run_stack(
-                report, tmp, pg, sim_port, store_id, seed, seconds, clients, lanes, heal_timeout_s, with_oldflow, strict
+                report,
+                tmp,
+                pg,
+                sim_port,
+                store_id,
+                seed,
+                seconds,
+                clients,
+                lanes,
+                heal_timeout_s,
+                with_oldflow,
+                strict,
+                auto_settle_anytime,
             )
     finally:
         with contextlib.suppress(Exception):
@@ -92,6 +106,7 @@ async def _run_stack(
     heal_timeout_s: float,
     with_oldflow: bool,
     strict: bool,
+    auto_settle_anytime: bool = False,
 ) -> None:
     sim_url = f"http://127.0.0.1:{sim_port}"
     terminal_proxy, db_proxy = FaultProxy("terminal", sim_port), FaultProxy("db", pg.port)
@@ -146,6 +161,8 @@ async def _run_stack(
             sim_url,
             [[gw_tpns[tid], old_tpns[i]] for i, tid in enumerate(terminal_ids)],
             oldflow=old if with_oldflow else None,
+            gw=GatewayLanes(store_id, str(socket_path), terminal_ids, gw_tpns, gw_keys),
+            auto_settle_anytime=auto_settle_anytime,
         )
         log.info("chaos: %d fault(s) planned over %.0fs", len(events), seconds)
 
@@ -171,6 +188,9 @@ async def _run_stack(
                 f"the daemon is not serving after the heal (exit codes "
                 f"{dict(Counter(daemon.exit_codes))}) {' '.join(why)}".strip()
             )
+        missing = await nemesis.lanes_listed(heal_timeout_s)
+        if missing:
+            problems["I7"].append(f"lane(s) {missing} not back in GET /v1/terminals after the heal")
         clients_done, _ = await asyncio.gather(gw.finish(heal_timeout_s), old.finish(heal_timeout_s))
         if not clients_done:
             problems["I7"].append("POS clients still waiting for an answer after the heal timeout")
@@ -180,11 +200,33 @@ async def _run_stack(
         if not quiet:
             problems["I7"] += [f"I7: unfinished after {quiet_s:.0f}s: {row}" for row in still_open[:10]]
 
+        # ---- the operator after such a day: keypad voids reconciled, settled orphans refunded
+        await nemesis.audit_all(heal_timeout_s if quiet else 0.0)
+        refunds = await checks.refund_orphans(str(socket_path), heal_timeout_s)
+        problems["I7"] += [line for line in refunds["problems"] if line.startswith("I7:")]
+        if refunds.get("to_refund"):
+            quiet, refunds_quiet_s, still_open = await checks.wait_quiescent(pg.dsn(), store_id, heal_timeout_s)
+            if not quiet:
+                problems["I7"] += [
+                    f"I7: unfinished {refunds_quiet_s:.0f}s after the refunds: {row}" for row in still_open[:10]
+                ]
+        listed = await checks.orphans(str(socket_path), heal_timeout_s)
+        if listed is None:
+            problems["I7"].append("I7: GET /v1/orphans did not answer after the refunds")
+        orphan_refs = {o["reference_id"] for o in listed or []}
+        report["operator_s"] = time.monotonic() - heal0 - report["heal_s"]
+
         # ---- the final check
         sim_ledger = await checks.ledger(sim_url)
-        money, counts = await checks.money_invariants(pg.dsn(), store_id, sim_ledger, gw_tpns, STOCK)
+        keypad_problems, money_ledger, keypad_counts = checks.keypad_voids(nemesis.keypad, sim_ledger)
+        problems["I8"] += keypad_problems
+        money, counts = await checks.money_invariants(pg.dsn(), store_id, money_ledger, gw_tpns, STOCK, orphan_refs)
         for name, lines in money.items():
             problems.setdefault(name, []).extend(lines)
+        accounted, orphan_counts = await checks.orphans_accounted(
+            pg.dsn(), store_id, sim_ledger, set(gw_tpns.values()), orphan_refs
+        )
+        problems["I1"] += accounted
         told, final = await checks.told_vs_final(pg.dsn(), store_id, gw.records)
         for line in told:
             problems.setdefault("I6" if "I6:" in line else "I?", []).append(line)
@@ -227,7 +269,7 @@ async def _run_stack(
             )
         finally:
             await conn.close()
-        gw_row = checks.gateway_summary(gw.records, final, sim_ledger, tenders, set(gw_tpns.values()))
+        gw_row = checks.gateway_summary(gw.records, final, money_ledger, tenders, set(gw_tpns.values()), orphan_refs)
         for key in ("orphaned", "double", "lost"):
             if gw_row[key]:
                 problems["I1" if key == "orphaned" else "I2" if key == "double" else "I3"].append(
@@ -262,6 +304,15 @@ async def _run_stack(
                     "kinds_fired": dict(nemesis.kinds_fired()),
                     "events": [f.as_dict() for f in nemesis.fired],
                 },
+                "operator": {
+                    "settles": nemesis.settles,
+                    "refunds": {k: v for k, v in refunds.items() if k != "problems"},
+                    "refund_notes": refunds["problems"],
+                    "orphans_listed_after": sorted(orphan_refs),
+                    "orphans": orphan_counts,
+                    "keypad": keypad_counts,
+                    "keypad_voids": [kv.as_dict() for kv in nemesis.keypad],
+                },
                 "proxies": {"db": dict(db_proxy.stats), "terminal": dict(terminal_proxy.stats)},
                 "process": {
                     "daemon_starts": daemon.starts,
@@ -276,6 +327,9 @@ async def _run_stack(
                     "WARNING": log_text.count("\nWARNING "),
                 },
                 "answers": dict(Counter(a.split(":")[0] for r in gw.records for a in r.answers)),
+                "answers_detail": dict(
+                    Counter(a for r in gw.records for a in r.answers if not a.startswith(("200", "poll")))
+                ),
                 "old_attempts": dict(
                     Counter(
                         a.split(":")[0] + (":" + a.split(":")[1] if a.startswith("error") else "")

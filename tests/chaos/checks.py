@@ -1,5 +1,7 @@
 """The final check: I1-I8 (tests/invariants.py against PostgreSQL and the simulator's ledger),
-I6 by replay, what the cashier was told against what happened, and I9 hygiene."""
+I6 by replay, what the cashier was told against what happened, and I9 hygiene; before it, what
+the operator does after a day like that (refund every orphan gatewayd lists with action refund),
+and after it, every charge without goods accounted for and every keypad void reconciled."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from chaos.clients import CheckoutRecord
 from gatewayd.api.client import GatewayClient
+from tests.chaos.clients import CheckoutRecord
+from tests.chaos.nemesis import KeypadVoid
 from tests.invariants import COMPLETED, InvariantViolation, check_money_invariants
 
 INVARIANTS = ("I1", "I2", "I3", "I4", "I5", "I6", "I7", "I8", "I9")
@@ -118,19 +121,196 @@ def classify_problems(text: str) -> dict[str, list[str]]:
 
 
 async def money_invariants(
-    dsn: str, store_id: str, sim_ledger: list[dict[str, Any]], tpns: dict[str, str], stock: dict[str, int]
+    dsn: str,
+    store_id: str,
+    sim_ledger: list[dict[str, Any]],
+    tpns: dict[str, str],
+    stock: dict[str, int],
+    orphan_refs: set[str] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """tests/invariants.check_money_invariants: I1-I5, I7 (nothing undecided), I8."""
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
         counts = await check_money_invariants(
-            conn, store_id, [t for t in sim_ledger if t["tpn"] in set(tpns.values())], tpns, stock
+            conn,
+            store_id,
+            [t for t in sim_ledger if t["tpn"] in set(tpns.values())],
+            tpns,
+            stock,
+            orphan_refs=orphan_refs,
         )
         return {}, counts
     except InvariantViolation as exc:
         return classify_problems(str(exc)), {}
     finally:
         await conn.close()
+
+
+async def orphans(socket_path: str, timeout_s: float) -> list[dict[str, Any]] | None:
+    """GET /v1/orphans (retried while the daemon is away, bounded); None if never answered."""
+    deadline = time.monotonic() + timeout_s
+    async with GatewayClient(socket_path, timeout_s=10) as client:
+        while True:
+            try:
+                answer = await client.orphans()
+                if answer.status == 200 and isinstance(answer.body, dict):
+                    return list(answer.body["orphans"])
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.3)
+
+
+async def refund_orphans(socket_path: str, timeout_s: float) -> dict[str, Any]:
+    """What the operator does after the heal: every orphan listed with action `refund` (its batch
+    settled, so it could not be voided) is refunded through POST /v1/checkouts/{id}/refunds for
+    its amount (the customer taps the card again), one key per orphan, retried with that key
+    while the answer is not final (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    listed = await orphans(socket_path, timeout_s)
+    out: dict[str, Any] = {"listed": None if listed is None else len(listed), "answers": Counter(), "problems": []}
+    if listed is None:
+        out["problems"].append("I7: GET /v1/orphans did not answer after the heal")
+        return out
+    todo = [o for o in listed if o.get("action") == "refund"]
+    out["to_refund"] = len(todo)
+    out["refunded"] = 0
+    # An order with several settled charges: the largest first, so each Return lands on its own
+    # charge (gatewayd refunds on the first settled charge with enough left).
+    todo.sort(key=lambda o: (o["order_id"], -o["amount"]))
+    async with GatewayClient(socket_path, timeout_s=30) as client:
+        for o in todo:
+            key = f"chaos-orphan-{o['transaction_id']}"
+            while True:
+                try:
+                    answer = await client.refund(o["order_id"], key, o["amount"])
+                    said = f"{answer.status}" + (f":{answer.error_code}" if answer.error_code else "")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    answer, said = None, f"conn:{type(exc).__name__}"
+                out["answers"][said] += 1
+                if answer is not None and answer.status == 200:
+                    out["refunded"] += 1
+                    break
+                if answer is not None and answer.status < 500 and answer.status != 409:
+                    out["problems"].append(f"refund of orphan {o['reference_id']} ({o['amount']}) answered {said}")
+                    break
+                if time.monotonic() > deadline:
+                    out["problems"].append(f"I7: refund of orphan {o['reference_id']} not final: last answer {said}")
+                    break
+                await asyncio.sleep(0.5)  # 504 outcome_pending, 503, 409 (its void still settling): same key again
+    out["answers"] = dict(out["answers"])
+    return out
+
+
+async def orphans_accounted(
+    dsn: str, store_id: str, sim_ledger: list[dict[str, Any]], tpns: set[str], orphan_refs: set[str]
+) -> tuple[list[str], dict[str, int]]:
+    """Nothing silently dropped: every approved charge on gatewayd's terminals that belongs to no
+    completed order is listed by GET /v1/orphans, or was refunded (its tender `refunded`, and the
+    terminal holds Returns of its refunds for at least its amount); and every Return refunds a
+    charge the terminal really holds (never money given back for a charge voided or never made)."""
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        rows = [
+            dict(r)
+            for r in await conn.fetch(
+                """SELECT t.reference_id, t.kind, t.status, t.tender_index, t.amount, t.order_id::text AS order_id,
+                          o.status AS order_status
+                     FROM payment_transactions t JOIN orders o ON o.store_id = t.store_id AND o.id = t.order_id
+                    WHERE t.store_id = $1 AND t.tender_type = 'card'""",
+                store_id,
+            )
+        ]
+    finally:
+        await conn.close()
+    by_ref = {r["reference_id"]: r for r in rows}
+    mine = [t for t in sim_ledger if t["tpn"] in tpns]
+    status_of = {t["reference_id"]: t["status"] for t in mine}
+    returned = {t["reference_id"]: t["amount"] for t in mine if t["type"] == "return" and t["status"] == "returned"}
+    charges = [t for t in mine if _money(t)]
+    problems: list[str] = []
+    counts = {"without_goods": 0, "listed": 0, "refunded": 0, "returns": len(returned)}
+    for c in charges:
+        row = by_ref.get(c["reference_id"])
+        if row is None or row["order_status"] in COMPLETED:
+            continue  # unknown to gatewayd: I8 says so
+        counts["without_goods"] += 1
+        if c["reference_id"] in orphan_refs:
+            counts["listed"] += 1
+            continue
+        if row["status"] == "refunded":
+            back = sum(
+                returned.get(r["reference_id"], 0)
+                for r in rows
+                if r["kind"] == "refund"
+                and r["order_id"] == row["order_id"]
+                and r["tender_index"] == row["tender_index"]
+                and r["status"] == "approved"
+            )
+            if back >= c["amount"]:
+                counts["refunded"] += 1
+            else:
+                problems.append(f"I1: charge {c['reference_id']} ({c['amount']}) is marked refunded, returned {back}")
+            continue
+        problems.append(
+            f"I1: charge {c['reference_id']} ({c['amount']}) of a {row['order_status']} order (tender "
+            f"{row['status']}) is neither listed by /v1/orphans nor refunded: silently dropped"
+        )
+    for ref, amount in returned.items():
+        r = by_ref.get(ref)
+        if r is None:
+            continue  # I8
+        paid = next(
+            (
+                p
+                for p in rows
+                if p["kind"] == "payment" and p["order_id"] == r["order_id"] and p["tender_index"] == r["tender_index"]
+            ),
+            None,
+        )
+        held = status_of.get(paid["reference_id"]) if paid is not None else None
+        if held not in ("approved", "captured"):
+            problems.append(f"I1: Return {ref} ({amount}) gives back a charge the terminal shows as {held}")
+    return problems, counts
+
+
+def _money(t: dict[str, Any]) -> bool:
+    """A ledger row where money moved to the store and stayed: an approved sale, a captured capture."""
+    return (t["type"] == "sale" and t["status"] == "approved") or (t["type"] == "capture" and t["status"] == "captured")
+
+
+def keypad_voids(
+    records: list[KeypadVoid], sim_ledger: list[dict[str, Any]]
+) -> tuple[list[str], list[dict[str, Any]], dict[str, int]]:
+    """A charge voided on the keypad whose order COMPLETED anyway is an external discrepancy
+    gatewayd cannot see by itself: POST /v1/reconcile must list it as `status_mismatch` (the
+    nemesis asked while the voided charge was still in the open batch). Returns (problems, the
+    ledger with those reconciled charges counted as gatewayd counts them, counts): the money
+    check then holds gatewayd to everything else."""
+    problems: list[str] = []
+    reconciled: set[str] = set()
+    counts = {"voided": len(records), "order_failed": 0, "order_completed": 0, "reconciled": 0, "unresolved": 0}
+    for kv in records:
+        if kv.order_status in COMPLETED:
+            counts["order_completed"] += 1
+            if kv.reconcile == "status_mismatch":
+                counts["reconciled"] += 1
+                reconciled.add(kv.reference_id)
+            else:
+                problems.append(
+                    f"I8: {kv.reference_id} voided on the keypad, order {kv.order_id} completed, and POST "
+                    f"/v1/reconcile {'could not be asked' if kv.reconcile is None else 'listed it as ' + kv.reconcile}"
+                )
+        elif kv.order_status in OPEN_ORDERS or kv.order_status is None:
+            counts["unresolved"] += 1  # quiescence (I7) reports the order itself
+        else:
+            counts["order_failed"] += 1
+    adjusted = [
+        {**t, "status": "approved"} if t["reference_id"] in reconciled and t["status"] == "voided" else t
+        for t in sim_ledger
+    ]
+    return problems, adjusted, counts
 
 
 async def told_vs_final(dsn: str, store_id: str, records: list[CheckoutRecord]) -> tuple[list[str], dict[str, str]]:
@@ -228,13 +408,13 @@ def gateway_summary(
     sim_ledger: list[dict[str, Any]],
     tenders: list[dict[str, Any]],
     tpns: set[str],
+    orphan_refs: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The gatewayd row, from the ledger and the database (not from what the POS believed)."""
-    charges = [
-        t
-        for t in sim_ledger
-        if t["tpn"] in tpns and t["type"] in ("sale", "auth", "capture") and t["status"] in ("approved", "captured")
-    ]
+    """The gatewayd row, from the ledger and the database (not from what the POS believed).
+    A charge with no completed order is `orphaned` unless it was refunded (`refunded`) or
+    gatewayd lists it for the operator to refund (`listed`); an uncaptured hold is not a charge."""
+    charges = [t for t in sim_ledger if t["tpn"] in tpns and _money(t)]
+    holds = [t for t in sim_ledger if t["tpn"] in tpns and t["type"] == "auth" and t["status"] == "approved"]
     by_ref = {t["reference_id"]: t for t in tenders}
     orders: dict[str, dict[str, Any]] = {}
     for t in tenders:
@@ -243,12 +423,19 @@ def gateway_summary(
             orders[t["order_id"]]["cards"].append(t)
     charged_per_order: Counter[str] = Counter()
     charge_by_ref = {}
-    orphaned = 0
+    orphaned, refunded, listed, orphaned_amount = 0, 0, 0, 0
     for c in charges:
         row = by_ref.get(c["reference_id"])
         charge_by_ref[c["reference_id"]] = c
-        if row is None or row["order_status"] not in COMPLETED:
+        if row is not None and row["order_status"] in COMPLETED:
+            pass
+        elif row is not None and row["status"] == "refunded":
+            refunded += 1
+        elif row is not None and c["reference_id"] in orphan_refs:
+            listed += 1
+        else:
             orphaned += 1
+            orphaned_amount += c["amount"]
         if row is not None:
             charged_per_order[row["order_id"]] += 1
     double = sum(1 for oid, n in charged_per_order.items() if n > len(orders[oid]["cards"]))
@@ -268,11 +455,10 @@ def gateway_summary(
         "charges": len(charges),
         "charged_amount": sum(c["amount"] for c in charges),
         "orphaned": orphaned,
-        "orphaned_amount": sum(
-            c["amount"]
-            for c in charges
-            if by_ref.get(c["reference_id"]) is None or by_ref[c["reference_id"]]["order_status"] not in COMPLETED
-        ),
+        "orphaned_amount": orphaned_amount,
+        "refunded_orphans": refunded,
+        "listed_orphans": listed,
+        "holds": len(holds),
         "double": double,
         "lost": lost,
         "failed_final": declined,

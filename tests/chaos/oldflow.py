@@ -31,8 +31,8 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from chaos.workload import ClientPool, Spec, checkouts
 from gatewayd.terminals.spin.requests import Credentials, sale_body
+from tests.chaos.workload import ClientPool, Spec, checkouts
 
 MAX_ATTEMPTS = 2
 SALE_TIMEOUT_S = 2  # SPInProxyTimeout, as gatewayd's terminals

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from chaos.checks import INVARIANTS
+from tests.chaos.checks import INVARIANTS
 
 ROW_FIELDS = (
     ("attempted", "checkouts"),
@@ -53,6 +54,20 @@ def render(report: dict[str, Any]) -> str:
         f"  daemon starts {proc['daemon_starts']} (exit codes {proc['exit_codes']}), "
         f"final SIGTERM exit {proc['final_exit']}; PostgreSQL restarts {proc['pg_restarts']}"
     ]
+    op = r.get("operator")
+    if op:
+        settles = Counter(s.split(": ", 1)[1].split(" ")[0] for s in op["settles"])  # by HTTP status
+        kp, orph, refunds = op["keypad"], op["orphans"], op["refunds"]
+        out += [
+            "  operator: settles through the API "
+            + (", ".join(f"{k} x{v}" for k, v in sorted(settles.items())) or "none")
+            + f"; keypad voids {kp['voided']} (order failed {kp['order_failed']}, completed {kp['order_completed']}"
+            f" of which reconciled as status_mismatch {kp['reconciled']})",
+            f"  orphans after the heal: {refunds.get('to_refund', 0)} to refund, {refunds.get('refunded', 0)} refunded"
+            f" {refunds.get('answers', {})}; charges without goods {orph['without_goods']}: refunded"
+            f" {orph['refunded']}, still listed {orph['listed']}",
+        ]
+        out += [f"  note: {line}" for line in op.get("refund_notes", [])[:5]]
     out += ["", "invariants (gatewayd):"]
     for name in INVARIANTS:
         problems = r["invariants"].get(name, [])
