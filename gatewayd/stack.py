@@ -191,6 +191,7 @@ class DaemonProcess:
                 env=env,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=self.preexec_fn,
             )
         self.stopped = False

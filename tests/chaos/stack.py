@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ import aiohttp
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
+from gatewayd.stack import DaemonProcess, StoreSpec, TerminalSpec
 from gatewayd.store import migrate
 from gatewayd.store.embedded import EmbeddedPostgres, free_port
 from gatewayd.terminals.simulator.server import simulator_subprocess
@@ -104,22 +103,27 @@ def config_text(
     tpns: dict[str, str],
     authkeys: dict[str, str],
 ) -> str:
-    """The daemon's config: DSN through the DB proxy, terminals through the terminal proxy, short timeouts."""
-    terminals = "".join(
-        f'[[terminals]]\nid = "{tid}"\nname = "Chaos {tid}"\nbase_url = "{terminal_url}"\ntpn = "{tpn}"\n'
-        f'authkey = "{authkeys[tid]}"\ntimeout_s = {TERMINAL_TIMEOUT_S}\nhttp_margin_s = {HTTP_MARGIN_S}\n'
-        f"is_live = false\n\n"
+    """The daemon's config (gatewayd.stack writes it): DSN through the DB proxy, terminals through
+    the terminal proxy, short timeouts."""
+    terminals = [
+        TerminalSpec(
+            tid, tpn, terminal_url, name=f"Chaos {tid}", authkey=authkeys[tid],
+            timeout_s=TERMINAL_TIMEOUT_S, http_margin_s=HTTP_MARGIN_S,
+        )
         for tid, tpn in tpns.items()
-    )
-    return (
-        f'store_id = "{store_id}"\nstate_dir = "{state_dir}"\n\n'
-        f'[database]\ndsn = "postgresql://postgres@127.0.0.1:{db_port}/gatewayd?application_name={DAEMON_APP}"\n'
-        f"pool_min = 1\npool_max = 8\nconnect_timeout_s = 2\ncommand_timeout_s = 4\n\n"
-        f'[api]\nsocket = "{socket_path}"\ncheckout_wait_s = {CHECKOUT_WAIT_S}\n\n'
-        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n'
-        f"[health]\ninterval_s = 0.5\nfailure_threshold = 1\noffline_backoff_cap_s = 2\n\n"
-        f"[recovery]\ninterval_s = 1\nlease_s = 3\nmaintenance_interval_s = 5\n\n"
-        f'[log]\nlevel = "INFO"\n\n{terminals}'
+    ]  # fmt: skip
+    return StoreSpec(terminals, store_id=store_id).config_text(
+        state_dir=state_dir,
+        socket_path=socket_path,
+        dsn=f"postgresql://postgres@127.0.0.1:{db_port}/gatewayd?application_name={DAEMON_APP}",
+        sections={
+            "database": {"pool_min": 1, "pool_max": 8, "connect_timeout_s": 2, "command_timeout_s": 4},
+            "api": {"checkout_wait_s": CHECKOUT_WAIT_S},
+            "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+            "health": {"interval_s": 0.5, "failure_threshold": 1, "offline_backoff_cap_s": 2},
+            "recovery": {"interval_s": 1, "lease_s": 3, "maintenance_interval_s": 5},
+            "log": {"level": "INFO"},
+        },
     )
 
 
@@ -132,16 +136,16 @@ async def simulator_process(slow_s: float = 3.0):  # type: ignore[no-untyped-def
 
 
 class DaemonSupervisor:
-    """`gatewayd run` as a subprocess, restarted whenever it exits (systemd's Restart=always)."""
+    """`gatewayd run` (gatewayd.stack.DaemonProcess), restarted whenever it exits (systemd's
+    Restart=always)."""
 
     def __init__(self, config: Path, socket_path: Path, log_path: Path, restart_delay_s: float = 0.5) -> None:
         self.config = config
         self.socket_path = socket_path
         self.log_path = log_path
         self.restart_delay_s = restart_delay_s
-        self.proc: asyncio.subprocess.Process | None = None
+        self.process: DaemonProcess | None = None
         self.hold_until = 0.0  # no restart before this monotonic time (the nemesis keeps it down)
-        self.stopped = True  # SIGSTOPped
         self.starts = 0
         self.exit_codes: list[int] = []
         self._task: asyncio.Task[None] | None = None
@@ -150,28 +154,20 @@ class DaemonSupervisor:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def stopped(self) -> bool:
+        """SIGSTOPped (or not started)."""
+        return self.process is None or self.process.stopped
 
     async def _spawn(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "GATEWAYD_FAILPOINTS"}
-        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - the child keeps its own copy of the fd
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a line before the child's own output
             out.write(f"--- chaos: daemon start #{self.starts + 1} at {time.strftime('%H:%M:%S')}\n".encode())
-            out.flush()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gatewayd",
-                "run",
-                "--config",
-                str(self.config),
-                env=env,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        process = DaemonProcess(self.config, preexec_fn=_die_with_parent)
+        process.socket, process.log = str(self.socket_path), self.log_path
+        self.process = await process.start(wait=False)
         self.starts += 1
-        self.stopped = False
 
     async def start(self) -> None:
         await self._spawn()
@@ -179,14 +175,13 @@ class DaemonSupervisor:
 
     async def _supervise(self) -> None:
         while not self._closing:
-            proc = self.proc
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 0.2)
+            process = self.process
+            if process is not None and process.pid is not None:
+                await process.exited(0.2)
                 continue
-            if proc is not None and proc.returncode is not None:
-                self.exit_codes.append(proc.returncode)
-                self.proc = None
+            if process is not None and process.proc is not None and process.proc.returncode is not None:
+                self.exit_codes.append(process.proc.returncode)
+                self.process = None
             wait = max(self.restart_delay_s, self.hold_until - time.monotonic())
             await asyncio.sleep(wait)
             if self._closing or time.monotonic() < self.hold_until:
@@ -209,25 +204,18 @@ class DaemonSupervisor:
     async def kill9(self, down_s: float) -> bool:
         """kill -9; the supervisor restarts it after `down_s`."""
         self.hold_until = time.monotonic() + down_s
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
+        process = self.process
+        if process is None or process.pid is None:
             return False
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await process.kill()
         return True
 
     def sigstop(self) -> bool:
-        if self.pid is None:
-            return False
-        os.kill(self.pid, signal.SIGSTOP)
-        self.stopped = True
-        return True
+        return self.process is not None and self.process.sigstop()
 
     def sigcont(self) -> None:
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)
-        self.stopped = False
+        if self.process is not None:
+            self.process.sigcont()
 
     def release(self) -> None:
         """No more hold-down: restart at once if it is down."""
@@ -245,14 +233,13 @@ class DaemonSupervisor:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return proc.returncode if proc is not None else None
-        self.sigcont()
-        proc.send_signal(signal.SIGTERM)
+        process = self.process
+        if process is None or process.proc is None:
+            return None
+        if process.proc.returncode is not None:
+            return process.proc.returncode
         try:
-            return await asyncio.wait_for(proc.wait(), 40)
+            return await process.stop(timeout_s=40)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await process.kill()
             return None
