@@ -30,6 +30,17 @@ SELECT now() AS now, o,
 _HELD = "gw_lease_held($1, (SELECT order_id FROM payment_transactions WHERE store_id = $1 AND id = $2), $3)"
 
 
+def _fenced(held: str, writes: str) -> str:
+    """A write fenced by a lease, as one statement: `writes` (CTEs that test `(SELECT held FROM l)`
+    and end in one named `t`) run only while `held` is true; the answer is "lease_lost" when it is
+    not, "ok" when `t` changed a row, "stale" when the row had moved on."""
+    return (
+        f"WITH l AS (SELECT {held} AS held),{writes}\n"
+        "SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'"
+        " WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END"
+    )
+
+
 def _written(value: Any) -> Written:
     return "ok" if value == "ok" else "lease_lost" if value == "lease_lost" else "stale"
 
@@ -105,7 +116,9 @@ class CheckoutStore:
         """
         value = await self.db.run(
             lambda c: c.fetchval(
-                """WITH l AS (SELECT gw_lease_held($1, $2, $4) AS held),
+                _fenced(
+                    "gw_lease_held($1, $2, $4)",
+                    """
                o AS (
                    UPDATE orders SET status = 'payment_processing', payment_status = 'processing',
                           updated_at = now()
@@ -118,9 +131,8 @@ class CheckoutStore:
                           attempts = attempts + 1, updated_at = now()
                     WHERE store_id = $1 AND id = $3 AND order_id IN (SELECT id FROM o)
                       AND status IN ('pending', 'processing', 'unknown')
-                   RETURNING true)
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                   RETURNING true)""",
+                ),
                 self.store_id,
                 order_id,
                 tender_id,
@@ -155,7 +167,9 @@ class CheckoutStore:
         """
         value = await self.db.run(
             lambda c: c.fetchval(
-                f"""WITH l AS (SELECT {_HELD} AS held),
+                _fenced(
+                    _HELD,
+                    """
                t AS (
                    UPDATE payment_transactions
                       SET status = $4, approved_amount = coalesce($6, approved_amount),
@@ -171,9 +185,8 @@ class CheckoutStore:
                    RETURNING id, order_id),
                a AS (
                    INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
-                   SELECT $1, 'tender.' || $4, t.order_id, t.id, $15::jsonb FROM t)
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                   SELECT $1, 'tender.' || $4, t.order_id, t.id, $15::jsonb FROM t)""",
+                ),
                 self.store_id,
                 tender_id,
                 owner,
@@ -200,7 +213,9 @@ class CheckoutStore:
         (the customer is charged) and now needs a Return, never a Void."""
         value = await self.db.run(
             lambda c: c.fetchval(
-                f"""WITH l AS (SELECT {_HELD} AS held),
+                _fenced(
+                    _HELD,
+                    """
                t AS (
                    UPDATE payment_transactions SET settled_at = coalesce(settled_at, now()), last_error = $4,
                           updated_at = now()
@@ -208,9 +223,8 @@ class CheckoutStore:
                    RETURNING id, order_id),
                a AS (
                    INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
-                   SELECT $1, 'tender.settled', t.order_id, t.id, jsonb_build_object('reason', $4::text) FROM t)
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                   SELECT $1, 'tender.settled', t.order_id, t.id, jsonb_build_object('reason', $4::text) FROM t)""",
+                ),
                 self.store_id,
                 tender_id,
                 owner,
@@ -224,14 +238,15 @@ class CheckoutStore:
         """Just before a Void leaves: the charge may be voided from here on."""
         value = await self.db.run(
             lambda c: c.fetchval(
-                f"""WITH l AS (SELECT {_HELD} AS held),
+                _fenced(
+                    _HELD,
+                    """
                t AS (
                    UPDATE payment_transactions SET void_requested_at = coalesce(void_requested_at, now()),
                           updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND (SELECT held FROM l)
-                   RETURNING true)
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                   RETURNING true)""",
+                ),
                 self.store_id,
                 tender_id,
                 owner,
@@ -271,7 +286,9 @@ class CheckoutStore:
         """An authorization was captured; the order is paid once none is left to capture."""
         value = await self.db.run(
             lambda c: c.fetchval(
-                f"""WITH l AS (SELECT {_HELD} AS held),
+                _fenced(
+                    _HELD,
+                    """
                t AS (
                    UPDATE payment_transactions SET capture_status = 'captured', updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND capture_status = 'pending' AND (SELECT held FROM l)
@@ -282,9 +299,8 @@ class CheckoutStore:
                        FROM t WHERE o.store_id = $1 AND o.id = t.order_id AND o.payment_status = 'authorized'
                         AND NOT EXISTS (SELECT 1 FROM payment_transactions p
                                          WHERE p.store_id = $1 AND p.order_id = t.order_id
-                                           AND p.capture_status = 'pending' AND p.id <> t.id))
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                                           AND p.capture_status = 'pending' AND p.id <> t.id))""",
+                ),
                 self.store_id,
                 tender_id,
                 owner,
@@ -485,14 +501,15 @@ class CheckoutStore:
         terminal's own timeout. "stale" when the transaction is no longer pending or in progress."""
         value = await self.db.run(
             lambda c: c.fetchval(
-                f"""WITH l AS (SELECT {_HELD} AS held),
+                _fenced(
+                    _HELD,
+                    """
                t AS (
                    UPDATE payment_transactions SET status = 'processing', sent_at = now(), timeout_s = $4,
                           attempts = attempts + 1, updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND status IN ('pending', 'processing') AND (SELECT held FROM l)
-                   RETURNING true)
-               SELECT CASE WHEN NOT (SELECT held FROM l) THEN 'lease_lost'
-                           WHEN EXISTS (SELECT 1 FROM t) THEN 'ok' ELSE 'stale' END""",
+                   RETURNING true)""",
+                ),
                 self.store_id,
                 transaction_id,
                 owner,
