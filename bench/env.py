@@ -145,7 +145,7 @@ class Store:
     """One store: its terminals (Tpns on the simulator), config file, socket."""
 
     dsn: str
-    sim_url: str
+    simulator_url: str
     tmp: Path
     terminals: int
     store_id: str = field(default_factory=lambda: "b" + uuid.uuid4().hex[:10])
@@ -167,7 +167,7 @@ class Store:
 
     def spec(self, stock: dict[str, int] | None = None) -> StoreSpec:
         terminals = [
-            TerminalSpec(f"lane-{i}", f"{self.store_id.upper()}{i:06d}", self.sim_url, timeout_s=30)
+            TerminalSpec(f"lane-{i}", f"{self.store_id.upper()}{i:06d}", self.simulator_url, timeout_s=30)
             for i in range(1, self.terminals + 1)
         ]
         return StoreSpec(terminals, store_id=self.store_id, stock=stock or {})

@@ -19,7 +19,7 @@ from gatewayd.terminals.spin import codec
 GOAL_ADDED_P99_MS = 2.0
 
 
-async def floor_samples(dsn: str, sim_url: str, n: int) -> tuple[list[float], list[float]]:
+async def floor_samples(dsn: str, simulator_url: str, n: int) -> tuple[list[float], list[float]]:
     conn = await asyncpg.connect(dsn)
     commits: list[float] = []
     sales: list[float] = []
@@ -37,7 +37,7 @@ async def floor_samples(dsn: str, sim_url: str, n: int) -> tuple[list[float], li
                 payload = codec.sale_body(codec.Credentials(tpn=tpn, authkey="K" + tpn),
                                           uuid.uuid4().hex[:20].upper(), cents, 30.0)  # what the driver sends
                 t0 = time.perf_counter()
-                async with http.post(sim_url + "/v2/Payment/Sale", data=payload,
+                async with http.post(simulator_url + "/v2/Payment/Sale", data=payload,
                                      headers={"Content-Type": "application/json"}) as resp:
                     await resp.read()
                 sales.append((time.perf_counter() - t0) * 1000)
@@ -75,7 +75,7 @@ async def run(quick: bool) -> dict[str, Any]:
         blocks = 4
         for _ in range(blocks):
             ck += await checkout_samples(store.socket, n // blocks, 20)
-            c, s = await floor_samples(server.dsn, store.sim_url, n // blocks)
+            c, s = await floor_samples(server.dsn, store.simulator_url, n // blocks)
             commits += c
             sales += s
     floor = [c + s for c, s in zip(commits, sales, strict=True)]

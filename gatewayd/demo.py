@@ -40,13 +40,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def demo_store(sim_url: str) -> StoreSpec:
+def demo_store(simulator_url: str) -> StoreSpec:
     """The demo's store: four simulated lanes and the catalog (config/demo.toml's values)."""
     terminals = [
         TerminalSpec(
             f"lane-{i}",
             f"SIMLANE0000{i}",
-            sim_url,
+            simulator_url,
             name=f"Lane {i} (simulated)",
             authkey=f"DEMOKEY00{i}",
             timeout_s=10,
@@ -62,9 +62,9 @@ def demo_store(sim_url: str) -> StoreSpec:
     )
 
 
-def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) -> Config:
+def demo_config(state_dir: Path, dsn: str, simulator_url: str, metrics_listen: str) -> Config:
     """The demo's configuration: config/demo.toml's values with this run's paths and ports."""
-    text = demo_store(sim_url).config_text(
+    text = demo_store(simulator_url).config_text(
         state_dir=state_dir,
         socket_path=state_dir / "gatewayd.sock",
         dsn=dsn,
@@ -79,7 +79,7 @@ def demo_config(state_dir: Path, dsn: str, sim_url: str, metrics_listen: str) ->
     return parse(text, "<demo>")
 
 
-def _ready_text(config: Config, sim_url: str, metrics_url: str) -> str:
+def _ready_text(config: Config, simulator_url: str, metrics_url: str) -> str:
     sock = config.api.socket
     body = (
         '{"idempotency_key": "demo-$(date +%s%N)", "register_id": "reg1", "customer_id": "cust-42", '
@@ -91,7 +91,7 @@ def _ready_text(config: Config, sim_url: str, metrics_url: str) -> str:
             "",
             "gatewayd demo is ready.",
             f"  API socket:  {sock}",
-            f"  simulator:   {sim_url}   (magic cents: 51 declined, 52/53/58 lost answer, 55 slow, 56 partial)",
+            f"  simulator:   {simulator_url}   (magic cents: 51 declined, 52/53/58 lost answer, 55 slow, 56 partial)",
             f"  metrics:     {metrics_url}/metrics   status page: {metrics_url}/",
             "",
             "Take a card payment:",
@@ -114,20 +114,20 @@ async def run_demo(state_dir: Path) -> int:
     metrics_port = 9470 if _port_free(9470) else _free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
-        async with running_simulator(port=8471 if _port_free(8471) else 0) as sim:
-            config = demo_config(state_dir, dsn, sim.url, f"127.0.0.1:{metrics_port}")
+        async with running_simulator(port=8471 if _port_free(8471) else 0) as simulator:
+            config = demo_config(state_dir, dsn, simulator.url, f"127.0.0.1:{metrics_port}")
             info = {
                 "socket": config.api.socket,
                 "dsn": dsn,
-                "simulator_url": sim.url,
+                "simulator_url": simulator.url,
                 "metrics_url": metrics_url,
             }
             (state_dir / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
 
             def ready(_: daemon.Daemon) -> None:
-                print(_ready_text(config, sim.url, metrics_url), flush=True)
+                print(_ready_text(config, simulator.url, metrics_url), flush=True)
 
-            await _migrate_and_seed(dsn, demo_store(sim.url))
+            await _migrate_and_seed(dsn, demo_store(simulator.url))
             return await daemon.serve(config, on_ready=ready)
     finally:
         await asyncio.to_thread(pg.stop)

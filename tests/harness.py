@@ -31,10 +31,10 @@ class StoreProbe:
     store_id: str
     tpns: dict[str, str]
     stock: dict[str, int]
-    sim_url: str
+    simulator_url: str
 
     async def _sim_state(self) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.get(self.sim_url + "/_sim/ledger") as resp:
+        async with aiohttp.ClientSession() as s, s.get(self.simulator_url + "/_sim/ledger") as resp:
             data: dict[str, Any] = await resp.json()
         return data
 
@@ -47,8 +47,8 @@ class StoreProbe:
         data = await self._sim_state()
         return {k: v for k, v in data["max_concurrency"].items() if k in set(self.tpns.values())}
 
-    async def sim_post(self, path: str, body: dict[str, Any] | None = None) -> None:
-        async with aiohttp.ClientSession() as s, s.post(self.sim_url + path, json=body) as resp:
+    async def simulator_post(self, path: str, body: dict[str, Any] | None = None) -> None:
+        async with aiohttp.ClientSession() as s, s.post(self.simulator_url + path, json=body) as resp:
             assert resp.status == 200, await resp.text()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -75,15 +75,15 @@ class StoreProbe:
 class Gateway(StoreProbe):
     daemon: Daemon
     client: GatewayClient
-    sim: Simulator
+    simulator: Simulator
     store_id: str
     dsn: str
     tpns: dict[str, str]
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
 
     @property  # type: ignore[override]
-    def sim_url(self) -> str:
-        return self.sim.url
+    def simulator_url(self) -> str:
+        return self.simulator.url
 
     async def checkout(
         self,
@@ -116,9 +116,9 @@ def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
     return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
 
 
-def store_spec(store_id: str, sim_url: str, tpns: dict[str, str], *, timeout_s: int = 2, **kw: Any) -> StoreSpec:
-    """The tests' store: these terminals on the simulator at `sim_url`."""
-    terminals = [TerminalSpec(tid, tpn, sim_url, timeout_s=timeout_s) for tid, tpn in tpns.items()]
+def store_spec(store_id: str, simulator_url: str, tpns: dict[str, str], *, timeout_s: int = 2, **kw: Any) -> StoreSpec:
+    """The tests' store: these terminals on the simulator at `simulator_url`."""
+    terminals = [TerminalSpec(tid, tpn, simulator_url, timeout_s=timeout_s) for tid, tpn in tpns.items()]
     return StoreSpec(terminals, store_id=store_id, **kw)
 
 
@@ -127,14 +127,14 @@ def config_text(
     socket_path: Path,
     state_dir: Path,
     dsn: str,
-    sim_url: str,
+    simulator_url: str,
     tpns: dict[str, str],
     *,
     timeout_s: int = 2,
     extra: str = "",
 ) -> str:
     """A test daemon's config (gatewayd.stack writes it): short timeouts, a fast health sweep."""
-    return store_spec(store_id, sim_url, tpns, timeout_s=timeout_s).config_text(
+    return store_spec(store_id, simulator_url, tpns, timeout_s=timeout_s).config_text(
         state_dir=state_dir, socket_path=socket_path, dsn=dsn, extra=extra
     )
 
@@ -154,16 +154,16 @@ async def running_gateway(
     store_id = "t" + uuid.uuid4().hex[:10]
     tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in range(1, terminals + 1)}
     stock = dict(STOCK if stock is None else stock)
-    async with running_simulator(slow_s=slow_s) as sim:
-        await store_spec(store_id, sim.url, tpns, stock=stock).seed(dsn)
+    async with running_simulator(slow_s=slow_s) as simulator:
+        await store_spec(store_id, simulator.url, tpns, stock=stock).seed(dsn)
         socket_path = tmp / f"{store_id}.sock"
-        text = config_text(store_id, socket_path, tmp, dsn, sim.url, tpns, timeout_s=timeout_s, extra=extra)
+        text = config_text(store_id, socket_path, tmp, dsn, simulator.url, tpns, timeout_s=timeout_s, extra=extra)
         config_file = tmp / f"{store_id}.toml"
         config_file.write_text(text)
         daemon = Daemon(parse(text, str(config_file)), config_path=str(config_file), notifier=Notifier(""))
         await daemon.start()
         client = GatewayClient(str(socket_path), timeout_s=60)
-        gw = Gateway(daemon, client, sim, store_id, dsn, tpns, stock)
+        gw = Gateway(daemon, client, simulator, store_id, dsn, tpns, stock)
         try:
             async with client:
                 yield gw

@@ -3,7 +3,7 @@
 `money_problems(state)` is the statement: a pure function of the store's rows and the terminals'
 own ledger. Two adapters feed it: `money_state` reads PostgreSQL and the SPIn simulator's ledger
 (every checkout test, the crash matrix, the chaos run); the seeded simulation builds the same
-`MoneyState` from its fake tables and terminals (tests/sim/invariants.py) and adds the checks only
+`MoneyState` from its fake tables and terminals (tests/simulator/invariants.py) and adds the checks only
 a simulation can make (after every step, in virtual time).
 """
 

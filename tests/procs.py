@@ -47,7 +47,7 @@ class Store(StoreProbe):
     """One store's config, database and simulator terminals, shared by its daemon processes."""
 
     dsn: str
-    sim_url: str
+    simulator_url: str
     tmp: Path
     store_id: str = field(default_factory=lambda: "c" + uuid.uuid4().hex[:10])
     tpns: dict[str, str] = field(
@@ -56,13 +56,13 @@ class Store(StoreProbe):
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
 
     async def seed(self) -> None:
-        await store_spec(self.store_id, self.sim_url, self.tpns, stock=self.stock).seed(self.dsn)
+        await store_spec(self.store_id, self.simulator_url, self.tpns, stock=self.stock).seed(self.dsn)
 
     def config(self, name: str = "a", extra: str = "") -> Path:
         """Write a config for daemon `name` (its own socket, so its own instance id)."""
         sock = self.tmp / f"{self.store_id}-{name}.sock"
         text = config_text(
-            self.store_id, sock, self.tmp / name, self.dsn, self.sim_url, self.tpns, timeout_s=1, extra=extra
+            self.store_id, sock, self.tmp / name, self.dsn, self.simulator_url, self.tpns, timeout_s=1, extra=extra
         )
         path = self.tmp / f"{self.store_id}-{name}.toml"
         path.write_text(text)

@@ -56,15 +56,15 @@ async def tcp_gateway(dsn: str, tmp: Path, listen: str, token: str) -> AsyncIter
         )
     finally:
         await conn.close()
-    async with running_simulator() as sim:
+    async with running_simulator() as simulator:
         socket_path = tmp / f"{store_id}.sock"
-        text = with_tcp(config_text(store_id, socket_path, tmp, dsn, sim.url, tpns), listen, token)
+        text = with_tcp(config_text(store_id, socket_path, tmp, dsn, simulator.url, tpns), listen, token)
         config_file = tmp / f"{store_id}.toml"
         config_file.write_text(text)
         daemon = Daemon(parse(text, str(config_file)), config_path=str(config_file), notifier=Notifier(""))
         await daemon.start()
         client = GatewayClient(str(socket_path), timeout_s=60)
-        gw = Gateway(daemon, client, sim, store_id, dsn, tpns, dict(STOCK))
+        gw = Gateway(daemon, client, simulator, store_id, dsn, tpns, dict(STOCK))
         try:
             async with client:
                 yield gw

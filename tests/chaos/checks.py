@@ -105,8 +105,8 @@ async def wait_quiescent(dsn: str, store_id: str, timeout_s: float) -> tuple[boo
         await asyncio.sleep(0.2)
 
 
-async def ledger(sim_url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(sim_url + "/_sim/ledger") as resp:
+async def ledger(simulator_url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.get(simulator_url + "/_sim/ledger") as resp:
         data = await resp.json()
     return list(data["transactions"])
 
@@ -336,13 +336,13 @@ async def told_vs_final(dsn: str, store_id: str, records: list[CheckoutRecord]) 
 
 
 async def replay(
-    socket_path: str, sim_url: str, records: list[CheckoutRecord], final: dict[str, str], limit: int = 60
+    socket_path: str, simulator_url: str, records: list[CheckoutRecord], final: dict[str, str], limit: int = 60
 ) -> tuple[list[str], int]:
     """I6 after the heal: the same key and body answer the final outcome and charge nothing new;
     the same key with another body is refused (409) without touching a terminal."""
     problems: list[str] = []
     sample = [r for r in records if r.key in final][:limit]
-    before = await ledger(sim_url)
+    before = await ledger(simulator_url)
     async with GatewayClient(socket_path, timeout_s=30) as client:
         for rec in sample:
             answer = await client.checkout(rec.body)
@@ -358,7 +358,7 @@ async def replay(
             answer = await client.checkout(other)
             if answer.status != 409 or answer.error_code != "idempotency_conflict":
                 problems.append(f"I6: {rec.key} with another body answered {answer.status} {answer.error_code}")
-    after = await ledger(sim_url)
+    after = await ledger(simulator_url)
     if after != before:
         problems.append(f"I6: replays changed the terminal ledger ({len(before)} -> {len(after)} rows)")
     return problems, len(sample)

@@ -240,7 +240,7 @@ class Nemesis:
     pg: Postgres
     db_proxy: FaultProxy
     terminal_proxy: FaultProxy
-    sim_url: str
+    simulator_url: str
     tpns_by_lane: list[list[str]]  # lane index -> every flow's tpn on that lane
     oldflow: OldFlow | None = None
     gw: GatewayLanes | None = None
@@ -407,7 +407,7 @@ class Nemesis:
         """POST to a simulator control; (status, JSON answer)."""
         async with (
             aiohttp.ClientSession() as s,
-            s.post(self.sim_url + path, json=body, timeout=aiohttp.ClientTimeout(total=5)) as resp,
+            s.post(self.simulator_url + path, json=body, timeout=aiohttp.ClientTimeout(total=5)) as resp,
         ):
             return resp.status, await resp.json(content_type=None)
 
@@ -457,7 +457,7 @@ class Nemesis:
     async def _ledger(self) -> list[dict[str, Any]]:
         async with (
             aiohttp.ClientSession() as s,
-            s.get(self.sim_url + "/_sim/ledger", timeout=aiohttp.ClientTimeout(total=5)) as resp,
+            s.get(self.simulator_url + "/_sim/ledger", timeout=aiohttp.ClientTimeout(total=5)) as resp,
         ):
             return list((await resp.json())["transactions"])
 

@@ -108,7 +108,7 @@ async def _run_stack(
     strict: bool,
     auto_settle_anytime: bool = False,
 ) -> None:
-    sim_url = f"http://127.0.0.1:{sim_port}"
+    simulator_url = f"http://127.0.0.1:{sim_port}"
     terminal_proxy, db_proxy = FaultProxy("terminal", sim_port), FaultProxy("db", pg.port)
     await terminal_proxy.start()
     await db_proxy.start()
@@ -158,7 +158,7 @@ async def _run_stack(
             pg,
             db_proxy,
             terminal_proxy,
-            sim_url,
+            simulator_url,
             [[gw_tpns[tid], old_tpns[i]] for i, tid in enumerate(terminal_ids)],
             oldflow=old if with_oldflow else None,
             gw=GatewayLanes(store_id, str(socket_path), terminal_ids, gw_tpns, gw_keys),
@@ -217,7 +217,7 @@ async def _run_stack(
         report["operator_s"] = time.monotonic() - heal0 - report["heal_s"]
 
         # ---- the final check
-        sim_ledger = await checks.ledger(sim_url)
+        sim_ledger = await checks.ledger(simulator_url)
         keypad_problems, money_ledger, keypad_counts = checks.keypad_voids(nemesis.keypad, sim_ledger)
         problems["I8"] += keypad_problems
         money, counts = await checks.money_invariants(pg.dsn(), store_id, money_ledger, gw_tpns, STOCK, orphan_refs)
@@ -231,7 +231,7 @@ async def _run_stack(
         for line in told:
             problems.setdefault("I6" if "I6:" in line else "I?", []).append(line)
         replay_problems, replays = (
-            await checks.replay(str(socket_path), sim_url, gw.records, final) if quiet else ([], 0)
+            await checks.replay(str(socket_path), simulator_url, gw.records, final) if quiet else ([], 0)
         )
         problems["I6"] += replay_problems
         log_text = log_path.read_text(errors="replace")

@@ -246,8 +246,8 @@ async def test_void_not_applied_is_retried_and_never_read_as_a_decline() -> None
     from gatewayd.terminals.simulator.server import running_simulator
     from gatewayd.terminals.spin.driver import SpinDriver
 
-    async with running_simulator() as sim:
-        proxy = FaultProxy("terminal", int(sim.url.rsplit(":", 1)[1]))
+    async with running_simulator() as simulator:
+        proxy = FaultProxy("terminal", int(simulator.url.rsplit(":", 1)[1]))
         await proxy.start()
         driver = SpinDriver("lane-1", f"http://127.0.0.1:{proxy.port}", "TPNVOIDBUG", "KEYVOIDBUG", 2, http_margin_s=1)
         lane = Lane("lane-1", driver, inquiry_base_s=0.2, inquiry_cap_s=1.0)
@@ -263,7 +263,7 @@ async def test_void_not_applied_is_retried_and_never_read_as_a_decline() -> None
             assert isinstance(await asyncio.wait_for(first, 20), Declined)  # "void not applied": right
             inquiry = await asyncio.wait_for(lane.execute(ops.Inquire(ref)), 10)
             again = await asyncio.wait_for(lane.execute(ops.Void(ref, 1028)), 10)
-            rows = [t for t in sim.ledger.transactions() if t["reference_id"] == ref]
+            rows = [t for t in simulator.ledger.transactions() if t["reference_id"] == ref]
             assert not isinstance(inquiry, Declined), "an inquiry reads the approved sale as declined"
             assert rows[0]["status"] == "voided", f"the void was never sent again: {again}"
         finally:
@@ -317,8 +317,8 @@ async def test_partial_approval_found_by_recovery_is_voided_not_committed(dsn: s
     from tests.harness import card, order
     from tests.procs import DaemonProcess, Store, simulator_process
 
-    async with simulator_process() as sim_url:
-        store = Store(dsn, sim_url, tmp_path)
+    async with simulator_process() as simulator_url:
+        store = Store(dsn, simulator_url, tmp_path)
         await store.seed()
         config = store.config(extra="[recovery]\ninterval_s = 1\n")
         body = order(card(2056, "lane-1"))  # ..56: the terminal approves half
@@ -353,8 +353,8 @@ async def test_sale_in_doubt_when_the_terminal_settles_on_its_own_is_not_read_as
     from tests.harness import card, order
     from tests.procs import DaemonProcess, Store, simulator_process
 
-    async with simulator_process() as sim_url:
-        store = Store(dsn, sim_url, tmp_path)
+    async with simulator_process() as simulator_url:
+        store = Store(dsn, simulator_url, tmp_path)
         await store.seed()
         daemon = await DaemonProcess(store.config()).start()
         try:
@@ -364,7 +364,9 @@ async def test_sale_in_doubt_when_the_terminal_settles_on_its_own_is_not_read_as
                     if await store.ledger():
                         break
                     await asyncio.sleep(0.05)
-                await store.sim_post(f"/_sim/terminals/{store.tpns['lane-1']}/settle")  # ... and settles on its own
+                await store.simulator_post(
+                    f"/_sim/terminals/{store.tpns['lane-1']}/settle"
+                )  # ... and settles on its own
                 answer = await asyncio.wait_for(checkout, 60)
                 orphans = (await client.orphans()).body["orphans"]
             charged = [t for t in await store.ledger() if t["status"] == "approved"]
@@ -389,8 +391,8 @@ async def _daemon_behind_a_db_proxy(pg_server: Any, dsn: str, tmp_path: Path) ->
     proxy = FaultProxy("db", pg_server.port)
     await proxy.start()
     try:
-        async with simulator_process() as sim_url:
-            store = Store(dsn.replace(f":{pg_server.port}/", f":{proxy.port}/"), sim_url, tmp_path)
+        async with simulator_process() as simulator_url:
+            store = Store(dsn.replace(f":{pg_server.port}/", f":{proxy.port}/"), simulator_url, tmp_path)
             await store.seed()
             daemon = await DaemonProcess(store.config()).start()
             try:

@@ -101,13 +101,13 @@ async def test_card_never_read_is_not_charged(gw: Gateway) -> None:
 
 
 async def test_terminal_offline_charges_nothing(gw: Gateway) -> None:
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/offline")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/offline")
     await gw.daemon.fleet.monitor.check_now("lane-3")  # type: ignore[union-attr]
     answer = await gw.checkout(card(1500, "lane-3"))
     assert answer.status == 503 and answer.error_code == "terminal_offline", answer.body
     assert await gw.ledger() == []
     assert await gw.fetchval("SELECT count(*) FROM orders WHERE store_id = $1", gw.store_id) == 0
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
 
 
 async def test_insufficient_inventory_charges_nothing(gw: Gateway) -> None:

@@ -30,7 +30,7 @@ async def test_one_key_a_hundred_times_at_once(dsn: str, tmp_path: Path) -> None
 async def test_one_key_across_two_daemons(dsn: str, tmp_path: Path) -> None:
     """Two daemons of one store: the database's unique key decides, one charge per tender."""
     async with running_gateway(dsn, tmp_path) as gw:
-        text = config_text(gw.store_id, tmp_path / "second.sock", tmp_path / "second", dsn, gw.sim.url, gw.tpns)
+        text = config_text(gw.store_id, tmp_path / "second.sock", tmp_path / "second", dsn, gw.simulator.url, gw.tpns)
         second = Daemon(parse(text), notifier=Notifier(""))
         await second.start()
         try:

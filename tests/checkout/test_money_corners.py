@@ -90,7 +90,7 @@ async def test_orphan_of_a_settled_batch_stays_listed_until_refunded(dsn: str, t
         finally:
             failpoints.configure("")
         assert answer.status == 500, answer.body
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/settle")
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/settle")
         await gw.daemon.recovery.run_once(startup=True)  # type: ignore[union-attr]
         view = (await gw.client.find_checkout("settled-orphan")).body
         assert view["status"] == "payment_failed", view
@@ -127,7 +127,7 @@ async def test_a_charge_voided_at_the_keypad_before_the_inquiry_is_voided_not_ap
             if any(t["reference_id"] == ref for t in await gw.ledger()):
                 break
             await asyncio.sleep(0.05)
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/void/{ref}")
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/void/{ref}")
         answer = await pending
         assert answer.status == 402, answer.body
         assert answer.body["status"] == "payment_failed"
@@ -152,13 +152,13 @@ async def test_a_checkout_whose_void_did_not_go_through_is_504_not_200(dsn: str,
             await _wait_for(
                 gw, "SELECT 1 FROM payment_transactions WHERE store_id = $1 AND status = 'declined'", gw.store_id
             )
-            await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/offline")
+            await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/offline")
             answer = await pending
         finally:
             failpoints.configure("")
         assert answer.status == 504 and answer.error_code == "outcome_pending", answer.body
         assert answer.body["status"] == "payment_processing"  # the checkout itself, beside the error
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/online")
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/online")
         await gw.daemon.recovery.run_once(startup=True)  # type: ignore[union-attr]
         view = (await gw.client.get_checkout(answer.body["id"])).body
         assert view["status"] == "payment_failed"
@@ -215,7 +215,7 @@ async def test_a_capture_lost_to_a_settle_is_alerted_and_never_counted_as_paid(d
             assert (await gw.checkout(card(2500), key="lost-capture")).status == 500
         finally:
             failpoints.configure("")
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/settle")  # the terminal settles on its own
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/settle")  # the terminal settles on its own
         await gw.daemon.recovery.run_once()  # type: ignore[union-attr]
         view = (await gw.client.find_checkout("lost-capture")).body
         assert (view["status"], view["payment_status"]) == ("completed", "authorized")
@@ -260,7 +260,7 @@ async def test_a_removed_terminal_still_answers_for_its_charges(dsn: str, tmp_pa
             failpoints.configure("")
         assert gw.daemon.config_path is not None
         tpns = {tid: tpn for tid, tpn in gw.tpns.items() if tid != "lane-1"}
-        body = config_text(gw.store_id, Path("x"), Path("y"), gw.dsn, gw.sim_url, tpns)
+        body = config_text(gw.store_id, Path("x"), Path("y"), gw.dsn, gw.simulator_url, tpns)
         terminals = body[body.index("[[terminals]]") :]
         _edit(Path(gw.daemon.config_path), lambda text: text[: text.index("[[terminals]]")] + terminals)
         assert await gw.daemon.reload()

@@ -20,14 +20,14 @@ from tests.procs import DaemonProcess, Store, simulator_process
 
 
 @pytest.fixture(scope="module")
-async def sim_url() -> AsyncIterator[str]:
+async def simulator_url() -> AsyncIterator[str]:
     async with simulator_process(slow_s=2.0) as url:
         yield url
 
 
 @pytest.fixture
-async def store(dsn: str, sim_url: str, tmp_path: Path) -> Store:
-    s = Store(dsn, sim_url, tmp_path)
+async def store(dsn: str, simulator_url: str, tmp_path: Path) -> Store:
+    s = Store(dsn, simulator_url, tmp_path)
     await s.seed()
     return s
 

@@ -45,7 +45,7 @@ async def test_metric_values_after_known_traffic(gw: Gateway) -> None:
     assert (await gw.checkout(card(1000))).status == 200
     assert (await gw.checkout(card(1051))).status == 402  # declined
     assert (await gw.checkout(card(1052, "lane-2"))).status == 200  # lost answer, found by inquiry
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/offline")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/offline")
     await gw.daemon.fleet.monitor.check_now("lane-3")  # type: ignore[union-attr]
     assert (await gw.checkout(card(1000, "lane-3"))).status == 503
     status, text = await _get(_url(gw) + "/metrics")
@@ -71,7 +71,7 @@ async def test_metric_values_after_known_traffic(gw: Gateway) -> None:
         assert f'"{secret}' not in text
     labels = {k for _, labels in m for k, _ in labels}
     assert labels <= {"terminal", "status", "operation", "outcome", "type", "action", "step", "version", "le"}
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
@@ -88,7 +88,7 @@ async def test_probes_and_status_page(gw: Gateway) -> None:
     assert (await gw.checkout(card(1234), key="page-1")).status == 200
     assert await _get(_url(gw) + "/healthz") == (200, "ok\n")
     assert (await _get(_url(gw) + "/readyz"))[0] == 200
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/offline")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/offline")
     await gw.daemon.fleet.monitor.check_now("lane-2")  # type: ignore[union-attr]
     status, page = await _get(_url(gw) + "/")
     assert status == 200
@@ -96,4 +96,4 @@ async def test_probes_and_status_page(gw: Gateway) -> None:
     assert 'data-terminal="lane-1" data-status="online"' in page
     assert 'http-equiv="refresh"' in page and "http://" not in page.split("<body>")[1]
     assert "12.34 USD" in page and "completed" in page
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/online")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/online")

@@ -44,7 +44,7 @@ async def test_status_page_in_chromium(dsn: str, tmp_path: Path) -> None:
     async with running_gateway(dsn, tmp_path, terminals=2) as gw:
         assert (await gw.checkout(card(4321), key="browser-1")).status == 200
         assert (await gw.checkout(card(1051))).status == 402
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/offline")
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/offline")
         await gw.daemon.fleet.monitor.check_now("lane-2")  # type: ignore[union-attr]
         runner = gw.daemon.metrics_runner
         assert runner is not None
@@ -52,7 +52,7 @@ async def test_status_page_in_chromium(dsn: str, tmp_path: Path) -> None:
         dom = await _chromium(tmp_path / "profile", "--dump-dom", url)
         shot = tmp_path / "status.png"
         await _chromium(tmp_path / "profile2", f"--screenshot={shot}", url)
-        await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/online")
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/online")
     assert 'data-terminal="lane-1" data-status="online"' in dom
     assert 'data-terminal="lane-2" data-status="offline"' in dom
     assert "43.21 USD" in dom and "payment_failed" in dom

@@ -39,14 +39,14 @@ REACHES = {
 
 
 @pytest.fixture(scope="module")
-async def sim_url() -> AsyncIterator[str]:
+async def simulator_url() -> AsyncIterator[str]:
     async with simulator_process() as url:
         yield url
 
 
 @pytest.fixture
-async def store(dsn: str, sim_url: str, tmp_path: Path) -> Store:
-    s = Store(dsn, sim_url, tmp_path)
+async def store(dsn: str, simulator_url: str, tmp_path: Path) -> Store:
+    s = Store(dsn, simulator_url, tmp_path)
     await s.seed()
     return s
 
@@ -120,13 +120,13 @@ async def test_killed_while_terminal_offline_resolves_when_back(store: Store) ->
     body = order(card(3052, "lane-1"))
     daemon = await DaemonProcess(config, failpoints="after_sale_sent=kill").start()
     assert await _checkout_until_death(daemon, body) == -9
-    await store.sim_post(f"/_sim/terminals/{store.tpns['lane-1']}/offline")
+    await store.simulator_post(f"/_sim/terminals/{store.tpns['lane-1']}/offline")
     restarted = await DaemonProcess(config).start()
     try:
         await asyncio.sleep(2.5)
         states = await store.fetch("SELECT status FROM payment_transactions WHERE store_id = $1", store.store_id)
         assert [r["status"] for r in states] in (["processing"], ["unknown"])
-        await store.sim_post(f"/_sim/terminals/{store.tpns['lane-1']}/online")
+        await store.simulator_post(f"/_sim/terminals/{store.tpns['lane-1']}/online")
         await _assert_final_and_clean(store, restarted, body)
         rows = await store.fetch("SELECT status FROM orders WHERE store_id = $1", store.store_id)
         assert [r["status"] for r in rows] == ["completed"]
@@ -179,7 +179,7 @@ async def test_recovery_never_takes_misconfigured_for_not_charged(store: Store) 
     daemon = await DaemonProcess(config, failpoints="after_sale_answer=kill").start()
     assert await _checkout_until_death(daemon, body) == -9
     tpn = store.tpns["lane-1"]
-    await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": "ROTATED0000"})
+    await store.simulator_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": "ROTATED0000"})
     restarted = await DaemonProcess(config).start()
     try:
         await asyncio.sleep(3.0)  # start-up recovery and two timer passes, every inquiry refused
@@ -189,7 +189,7 @@ async def test_recovery_never_takes_misconfigured_for_not_charged(store: Store) 
             store.store_id,
         )
         assert [(r["o"], r["t"]) for r in rows] == [("payment_processing", "unknown")]
-        await store.sim_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": authkey_for(tpn)})
+        await store.simulator_post(f"/_sim/terminals/{tpn}/authkey", {"authkey": authkey_for(tpn)})
         await _assert_final_and_clean(store, restarted, body)
         statuses = await store.fetch("SELECT status FROM orders WHERE store_id = $1", store.store_id)
         assert [r["status"] for r in statuses] == ["completed"]

@@ -31,8 +31,8 @@ async def own_pg(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
 
 
 async def test_database_crash_during_checkout(own_pg: EmbeddedPostgres, tmp_path: Path) -> None:
-    async with simulator_process(slow_s=2.0) as sim_url:
-        store = Store(own_pg.dsn, sim_url, tmp_path)
+    async with simulator_process(slow_s=2.0) as simulator_url:
+        store = Store(own_pg.dsn, simulator_url, tmp_path)
         await store.seed()
         daemon = await DaemonProcess(store.config(extra="[recovery]\ninterval_s = 1\n")).start()
         try:

@@ -30,7 +30,7 @@ async def _sim_sale(gw: Gateway, tpn: str, ref: str, amount: str) -> None:
         "ReferenceId": ref,
         "SPInProxyTimeout": 5,
     }
-    async with aiohttp.ClientSession() as s, s.post(gw.sim.url + "/v2/Payment/Sale", json=body) as resp:
+    async with aiohttp.ClientSession() as s, s.post(gw.simulator.url + "/v2/Payment/Sale", json=body) as resp:
         assert resp.status == 200
 
 
@@ -59,7 +59,7 @@ async def test_reconcile_finds_both_ways(gw: Gateway) -> None:
     await _sim_sale(gw, gw.tpns["lane-1"], stranger, "9.99")
     # The terminal's batch loses one charge (as if settled elsewhere): the clerk voids it on the keypad.
     ref_lost = lost.body["tenders"][0]["reference_id"]
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-1']}/void/{ref_lost}")
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-1']}/void/{ref_lost}")
     await gw.fetch(
         "UPDATE payment_transactions SET amount = 1501, approved_amount = 1501 WHERE store_id = $1"
         " AND reference_id = $2",
@@ -83,7 +83,7 @@ async def test_reconcile_missing_at_terminal_after_settlement(gw: Gateway) -> No
     assert settled.status == 200 and settled.body["ok"], settled.body
     later = await gw.checkout(card(1800, "lane-2"))
     assert later.status == 200
-    await gw.sim_post(f"/_sim/terminals/{gw.tpns['lane-2']}/settle")  # on its own, behind gatewayd's back
+    await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/settle")  # on its own, behind gatewayd's back
     body = (await gw.client.reconcile("lane-2")).body
     assert [d["reference_id"] for d in body["missing_at_terminal"]] == [later.body["tenders"][0]["reference_id"]]
     assert answer.body["tenders"][0]["reference_id"] not in json.dumps(body)

@@ -22,7 +22,7 @@ async def test_void_stopped_half_way_is_finished(dsn: str, tmp_path: Path) -> No
         tpn = gw.tpns["lane-1"]
         async with aiohttp.ClientSession() as s:
             await s.post(
-                gw.sim_url + "/v2/Payment/Void",
+                gw.simulator_url + "/v2/Payment/Void",
                 json={"Tpn": tpn, "Authkey": authkey_for(tpn), "ReferenceId": first, "SPInProxyTimeout": 5},
             )
         await gw.fetch(

@@ -16,21 +16,21 @@ MakeDriver = Callable[..., SpinDriver]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def simulator() -> AsyncIterator[Simulator]:
     """A simulator on 127.0.0.1, any free port, with a short slow-approval delay."""
     async with running_simulator(slow_s=0.2) as simulator:
         yield simulator
 
 
 @pytest.fixture
-async def make_driver(sim: Simulator) -> AsyncIterator[MakeDriver]:
+async def make_driver(simulator: Simulator) -> AsyncIterator[MakeDriver]:
     """Drivers against the simulator with small timeouts; each gets a fresh TPN unless given one."""
     drivers: list[SpinDriver] = []
 
     def make(terminal_id: str | None = None, tpn: str | None = None, **kwargs: Any) -> SpinDriver:
         tpn = tpn or new_tpn()
         settings: dict[str, Any] = {"http_margin_s": MARGIN_S, "status_timeout_s": 2.0, **kwargs}
-        driver = SpinDriver(terminal_id or f"t-{tpn}", sim.url, tpn, AUTHKEY, TIMEOUT_S, **settings)
+        driver = SpinDriver(terminal_id or f"t-{tpn}", simulator.url, tpn, AUTHKEY, TIMEOUT_S, **settings)
         drivers.append(driver)
         return driver
 

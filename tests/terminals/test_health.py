@@ -47,18 +47,20 @@ def scripted_lane(name: str, clock: FakeClock, health: list[Any], **scripts: lis
     return Lane(name, driver, clock=clock, sleep=clock.sleep)
 
 
-async def test_offline_flips_within_one_sweep_and_back_after_online(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_offline_flips_within_one_sweep_and_back_after_online(
+    simulator: Simulator, make_driver: MakeDriver
+) -> None:
     clock, writes = FakeClock(), Writes()
     tpns = [new_tpn(), new_tpn()]
     lanes = [Lane(f"t{i}", make_driver(f"t{i}", tpn=tpn)) for i, tpn in enumerate(tpns)]
     monitor = monitor_for(lanes, clock, writes, offline_backoff_cap_s=60.0)
     async with running(*lanes):
         assert {row[:2] for row in await monitor.sweep()} == {("t0", "online"), ("t1", "online")}
-        sim.set_offline(tpns[0])
+        simulator.set_offline(tpns[0])
         rows = await monitor.sweep()
         assert [(r[0], r[1], r[3]) for r in rows if r[0] == "t0"] == [("t0", "offline", "terminal offline")]
         assert lanes[0].state == "offline" and monitor.status("t0") == "offline" and lanes[1].state == "online"
-        sim.set_offline(tpns[0], False)
+        simulator.set_offline(tpns[0], False)
         clock.now += 60.0  # the offline backoff has run out
         rows = await monitor.sweep()
         assert ("t0", "online") in {row[:2] for row in rows} and lanes[0].state == "online"
@@ -70,15 +72,15 @@ async def test_offline_flips_within_one_sweep_and_back_after_online(sim: Simulat
     assert lanes[0].last_health_check is not None and lanes[0].last_health_error is None
 
 
-async def test_the_sweeper_task_notices_an_outage_in_real_time(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_the_sweeper_task_notices_an_outage_in_real_time(simulator: Simulator, make_driver: MakeDriver) -> None:
     tpn, writes = new_tpn(), Writes()
     lane = Lane("rt", make_driver("rt", tpn=tpn))
     monitor = HealthMonitor([lane], 0.05, write=writes, confirm_delay_s=0.0, offline_backoff_cap_s=0.1)
     async with running(lane, monitor):
         await wait_for_state(lane, "online")
-        sim.set_offline(tpn)
+        simulator.set_offline(tpn)
         await wait_for_state(lane, "offline")
-        sim.set_offline(tpn, False)
+        simulator.set_offline(tpn, False)
         await wait_for_state(lane, "online")
     assert all(len(call) >= 1 for call in writes.calls)
 
@@ -204,7 +206,7 @@ async def test_ten_thousand_style_sweep_uses_bounded_concurrency_and_one_write()
     assert all(isinstance(r[2], datetime) for r in rows)
 
 
-async def test_an_unhealthy_write_does_not_stop_the_monitor(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_an_unhealthy_write_does_not_stop_the_monitor(simulator: Simulator, make_driver: MakeDriver) -> None:
     async def broken(rows: list[Row]) -> None:
         raise RuntimeError("database away")
 

@@ -19,8 +19,8 @@ from .conftest import MakeDriver
 from .helpers import AUTHKEY, MARGIN_S, TIMEOUT_S, new_ref
 
 
-def ledger_rows(sim: Simulator, ref: str) -> list[dict[str, object]]:
-    return [t for t in sim.ledger.transactions() if t["reference_id"] == ref]
+def ledger_rows(simulator: Simulator, ref: str) -> list[dict[str, object]]:
+    return [t for t in simulator.ledger.transactions() if t["reference_id"] == ref]
 
 
 async def test_driver_satisfies_the_protocol(make_driver: MakeDriver) -> None:
@@ -29,15 +29,15 @@ async def test_driver_satisfies_the_protocol(make_driver: MakeDriver) -> None:
     assert driver.transaction_timeout_s == TIMEOUT_S + MARGIN_S > driver.timeout_s
 
 
-async def test_plain_approval(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_plain_approval(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1234)
     assert isinstance(outcome, Approved)
     assert (outcome.reference_id, outcome.amount, outcome.requested_amount) == (ref, 1234, 1234)
     assert len(outcome.auth_code) == 6 and len(outcome.last4) == 4 and outcome.card_brand
-    assert ledger_rows(sim, ref) == [
+    assert ledger_rows(simulator, ref) == [
         {
-            "tpn": sim.ledger.transactions()[0]["tpn"],
+            "tpn": simulator.ledger.transactions()[0]["tpn"],
             "reference_id": ref,
             "type": "sale",
             "amount": 1234,
@@ -50,83 +50,83 @@ async def test_plain_approval(sim: Simulator, make_driver: MakeDriver) -> None:
     assert await driver.status(ref) == outcome
 
 
-async def test_51_declined(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_51_declined(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1051)
     assert outcome == Declined(reference_id=ref, status_code="1015", message="Declined")
-    assert [r["status"] for r in ledger_rows(sim, ref)] == ["declined"]
+    assert [r["status"] for r in ledger_rows(simulator, ref)] == ["declined"]
     assert isinstance(await driver.status(ref), Declined)
 
 
-async def test_52_response_never_comes(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_52_response_never_comes(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     started = time.monotonic()
     outcome = await driver.sale(ref, 1052)
     assert isinstance(outcome, Unknown)
     assert time.monotonic() - started >= TIMEOUT_S + MARGIN_S - 0.05  # waited the full HTTP timeout
-    assert [r["status"] for r in ledger_rows(sim, ref)] == ["approved"]
+    assert [r["status"] for r in ledger_rows(simulator, ref)] == ["approved"]
     assert isinstance(await driver.status(ref), Approved)
 
 
-async def test_53_connection_reset_after_approval(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_53_connection_reset_after_approval(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     assert isinstance(await driver.sale(ref, 1053), Unknown)
     status = await driver.status(ref)
     assert isinstance(status, Approved) and status.amount == 1053
 
 
-async def test_54_busy_first_then_approved_with_same_ref(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_54_busy_first_then_approved_with_same_ref(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     assert await driver.sale(ref, 1054) == Busy(retry_after_s=1.0, status_code="2008", message="Terminal in use")
-    assert ledger_rows(sim, ref) == []
+    assert ledger_rows(simulator, ref) == []
     assert isinstance(await driver.sale(ref, 1054), Approved)
-    assert len(ledger_rows(sim, ref)) == 1
+    assert len(ledger_rows(simulator, ref)) == 1
 
 
-async def test_55_slow_approval(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_55_slow_approval(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver = make_driver()
     started = time.monotonic()
     assert isinstance(await driver.sale(new_ref(), 1055), Approved)
     assert time.monotonic() - started >= 0.2
 
 
-async def test_56_partial_approval_for_half(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_56_partial_approval_for_half(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1056)
     assert isinstance(outcome, Approved) and outcome.partial
     assert (outcome.amount, outcome.requested_amount, outcome.status_code) == (528, 1056, "0001")
-    assert [r["amount"] for r in ledger_rows(sim, ref)] == [528]
+    assert [r["amount"] for r in ledger_rows(simulator, ref)] == [528]
 
 
-async def test_57_nothing_recorded_and_no_answer(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_57_nothing_recorded_and_no_answer(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     assert isinstance(await driver.sale(ref, 1057), Unknown)
-    assert ledger_rows(sim, ref) == []
+    assert ledger_rows(simulator, ref) == []
     assert isinstance(await driver.status(ref), NotFound)
 
 
-async def test_58_approved_but_answered_2007(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_58_approved_but_answered_2007(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1058)
     assert isinstance(outcome, Unknown) and outcome.status_code == "2007"
     assert isinstance(await driver.status(ref), Approved)
 
 
-async def test_59_cancelled(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_59_cancelled(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1059)
     assert isinstance(outcome, Declined) and outcome.status_code == "1012"
 
 
-async def test_duplicate_reference_is_unknown(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_duplicate_reference_is_unknown(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     assert isinstance(await driver.sale(ref, 100), Approved)
     again = await driver.sale(ref, 100)
     assert isinstance(again, Unknown) and again.status_code == "1011"
-    assert len(ledger_rows(sim, ref)) == 1
+    assert len(ledger_rows(simulator, ref)) == 1
 
 
-async def test_void_refund_auth_capture(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_void_refund_auth_capture(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver = make_driver()
     sale, refund, auth = new_ref(), new_ref(), new_ref()
     assert isinstance(await driver.sale(sale, 700), Approved)
@@ -141,7 +141,7 @@ async def test_void_refund_auth_capture(sim: Simulator, make_driver: MakeDriver)
     captured = await driver.capture(auth, 800)
     assert isinstance(captured, Approved) and captured.amount == 800 and captured.transaction_type == "capture"
     assert isinstance(await driver.capture(new_ref(), 100), NotFound)
-    rows = {r["reference_id"]: (r["type"], r["status"], r["amount"]) for r in sim.ledger.transactions()}
+    rows = {r["reference_id"]: (r["type"], r["status"], r["amount"]) for r in simulator.ledger.transactions()}
     assert rows == {
         sale: ("sale", "voided", 700),
         refund: ("return", "returned", 300),
@@ -160,15 +160,15 @@ async def test_void_refund_auth_capture(sim: Simulator, make_driver: MakeDriver)
     assert isinstance(await driver.status(sale), NotFound)
 
 
-async def test_health_and_offline(sim: Simulator, make_driver: MakeDriver) -> None:
+async def test_health_and_offline(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver = make_driver(tpn="TPNHEALTH001")
     assert (await driver.health()).state == "online"
-    sim.set_offline("TPNHEALTH001")
+    simulator.set_offline("TPNHEALTH001")
     assert (await driver.health()).state == "offline"
     outcome = await driver.sale(new_ref(), 100)
     assert isinstance(outcome, Offline) and outcome.status_code == "2001"
     assert isinstance(await driver.status(new_ref()), Offline)
-    sim.set_offline("TPNHEALTH001", False)
+    simulator.set_offline("TPNHEALTH001", False)
     assert (await driver.health()).state == "online"
 
 
@@ -191,10 +191,10 @@ async def test_connection_refused_is_offline_and_nothing_raises() -> None:
 async def test_unlisted_tpn_is_misconfigured() -> None:
     from gatewayd.terminals.simulator import running_simulator
 
-    async with running_simulator(tpns={"TPNALLOWED01"}) as sim:
+    async with running_simulator(tpns={"TPNALLOWED01"}) as simulator:
         async with aiohttp.ClientSession() as session:
-            good = SpinDriver("a", sim.url, "TPNALLOWED01", AUTHKEY, 1, session=session)
-            bad = SpinDriver("b", sim.url, "TPNSTRANGER1", AUTHKEY, 1, session=session)
+            good = SpinDriver("a", simulator.url, "TPNALLOWED01", AUTHKEY, 1, session=session)
+            bad = SpinDriver("b", simulator.url, "TPNSTRANGER1", AUTHKEY, 1, session=session)
             assert isinstance(await good.sale(new_ref(), 100), Approved)
             assert isinstance(await bad.sale(new_ref(), 100), Misconfigured)
             health = await bad.health()
@@ -210,7 +210,9 @@ async def test_http_timeout_is_longer_than_proxy_timeout() -> None:
     assert (driver.timeout_s, driver.transaction_timeout_s) == (120, 130)
 
 
-async def test_authkey_never_printed(sim: Simulator, make_driver: MakeDriver, caplog: pytest.LogCaptureFixture) -> None:
+async def test_authkey_never_printed(
+    simulator: Simulator, make_driver: MakeDriver, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     driver = make_driver()
     assert AUTHKEY not in repr(driver)
@@ -229,7 +231,7 @@ async def test_authkey_never_printed(sim: Simulator, make_driver: MakeDriver, ca
         texts += [str(exc), repr(exc), repr(exc.fields), str(exc.__cause__)]
     await dead.aclose()
     try:
-        SpinDriver("t", sim.url, "TPN1", AUTHKEY, 0)
+        SpinDriver("t", simulator.url, "TPN1", AUTHKEY, 0)
     except ValueError as exc:
         texts.append(str(exc))
     texts += [record.getMessage() for record in caplog.records]

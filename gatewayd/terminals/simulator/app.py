@@ -52,7 +52,7 @@ _MESSAGES = {
 
 
 @dataclass(frozen=True, slots=True)
-class SimConfig:
+class SimulatorConfig:
     """Knobs of one simulator process."""
 
     latency_s: float = 0.0
@@ -61,7 +61,7 @@ class SimConfig:
 
 
 LEDGER_KEY = web.AppKey("ledger", Ledger)
-CONFIG_KEY = web.AppKey("config", SimConfig)
+CONFIG_KEY = web.AppKey("config", SimulatorConfig)
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
@@ -357,7 +357,7 @@ async def _auto_settle(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def make_app(ledger_: Ledger, config: SimConfig) -> web.Application:
+def make_app(ledger_: Ledger, config: SimulatorConfig) -> web.Application:
     """The simulator app serving `ledger_`."""
     app = web.Application(client_max_size=256 * 1024)
     app[LEDGER_KEY] = ledger_

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gatewayd.terminals.simulator.app import SimConfig, make_app
+from gatewayd.terminals.simulator.app import SimulatorConfig, make_app
 from gatewayd.terminals.simulator.ledger import Ledger
 
 
@@ -45,7 +45,7 @@ async def running_simulator(
     to the first key they are sent); `auto_settle_s` makes every terminal settle on its own.
     """
     ledger = Ledger(tpns, authkeys)
-    config = SimConfig(latency_s=latency_ms / 1000, slow_s=slow_s, auto_settle_s=auto_settle_s)
+    config = SimulatorConfig(latency_s=latency_ms / 1000, slow_s=slow_s, auto_settle_s=auto_settle_s)
     app = make_app(ledger, config)
     # handler_cancellation: a held request ends when its client gives up.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
@@ -113,8 +113,8 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with running_simulator(
         args.host, args.port, args.latency_ms, args.slow_s, tpns, authkeys, args.auto_settle_s
-    ) as sim:
-        print(f"gatewayd simulator listening on {sim.url}", flush=True)
+    ) as simulator:
+        print(f"gatewayd simulator listening on {simulator.url}", flush=True)
         await stop.wait()
 
 
