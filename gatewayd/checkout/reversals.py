@@ -154,21 +154,22 @@ class Reversals:
             "reference_id": uuid.uuid4().hex[:20].upper(),
             "timeout_s": 120,
         }
-        result = await before_intent(self.store.begin_refund(payload))
-        _refused(result, request)
-        refund_id = uuid.UUID(result["refund_id"])
         try:
+            # Begun under the order's lease, like a void: a void and a refund of one order never
+            # interleave (the second sees what the first did: a voided order is not refunded).
             async with self.executor.leased(order_id) as ok:
                 if not ok:
                     raise OutcomePending(
                         "another process is working on this checkout; ask again",
-                        details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
+                        details={"checkout_id": str(order_id)},
                     )
+                result = await before_intent(self.store.begin_refund(payload))
+                _refused(result, request)
+                refund_id = uuid.UUID(result["refund_id"])
                 await self.finish(refund_id)
         except LeaseLost:
             raise OutcomePending(
-                "another process took this checkout over; ask again",
-                details={"checkout_id": str(order_id), "refund_id": str(refund_id)},
+                "another process took this checkout over; ask again", details={"checkout_id": str(order_id)}
             ) from None
         return await self._load(order_id), refund_id
 
