@@ -115,7 +115,10 @@ class Operations:
                 late.append(found)
             return found is None
 
-        result: SettleResult = await self.lanes[terminal_id].execute(ops.Settle(), before_send=still_clear)
+        lane = self.lanes.get(terminal_id)  # looked up after the awaits: a reload may have removed it
+        if lane is None:
+            raise NotFound(f"no terminal {terminal_id!r}")
+        result: SettleResult = await lane.execute(ops.Settle(), before_send=still_clear)
         if late:
             raise late[0]
         if result.ok:

@@ -20,11 +20,12 @@ import contextvars
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gatewayd import failpoints
 from gatewayd.checkout.coordinator import Coordinator
-from gatewayd.checkout.executor import Executor, LaneMap
+from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.machine import Asked, Checkout, Tender, TenderStatus, verdict
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery, RecoveryReport
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from tests.sim.world import World
 
 INSTANCE_ID = "sim-host:sim-store:0a1b2c3d"
+PEER_ID = "sim-host-b:sim-store:4e5f6a7b"  # the store's second daemon
 LEASE_S = 600.0
 RECOVERY_INTERVAL_S = 60.0
 MAINTENANCE_INTERVAL_S = 300.0
@@ -85,6 +87,48 @@ class SimMetrics:
 
     def charge_settled(self, what: str) -> None:
         self.coverage.hit(f"charge.settled_{what}")
+
+
+class SimLanes:
+    """gatewayd.checkout.executor.Lanes over one process's lanes, as gatewayd's Fleet keeps them
+    across config reloads: a terminal removed from the configuration is retired (it takes no new
+    charge, `for_charge` is None) but keeps answering for its charges (`for_followup`: inquiries,
+    voids, captures, returns); added back, the same lane takes charges again. An edit changes the
+    lane's settings in place (here: the auth key its driver signs with)."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, SimLane] = {}  # configured: the operator's settle and reconcile see these
+        self.retired: dict[str, SimLane] = {}
+
+    def all(self) -> dict[str, SimLane]:
+        return {**self.retired, **self.active}
+
+    def for_charge(self, terminal_id: str | None) -> SimLane | None:
+        return self.active.get(terminal_id) if terminal_id is not None else None
+
+    def for_followup(self, terminal_id: str | None) -> SimLane | None:
+        if terminal_id is None:
+            return None
+        return self.active.get(terminal_id) or self.retired.get(terminal_id)
+
+    def timeout_s(self, terminal_id: str) -> int:
+        lane = self.for_followup(terminal_id)
+        return int(lane.driver.timeout_s) if lane is not None else 120  # type: ignore[attr-defined]
+
+    def remove(self, terminal_id: str) -> None:
+        lane = self.active.pop(terminal_id, None)
+        if lane is not None:
+            self.retired[terminal_id] = lane
+
+    def add(self, terminal_id: str) -> None:
+        lane = self.retired.pop(terminal_id, None)
+        if lane is not None:
+            self.active[terminal_id] = lane
+
+    def edit(self, terminal_id: str, key: str) -> None:
+        lane = self.for_followup(terminal_id)
+        if lane is not None:
+            lane.driver.key = key  # type: ignore[attr-defined]
 
 
 class SimLane(Lane):
@@ -134,13 +178,16 @@ class SimRecovery(Recovery):
 class SimProcess:
     """One run of the daemon, from start to crash (or to the end of the simulation)."""
 
-    def __init__(self, world: World, generation: int) -> None:
+    def __init__(self, world: World, generation: int, instance_id: str = INSTANCE_ID, skew_s: float = 0.0) -> None:
         self.world = world
         self.generation = generation
+        self.instance_id = instance_id
+        self.skew_s = skew_s  # this daemon's wall clock minus the database's
         self.alive = True
         self.ready = False
+        self.stalled_until = -1.0
         self.tasks: dict[asyncio.Task[Any], None] = {}
-        self.lanes: dict[str, SimLane] = {}
+        self.lanes = SimLanes()
         self.executor: SimExecutor | None = None
         self.coordinator: Coordinator | None = None
         self.recovery: SimRecovery | None = None
@@ -188,6 +235,21 @@ class SimProcess:
         if not task.cancelled() and self.alive and task.exception() is not None:
             self.world.anomaly(f"lease heartbeat died: {type(task.exception()).__name__}: {task.exception()}")
 
+    def wall(self) -> datetime:
+        """This daemon's own wall clock (skewed); gatewayd must compare deadlines on the database's."""
+        return vnow() + timedelta(seconds=self.skew_s)
+
+    def stall(self, seconds: float) -> None:
+        """Freeze the process (a VM pause, a GC storm): no statement, no terminal I/O, no heartbeat."""
+        self.stalled_until = max(self.stalled_until, asyncio.get_running_loop().time() + seconds)
+
+    async def thawed(self) -> None:
+        while True:
+            left = self.stalled_until - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
     # ------------------------------------------------------------ start-up, as Daemon.start
 
     async def start(self) -> None:
@@ -198,35 +260,40 @@ class SimProcess:
         for tid, term in w.terminals.items():
             lane = SimLane(
                 tid,
-                FakeDriver(term),
+                FakeDriver(term, w.config_keys[tid], self.thawed),
                 queue_depth=w.plan.queue_depth,
                 clock=loop.time,
                 sleep=asyncio.sleep,
                 rand=lane_rng.random,
             )
             lane.calls_by_request = calls
-            self.lanes[tid] = lane
+            # A terminal the configuration no longer lists: retired from the start (its lane only
+            # answers for the charges it already has).
+            (self.lanes.active if tid in w.configured else self.lanes.retired)[tid] = lane
             self._watch(self.spawn(lane.run()), f"lane {tid}")
+        if self.skew_s:
+            w.coverage.hit("clock_skew")
+            w.trace("proc", self.generation, "clock_skew", self.skew_s)
         monitor = HealthMonitor(
-            self.lanes.values(),
+            list(self.lanes.all().values()),
             HEALTH_INTERVAL_S,
             failure_threshold=2,
             offline_backoff_cap_s=300.0,
             clock=loop.time,
             sleep=asyncio.sleep,
             rand=lane_rng.random,
-            now=vnow,
+            now=self.wall,
         )
         self._watch(self.spawn(monitor.run()), "health monitor")
         parts = wire(  # as Daemon.start does; the fakes duck-type CheckoutStore / MaintenanceStore
             w.store,  # type: ignore[arg-type]
             w.maintenance,  # type: ignore[arg-type]
-            LaneMap(self.lanes),
+            self.lanes,
             CheckoutConfig(card_mode=w.plan.card_mode),
-            owner=INSTANCE_ID,
+            owner=self.instance_id,
             lease_s=LEASE_S,
             metrics=w.metrics,
-            terminals=self.lanes,
+            terminals=self.lanes.active,
             executor_type=SimExecutor,
             recovery_type=SimRecovery,
         )
@@ -267,6 +334,12 @@ class SimProcess:
         if task.cancelled():
             raise Disconnected("connection reset: the daemon went away")
         return task.result()
+
+
+def daemon_wall_clock() -> datetime:
+    """The wall clock of the daemon whose task is running (skewed), or the virtual one."""
+    owner = OWNER.get()
+    return owner.wall() if isinstance(owner, SimProcess) else vnow()
 
 
 async def _call(work: Callable[[Coordinator], Awaitable[Any]], coordinator: Coordinator) -> Any:

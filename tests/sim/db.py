@@ -70,6 +70,10 @@ class FakeServer:
         self.history: list[History] = []
         self.record_leases = False
         self.on_step: StepHook | None = None
+        # The lease fence, checked independently of the SQL mirror (tests/sim/invariants.py).
+        self.on_fenced: Callable[[str, tuple[Any, ...], dict[str, Any], datetime], Callable[[], None] | None] | None = (
+            None
+        )
         self._last_now: datetime | None = None
         self.statements = 0
 
@@ -101,6 +105,7 @@ class FakeServer:
     ) -> Any:
         """One statement (or server-side function) of `name`, applied by `apply(now)`."""
         owner = OWNER.get()
+        await _thawed(owner)  # a stalled daemon sends nothing until it wakes up
         await self._latency()
         write = name not in READS
         if self.down():
@@ -118,6 +123,7 @@ class FakeServer:
         roll = self.rng.random()
         if roll < self.rates.drop_before:
             self.coverage.hit("db.drop_before_commit")
+            self.coverage.hit("db_reset")
             self.trace("db", name, "dropped_before_commit")
             raise self.rng.choice(
                 (
@@ -130,7 +136,10 @@ class FakeServer:
         self.statements += 1
         now = self.now()
         leases = self.tables.lease_live(now) if write and self.record_leases else None
+        fenced = self.on_fenced(name, args, kwargs, now) if write and self.on_fenced is not None else None
         result = apply(now)
+        if fenced is not None:
+            fenced()
         if write:
             self.history.append((name, args, kwargs, result, leases))
             self.trace("db", name, _short(args), _short(result))
@@ -140,9 +149,17 @@ class FakeServer:
         await asyncio.sleep(self.rng.uniform(0.0002, 0.002))
         if dropped_after:
             self.coverage.hit("db.drop_after_commit")
+            self.coverage.hit("lost_commit_ack")
             self.trace("db", name, "dropped_after_commit")
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        await _thawed(owner)  # stalled between the commit and reading its answer
         return result
+
+
+async def _thawed(owner: Any) -> None:
+    wait = getattr(owner, "thawed", None)
+    if wait is not None:
+        await wait()
 
 
 def _short(value: Any) -> Any:

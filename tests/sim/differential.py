@@ -114,6 +114,15 @@ async def _apply(
             for order_id in fake
         ]
         return outcomes, ["cancelled"] * len(fake)
+    if name == "inventory_insert":  # the world's own SQL: a row created mid-run
+        sku, on_hand = args
+        await conn.execute(
+            "INSERT INTO inventory (store_id, sku, on_hand) VALUES ($1, $2, $3)", store.store_id, sku, on_hand
+        )
+        return None, None
+    if name == "inventory_delete":
+        await conn.execute("DELETE FROM inventory WHERE store_id = $1 AND sku = $2", store.store_id, args[0])
+        return None, None
     if name == "claim_unfinished" and kwargs["older_than_s"] > 0:
         # "untouched for older_than_s" is virtual time: take the leases the fake took.
         owner, lease_s = args

@@ -65,8 +65,31 @@ RECOVERY_BRANCHES = (
     "recovery.void_retried",  # a void was sent again after a failed or unknown attempt
     "charge.settled_void",  # a void found its charge settled: it stands, marked settled, to be returned
 )
+# The world's fault kinds, by the names every run reports (`python -m tests.sim --seed N` prints
+# them; a batch sums them). Each is counted by `Coverage.hit(kind)` where it happens; a CI batch
+# in which one never happened fails as vacuous.
+FAULT_KINDS = (
+    "settle",  # the operator settles a terminal through gatewayd (POST /v1/terminals/{id}/settle)
+    "auto_settle",  # a terminal's batch closes on its own (the processor's auto-close), at any moment
+    "keypad_void",  # a cashier voids a charge at the terminal's keypad, behind gatewayd's back
+    "wrong_authkey",  # the world rotates a terminal's auth key: the daemons' key is refused (SPIn 2002)
+    "reload_remove",  # a config reload removes a terminal with work in flight (it keeps its follow-ups)
+    "reload_readd",  # a reload adds a removed terminal back
+    "reload_edit",  # a reload edits a terminal in place (its new auth key: wrong_authkey fixed)
+    "lease_expiry",  # a daemon stalls past its leases and the other daemon takes its orders over
+    "clock_skew",  # a daemon runs with its wall clock minutes off the database's
+    "inventory_row_appears",  # an inventory row is created for a SKU while checkouts of it are in flight
+    "inventory_row_disappears",  # an inventory row is deleted while checkouts of it are in flight
+    "auth_capture_settle",  # an operator settle in auth-capture mode (captures must come first)
+    "split_refund",  # a refund of an order paid with more than one tender
+    "void_refund_race",  # the POS voids and refunds the same checkout at once
+    "db_reset",  # a database connection reset in the middle of a statement: nothing applied
+    "lost_commit_ack",  # a statement committed, its acknowledgement lost
+)
 CARD_MODES: tuple[Literal["sale", "auth_capture"], ...] = ("sale", "sale", "sale", "auth_capture")
-REQUIRED = TERMINAL_FAULTS + STORE_FAULTS + PROCESS_FAULTS + POS_FAULTS + OPERATOR_ACTIONS + RECOVERY_BRANCHES
+REQUIRED = (
+    TERMINAL_FAULTS + STORE_FAULTS + PROCESS_FAULTS + POS_FAULTS + OPERATOR_ACTIONS + RECOVERY_BRANCHES + FAULT_KINDS
+)
 
 
 def _rate(rng: random.Random, *levels: float) -> float:
@@ -124,6 +147,14 @@ class FaultPlan:
     legacy_orphans: int  # approved charges of failed orders left by the old POS flow
     settles: int  # the operator settles a terminal through gatewayd, during the fault phase
     batch_closes: int  # a terminal's batch closes on its own (outside gatewayd), during the fault phase
+    keypad_voids: int  # a cashier voids a charge at the keypad (during the fault phase)
+    key_rotations: int  # a terminal's auth key changes; a reload (an edit) gives the daemons the new one
+    reloads: int  # config reloads that remove a terminal (and, most times, add it back later)
+    peer: bool  # a second daemon of the store (another instance id) runs recovery beside the first
+    stalls: int  # a daemon freezes (no heartbeat, no I/O) for longer than its lease
+    skew_s: float  # the second daemon's wall clock, this far off the database's
+    inventory_events: int  # inventory rows created or deleted while checkouts are in flight
+    race_void_refund: float  # the POS voids and refunds a checkout at once
 
     @staticmethod
     def draw(seed: int) -> FaultPlan:
@@ -161,16 +192,24 @@ class FaultPlan:
             term=term,
             store=store,
             crashes=rng.choice((0, 1, 1, 2, 3)),
-            failpoint_crash=_rate(rng, 0.02, 0.08),
+            failpoint_crash=_rate(rng, 0.02, 0.08, 0.2),
             duplicate=_rate(rng, 0.05, 0.2),
             key_reuse=_rate(rng, 0.03, 0.1),
             disconnect=_rate(rng, 0.05, 0.2),
             give_up=_rate(rng, 0.05, 0.3),
-            void=_rate(rng, 0.05, 0.15),
+            void=_rate(rng, 0.05, 0.15, 0.3),
             refund=_rate(rng, 0.05, 0.2),
             legacy_orphans=rng.choice((0, 0, 1, 2)),
             settles=rng.choice((0, 0, 1, 2, 4)),
             batch_closes=rng.choice((0, 0, 0, 1, 2)),
+            keypad_voids=rng.choice((0, 0, 1, 2, 4)),
+            key_rotations=rng.choice((0, 0, 1, 2)),
+            reloads=rng.choice((0, 0, 1, 2)),
+            peer=rng.random() < 0.5,
+            stalls=rng.choice((0, 0, 1)),
+            skew_s=rng.choice((0.0, 0.0, -300.0, -90.0, 90.0, 300.0)),
+            inventory_events=rng.choice((0, 0, 1, 2, 3)),
+            race_void_refund=_rate(rng, 0.3),
         )
 
     def calm(self) -> FaultPlan:
@@ -214,3 +253,15 @@ class Coverage:
 
     def hit(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
+
+    def kinds(self) -> dict[str, int]:
+        return fault_kinds(self.counts)
+
+
+def fault_kinds(counts: Counter[str]) -> dict[str, int]:
+    """How often each named fault kind happened."""
+    return {kind: counts[kind] for kind in FAULT_KINDS}
+
+
+def format_kinds(counts: Counter[str]) -> str:
+    return " ".join(f"{kind}={n}" for kind, n in fault_kinds(counts).items())

@@ -35,6 +35,21 @@ from tests.sim.tables import COMPLETED, OPEN_ORDER, Tables
 from tests.sim.terminal import CHARGES, Entry, FakeTerminal
 
 FAILED = ("payment_failed", "cancelled", "voided")
+# The writes the lease fences (gw_lease_held): what locates the order (its id, a transaction's or a
+# refund's), and where the writer's owner is among the statement's arguments.
+FENCED: dict[str, tuple[str, int]] = {
+    "mark_sent": ("order", 2),
+    "record_tender": ("tx", 2),
+    "mark_settled": ("tx", 1),
+    "mark_void_requested": ("tx", 1),
+    "commit": ("order", 3),
+    "fail": ("order", 4),
+    "set_captured": ("tx", 1),
+    "void_order": ("order", 1),
+    "finish_refund": ("refund", 3),
+    "mark_refund_sent": ("tx", 2),
+    "fail_unsent_refund": ("refund", 2),
+}
 _PAN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
 _IDS = re.compile(r"[0-9A-Fa-f-]{20,}")  # reference ids, UUIDs, digests: ours, not card numbers
 
@@ -136,6 +151,49 @@ class Checker:
                 f"capture sent for {ref} on {terminal_id}, where the terminal holds {state}: "
                 "a capture of what is not an approved authorization",
             )
+
+    def on_fenced(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], now: Any) -> Any:
+        """I8, the lease fence, judged here rather than by the SQL mirror: a write of an order's
+        state by a daemon changes something only while that daemon holds the order's live lease
+        (on the database's clock). Returns the after-check, or None for a write the fence does not
+        govern."""
+        where = FENCED.get(name)
+        if where is None or len(args) <= where[1]:
+            return None
+        kind, owner_at = where
+        owner = args[owner_at]
+        t = self.t
+        if kind == "order":
+            order_id = args[0]
+        elif kind == "tx":
+            tx = t.txs.get(args[0])
+            order_id = tx["order_id"] if tx else None
+        else:
+            refund = t.refunds.get(args[0])
+            order_id = refund["order_id"] if refund else None
+        o = t.orders.get(order_id) if order_id is not None else None
+        if o is None or owner is None:
+            return None
+        live = o["lease_owner"] == owner and o["lease_until"] is not None and o["lease_until"] > now
+        if live:
+            return None
+        before = self._snapshot(order_id)
+        holder = f"{o['lease_owner']} until {o['lease_until']}"
+
+        def after() -> None:
+            if self._snapshot(order_id) != before:
+                self.fail(
+                    "I8",
+                    f"{name} by {owner} changed order {o['order_number']} without its lease (held by {holder}, "
+                    f"now {now}): an unfenced write, two daemons may drive it",
+                    key=f"I8:fence:{order_id}",
+                )
+
+        return after
+
+    def _snapshot(self, order_id: uuid.UUID) -> Any:
+        o = {k: v for k, v in self.t.orders[order_id].items() if k not in ("lease_owner", "lease_until")}
+        return repr((o, self.t.tenders_of(order_id), [r for r in self.t.refunds.values() if r["order_id"] == order_id]))
 
     # ------------------------------------------------------------ what holds at all times
 

@@ -205,7 +205,9 @@ class Client:
                     return
                 await asyncio.sleep(rng.uniform(1.0, 30.0))  # the cashier tries once more
                 continue
-            poll = "pending" in results and rng.random() < 0.7
+            # Polling by key reads whatever checkout holds the key: a request reusing a key with
+            # another body resends instead (its answer is the conflict).
+            poll = "pending" in results and not other_body and rng.random() < 0.7
             await asyncio.sleep(rng.uniform(0.0, delay))
             delay = min(delay * 2, 20.0)
         w.anomaly(f"checkout {request.idempotency_key}: no final answer after 200 attempts")
@@ -244,6 +246,13 @@ class Client:
             )
             return "retry"
         self._record(tag, request, "view", view)
+        if not view.final:
+            # A checkout answers with its outcome, or OutcomePending (202) while it goes on: a
+            # non-final status as the answer looks final to a POS that reads the status code.
+            self.world.answers.problems.append(
+                f"I6: checkout {request.idempotency_key} was answered {view.status} as its outcome "
+                "(not final, and not OutcomePending)"
+            )
         return "final" if view.final else "pending"
 
     async def _poll(self, request: CheckoutRequest) -> str:
@@ -261,6 +270,11 @@ class Client:
         return "final" if view.final else "pending"
 
     # ------------------------------------------------------------ reversals
+
+    @staticmethod
+    async def _later(delay_s: float, work: Callable[[], Awaitable[None]]) -> None:
+        await asyncio.sleep(delay_s)
+        await work()
 
     async def void(self, view: CheckoutView) -> None:
         w, rng = self.world, self.rng
@@ -314,6 +328,8 @@ class Client:
         lines it puts back."""
         w, rng = self.world, self.rng
         w.coverage.hit("pos.refund")
+        if len(view.tenders) > 1:
+            w.coverage.hit("split_refund")
         left = view.total - view.refunded_amount
         if left <= 0 or (amount is not None and amount <= 0):
             return
@@ -389,7 +405,22 @@ class Client:
             roll = rng.random()
             if roll < w.plan.void and self.completed:
                 view = self.completed[rng.choice(sorted(self.completed))]
-                await self.void(view)
+                if rng.random() < w.plan.race_void_refund:
+                    # The void and a refund of the same checkout at once (two registers, or a retry
+                    # through another screen): at most one of them may take the money back.
+                    w.coverage.hit("void_refund_race")
+                    await asyncio.gather(self.void(view), self.refund(view))
+                elif w.plan.duplicate and rng.random() < w.plan.duplicate:
+                    # The same void sent 2-3 times, seconds apart (a double tap, a resend over a
+                    # flaky network): each copy runs while the one before may still hold the order.
+                    w.coverage.hit("pos.concurrent_duplicate")
+                    copies = rng.randint(2, 3)
+                    delays = sorted(rng.uniform(0.0, 8.0) for _ in range(copies - 1))
+                    await asyncio.gather(
+                        self.void(view), *(self._later(d, lambda v=view: self.void(v)) for d in delays)
+                    )
+                else:
+                    await self.void(view)
             elif roll < w.plan.void + w.plan.refund and self.completed:
                 view = self.completed[rng.choice(sorted(self.completed))]
                 await self.refund(view)

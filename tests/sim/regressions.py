@@ -78,7 +78,8 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "A partial approval learnt by a Status inquiry was not seen as partial (Status answers carry no "
         "requested amount): the tender was recorded approved, the commit answered not_ready and the POS got "
         "internal_error (a 5xx) until a later pass voided it. Fixed in gatewayd: _apply judges the approved "
-        "amount against the tender.",
+        "amount against the tender; since the state machine, partial-ness is judged only from the stored "
+        "tender (Tender.partial), never from the answer, so no mutant can re-introduce it (mutants.NO_MUTANT).",
         (446, 531),
     ),
     KnownBug(
@@ -189,5 +190,30 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "is never paid, gatewayd marks it lost (I2). The checks and the Settle are not atomic with "
         "respect to the lane.",
         (1640,),
+    ),
+    # ---------------------------------------------------------------- found by the grown world
+    KnownBug(
+        "void-refund-race",
+        "A void and a refund of one completed checkout at once: Reversals.void takes the order's lease and "
+        "checks that no refund is pending, then gw_begin_refund (which takes no lease and does not look at "
+        "void_requested_at) creates a refund beside it; gw_void_checkout voids the order anyway (it refuses "
+        "only refunded_amount > 0, not a pending refund), and the refund, once it gets the lease, sends its "
+        "Return for the voided order: the customer gets the void and the Return (I2). Suspected: "
+        "sql/006_state_machine.sql gw_void_checkout (~line 313) and gw_begin_refund (~line 380), "
+        "gatewayd/checkout/reversals.py Reversals.refund (begin_refund before the lease, no re-check of the "
+        "order after it). Fixed in gatewayd (6a94349): a refund is begun under the order's lease, like a void, "
+        "so a void and a refund of one order never interleave.",
+        (300, 989, 1405, 2034),
+    ),
+    # ---------------------------------------------------------------- OPEN
+    KnownBug(
+        "settle-removed-terminal",
+        "Operations.settle looks its lane up (self.lanes[terminal_id]) only after the refusal check's "
+        "statements: a config reload that removes the terminal meanwhile (here while the daemon stalled) "
+        "makes it raise KeyError, not a GatewayError: a 500 to the operator (I6). The API's existence check "
+        "(api/app.py settle_terminal) runs before those awaits, so it does not cover this. Suspected: "
+        "gatewayd/checkout/operations.py Operations.settle (~line 118). Fixed: the lane is looked up after "
+        "the checks, and a terminal gone by then is answered 404.",
+        (457,),
     ),
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from tests.sim import loop
 from tests.sim.daemon import failpoint_crashes
 from tests.sim.determinism import owned
-from tests.sim.faults import REQUIRED
+from tests.sim.faults import FAULT_KINDS, REQUIRED, format_kinds
 from tests.sim.regressions import explain
 from tests.sim.world import SeedResult, World
 
@@ -69,6 +69,11 @@ class Batch:
             total.update(r.coverage)
         return total
 
+    def kinds_missing(self) -> list[str]:
+        """Named fault kinds that never happened over the batch."""
+        cov = self.coverage
+        return [kind for kind in FAULT_KINDS if cov[kind] == 0]
+
     def missing(self) -> list[str]:
         cov = self.coverage
         return [name for name in REQUIRED if cov[name] == 0]
@@ -84,6 +89,7 @@ class Batch:
         anomalies = sum(len(r.anomalies) for r in self.results)
         if anomalies:
             lines.append(f"{anomalies} anomalies (unexpected errors, not invariant violations)")
+        lines.append("fault kinds: " + format_kinds(self.coverage))
         missing = self.missing()
         lines.append("vacuous: never hit " + ", ".join(missing) if missing else "every fault and recovery branch hit")
         for r in unexplained[:20]:

@@ -30,6 +30,7 @@ from gatewayd.terminals.outcomes import (
     Busy,
     Declined,
     Health,
+    Misconfigured,
     NotFound,
     Offline,
     Outcome,
@@ -67,6 +68,7 @@ class Entry:
     voided: bool = False
     settled: bool = False
     settled_by: str = ""  # "gatewayd" (a Settle it sent) or "outside" (the batch closed on its own)
+    told: bool = False  # its approval reached a daemon (an answer or a Status): gatewayd may act on it
 
     def moves_money(self) -> bool:
         """Charged, held or returned. An authorization never captured is a hold, never money
@@ -107,6 +109,27 @@ class FakeTerminal:
     offline_until: float = -1.0
     calls: Counter[str] = field(default_factory=Counter)
     void_requests: Counter[str] = field(default_factory=Counter)
+    auth_key: str = "key-0"  # the key the SPIn proxy expects; a request with another is refused (2002)
+
+    def refuses(self, key: str) -> Misconfigured | None:
+        """A request signed with the wrong auth key: SPIn answers 2002, nothing is started."""
+        if key == self.auth_key:
+            return None
+        self.coverage.hit("term.wrong_authkey_refused")
+        return Misconfigured(status_code="2002", message="Invalid AuthKey")
+
+    def keypad_void(self, ref: str, *, untold_only: bool = True) -> bool:
+        """A cashier voids an approved charge at the keypad, behind gatewayd's back (`untold_only`:
+        only one whose approval no daemon has heard of yet)."""
+        entry = self.ledger.get(ref)
+        if entry is None or entry.voided or entry.settled or entry.type not in CHARGES or entry.status == "declined":
+            return False
+        if untold_only and entry.told:
+            return False
+        entry.voided, entry.status = True, "voided"
+        self.trace("term", self.terminal_id, "keypad_void", ref)
+        self.on_ledger(ref, "void")
+        return True
 
     # ------------------------------------------------------------ world side
 
@@ -167,6 +190,7 @@ class FakeTerminal:
             )
         if entry.voided:
             return Voided(reference_id=entry.ref, amount=entry.amount, status_code=entry.code)
+        entry.told = True
         return Approved(
             reference_id=entry.ref,
             amount=entry.amount,
@@ -390,10 +414,30 @@ def hash_ref(ref: str) -> int:
 
 
 class FakeDriver:
-    """gatewayd.terminals.driver.TerminalDriver over a FakeTerminal (one per daemon process)."""
+    """gatewayd.terminals.driver.TerminalDriver over a FakeTerminal (one per lane of a daemon process).
 
-    def __init__(self, terminal: FakeTerminal) -> None:
+    `key`: the auth key this daemon's configuration binds to the terminal (a reload edits it in
+    place). `thawed`: waits while the daemon is stalled (an answer arrives, the frozen process does
+    not read it until it wakes)."""
+
+    def __init__(self, terminal: FakeTerminal, key: str = "key-0", thawed: Callable[[], Any] | None = None) -> None:
         self.terminal = terminal
+        self.key = key
+        self.thawed = thawed
+
+    async def _wake(self, outcome: Any) -> Any:
+        if self.thawed is not None:
+            await self.thawed()
+        return outcome
+
+    async def _money(self, kind: str, ref: str, amount: int) -> Outcome:
+        if self.thawed is not None:
+            await self.thawed()
+        refused = self.terminal.refuses(self.key)
+        if refused is not None:
+            await asyncio.sleep(0.05)
+            return refused
+        return await self._wake(await self.terminal.transact(kind, ref, amount))
 
     @property
     def terminal_id(self) -> str:
@@ -408,31 +452,43 @@ class FakeDriver:
         return self.terminal.timeout_s + HTTP_MARGIN_S
 
     async def sale(self, ref: str, amount: int) -> Outcome:
-        return await self.terminal.transact("sale", ref, amount)
+        return await self._money("sale", ref, amount)
 
     async def auth(self, ref: str, amount: int) -> Outcome:
-        return await self.terminal.transact("auth", ref, amount)
+        return await self._money("auth", ref, amount)
 
     async def capture(self, ref: str, amount: int) -> Outcome:
-        return await self.terminal.transact("capture", ref, amount)
+        return await self._money("capture", ref, amount)
 
     async def void(self, ref: str, amount: int | None = None) -> Outcome:
-        outcome = await self.terminal.transact("void", ref, amount or 0)
+        outcome = await self._money("void", ref, amount or 0)
         if isinstance(outcome, Approved):  # as the SPIn codec does: an approval of a Void is Voided
             return Voided(reference_id=ref, amount=outcome.amount, status_code=outcome.status_code)
         return outcome
 
     async def refund(self, ref: str, amount: int) -> Outcome:
-        return await self.terminal.transact("return", ref, amount)
+        return await self._money("return", ref, amount)
 
     async def status(self, ref: str) -> Outcome:
-        return await self.terminal.status(ref)
+        if self.thawed is not None:
+            await self.thawed()
+        refused = self.terminal.refuses(self.key)
+        if refused is not None:
+            await asyncio.sleep(0.05)
+            return refused
+        return await self._wake(await self.terminal.status(ref))
 
     async def health(self) -> Health:
+        if self.terminal.refuses(self.key) is not None:
+            await asyncio.sleep(0.05)
+            return Health(state="online", message="Invalid AuthKey", misconfigured=True)
         return await self.terminal.health()
 
     async def settle(self) -> SettleResult:
-        return await self.terminal.settle()
+        if self.terminal.refuses(self.key) is not None:
+            await asyncio.sleep(0.05)
+            return SettleResult(ok=False, message="Invalid AuthKey")
+        return await self._wake(await self.terminal.settle())
 
     async def batch(self) -> list[BatchEntry]:
         await asyncio.sleep(0.1)

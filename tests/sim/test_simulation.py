@@ -29,6 +29,7 @@ def test_seeds_keep_the_money_invariants() -> None:
     report = batch.summary()
     print(report)
     assert len(batch.results) >= 1000 or "GATEWAYD_SIM_SEEDS" in os.environ
+    assert not batch.kinds_missing(), "fault kinds that never happened: " + ", ".join(batch.kinds_missing())
     assert not batch.missing(), "vacuous run:\n" + report
     assert not batch.unexplained, "a failure no known bug explains (a new bug?):\n" + report
     if os.environ.get("GATEWAYD_SIM_STRICT"):

@@ -25,7 +25,15 @@ from gatewayd.checkout.errors import CheckoutError, NotAllowed
 from gatewayd.checkout.model import RefundRequest
 from gatewayd.checkout.operations import Operations
 from gatewayd.errors import GatewayError
-from tests.sim.daemon import LEASE_S, RECOVERY_INTERVAL_S, Disconnected, SimMetrics, SimProcess
+from tests.sim.daemon import (
+    INSTANCE_ID,
+    LEASE_S,
+    PEER_ID,
+    RECOVERY_INTERVAL_S,
+    Disconnected,
+    SimMetrics,
+    SimProcess,
+)
 from tests.sim.db import FakeServer, History, SimDatabase
 from tests.sim.faults import Coverage, FaultPlan
 from tests.sim.invariants import Checker
@@ -34,10 +42,13 @@ from tests.sim.store import SimCheckoutStore, SimMaintenanceStore
 from tests.sim.tables import COMPLETED, OPEN_ORDER, Tables
 from tests.sim.terminal import Entry, FakeTerminal, world_task
 
+PEER_GENERATION = 1000  # the second daemon's generation numbers (in the trace) start here
+
 # I7: once the faults stop, everything is final within this (an expired lease, a recovery
 # pass, a terminal timeout and a void's retries, with room to spare).
 HEAL_BOUND_S = LEASE_S + 5 * RECOVERY_INTERVAL_S + 300.0
 MAX_CRASHES = 6
+SETTLE_TRIES = 4  # an operator settle refused (something open) is tried again this many times in all
 
 
 @dataclass
@@ -71,7 +82,9 @@ class World:
         self.faults_on = True
         self.crashes = 0
         self.generation = 0
-        self.process: SimProcess | None = None
+        self.process: SimProcess | None = None  # the daemon the POS talks to
+        self.peer: SimProcess | None = None  # the store's second daemon (another instance id): recovery only
+        self.stalls: list[tuple[float, float]] = []
         self.calls_by_request: Counter[str] = Counter()
         self.answers = Answers()
         self.metrics = SimMetrics(self.coverage, self.anomaly)
@@ -94,8 +107,12 @@ class World:
             self.terminals[tid] = FakeTerminal(
                 tid, self.plan.timeout_s, random.Random(f"term:{seed}:{tid}"), self.plan.term, self.coverage, self.trace
             )
+        # The daemons' configuration: the terminals configured, and the auth key each is bound to.
+        self.configured: set[str] = set(self.terminals)
+        self.config_keys: dict[str, str] = {tid: term.auth_key for tid, term in self.terminals.items()}
         self.checker = Checker(self.tables, self.terminals, self.initial_stock, 1, 100, self.now)
         self.server.on_step = self.checker.on_store_step
+        self.server.on_fenced = self.checker.on_fenced
         for term in self.terminals.values():
             term.on_ledger = functools.partial(self._ledger_changed, term.terminal_id)
             term.on_void_request = functools.partial(self.checker.on_void_request, term.terminal_id)
@@ -134,10 +151,22 @@ class World:
 
     def start_process(self) -> None:
         self.generation += 1
-        proc = SimProcess(self, self.generation)
+        skew = 0.0 if self.plan.peer else self.plan.skew_s
+        proc = SimProcess(self, self.generation, INSTANCE_ID, skew)
         self.process = proc
         self.trace("proc", self.generation, "start")
         proc.spawn(proc.start())
+
+    def start_peer(self) -> None:
+        """The store's second daemon: same database and terminals, another instance id; it runs
+        recovery, captures and maintenance beside the first (the POS talks to the first)."""
+        proc = SimProcess(self, PEER_GENERATION, PEER_ID, self.plan.skew_s)
+        self.peer = proc
+        self.trace("proc", proc.generation, "start", "peer")
+        proc.spawn(proc.start())
+
+    def daemons(self) -> list[SimProcess]:
+        return [p for p in (self.process, self.peer) if p is not None and p.alive]
 
     def crash(self, reason: str, *, planned: bool, failpoint: bool = False) -> None:
         proc = self.process
@@ -191,6 +220,139 @@ class World:
             await self._at(t)
             self.server.stop_for(rng.uniform(1.0, 60.0))
 
+    async def _keypad_schedule(self, fault_s: float) -> None:
+        """Cashiers void charges at the keypad, behind gatewayd's back: a charge whose approval no daemon
+        has heard of (in doubt: gatewayd must learn "voided" from its inquiry), or an approved charge of
+        an order that did not complete (the orphan gatewayd was about to void). A charge whose approval
+        gatewayd already heard is not voided here: voided after gatewayd acted on it (committed the
+        order), it is a discrepancy only reconciliation can show (docs/simulation.md)."""
+        rng = random.Random(f"keypad-nemesis:{self.seed}")
+        for t in sorted(rng.uniform(5.0, fault_s) for _ in range(self.plan.keypad_voids)):
+            await self._at(t)
+            for _ in range(30):
+                candidates = []
+                for tid in sorted(self.terminals):
+                    for ref in sorted(self.terminals[tid].ledger):
+                        tx_id = self.tables.tx_by_ref.get(ref)
+                        tx = self.tables.txs.get(tx_id) if tx_id is not None else None
+                        if tx is None or tx["kind"] != "payment":
+                            continue
+                        order = self.tables.orders[tx["order_id"]]
+                        entry = self.terminals[tid].ledger[ref]
+                        orphan = tx["status"] == "approved" and order["status"] in ("payment_failed", "cancelled")
+                        if (tx["status"] in ("processing", "unknown") and not entry.told) or orphan:
+                            candidates.append((tid, ref, orphan))
+                picked = rng.choice(candidates) if candidates else None
+                if picked is not None and self.terminals[picked[0]].keypad_void(picked[1], untold_only=not picked[2]):
+                    self.coverage.hit("keypad_void")
+                    break
+                await asyncio.sleep(rng.uniform(2.0, 8.0))
+
+    async def _key_schedule(self, fault_s: float) -> None:
+        """A terminal's auth key is rotated at the device; the daemons' configuration still has the
+        old one (every request refused with SPIn 2002: Misconfigured) until a reload edits it in."""
+        rng = random.Random(f"key-nemesis:{self.seed}")
+        for i, t in enumerate(sorted(rng.uniform(0.0, fault_s) for _ in range(self.plan.key_rotations))):
+            await self._at(t)
+            tid = rng.choice(sorted(self.terminals))
+            term = self.terminals[tid]
+            term.auth_key = f"key-{i + 1}-{rng.getrandbits(16):04x}"
+            self.coverage.hit("wrong_authkey")
+            self.trace("world", "rotate_key", tid)
+            world_task(self._fix_key_later(tid, rng.uniform(5.0, 120.0)))
+
+    async def _fix_key_later(self, tid: str, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self.fix_key(tid)
+
+    def fix_key(self, tid: str) -> None:
+        """The operator edits the terminal's new key into the configuration and reloads."""
+        key = self.terminals[tid].auth_key
+        if self.config_keys[tid] == key:
+            return
+        self.config_keys[tid] = key
+        for proc in self.daemons():
+            proc.lanes.edit(tid, key)
+        self.coverage.hit("reload_edit")
+        self.trace("world", "reload_edit", tid)
+
+    async def _reload_schedule(self, fault_s: float) -> None:
+        """Reloads that remove a terminal while it has work in flight; most times it is added back
+        later (the other times it stays removed to the end: its charges are followed up all the same)."""
+        rng = random.Random(f"reload-nemesis:{self.seed}")
+        for t in sorted(rng.uniform(5.0, fault_s) for _ in range(self.plan.reloads)):
+            await self._at(t)
+            tid = rng.choice(sorted(self.terminals))
+            if tid not in self.configured or len(self.configured) < 2:
+                continue
+            self.configured.discard(tid)
+            for proc in self.daemons():
+                proc.lanes.remove(tid)
+            self.coverage.hit("reload_remove")
+            self.trace("world", "reload_remove", tid)
+            if rng.random() < 0.6:
+                world_task(self._readd_later(tid, rng.uniform(10.0, 180.0)))
+
+    async def _readd_later(self, tid: str, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        if tid in self.configured:
+            return
+        self.configured.add(tid)
+        for proc in self.daemons():
+            proc.lanes.add(tid)
+        self.coverage.hit("reload_readd")
+        self.trace("world", "reload_add", tid)
+
+    async def _stall_schedule(self, fault_s: float) -> None:
+        """One of the two daemons freezes for longer than its lease: the other takes its orders over,
+        and when it wakes its writes must be fenced off."""
+        rng = random.Random(f"stall-nemesis:{self.seed}")
+        for t in sorted(rng.uniform(10.0, fault_s) for _ in range(self.plan.stalls)):
+            await self._at(t)
+            target = rng.choice([p for p in (self.process, self.peer) if p is not None and p.alive] or [None])
+            if target is None:
+                continue
+            seconds = LEASE_S + rng.uniform(30.0, 240.0)
+            held = {oid for oid, o in self.tables.orders.items() if o["lease_owner"] == target.instance_id}
+            target.stall(seconds)
+            self.trace("proc", target.generation, "stalls", round(seconds, 3), len(held))
+            world_task(self._after_stall(target, seconds, held))
+
+    async def _after_stall(self, target: SimProcess, seconds: float, held: set[uuid.UUID]) -> None:
+        await asyncio.sleep(seconds)
+        owners = {oid: self.tables.orders[oid]["lease_owner"] for oid in sorted(held)}
+        taken = [oid for oid, owner in owners.items() if owner not in (None, target.instance_id)]
+        moved = [oid for oid in sorted(held) if self.tables.orders[oid]["lease_owner"] != target.instance_id]
+        if moved:
+            self.coverage.hit("lease_expiry", len(moved))
+        self.trace("proc", target.generation, "wakes", len(held), len(taken))
+
+    async def _inventory_schedule(self, fault_s: float) -> None:
+        """Inventory rows created (for a SKU sold untracked until now) or deleted while checkouts of
+        the SKU are in flight, as an admin's SQL would: each line keeps what it reserved."""
+        rng = random.Random(f"inventory-nemesis:{self.seed}")
+        appeared: set[str] = set()
+        for t in sorted(rng.uniform(5.0, fault_s) for _ in range(self.plan.inventory_events)):
+            await self._at(t)
+            untracked = [sku for sku, (_, stock) in CATALOGUE.items() if stock is None and sku not in appeared]
+            if untracked and (rng.random() < 0.6 or not self.tables.inventory):
+                sku = rng.choice(untracked)
+                on_hand = rng.randint(0, 30)
+                appeared.add(sku)
+                self.tables.inventory[sku] = {"on_hand": on_hand, "reserved": 0, "updated_at": self.server.now()}
+                self.checker.initial[sku] = on_hand
+                self.server.history.append(("inventory_insert", (sku, on_hand), {}, None, None))
+                self.coverage.hit("inventory_row_appears")
+                self.trace("world", "inventory_row_appears", sku, on_hand)
+            elif self.tables.inventory:
+                sku = rng.choice(sorted(self.tables.inventory))
+                del self.tables.inventory[sku]
+                appeared.add(sku)  # never back
+                self.server.history.append(("inventory_delete", (sku,), {}, None, None))
+                self.coverage.hit("inventory_row_disappears")
+                self.trace("world", "inventory_row_disappears", sku)
+            self.checker.aggregates()
+
     async def _settle_schedule(self, fault_s: float) -> None:
         """The operator settles terminals through gatewayd (refused while anything on them is open),
         and now and then a terminal's batch closes on its own (the processor's auto-close)."""
@@ -203,26 +365,39 @@ class World:
             if who == "outside":
                 if self.terminals[tid].close_batch("outside").ok:
                     self.coverage.hit("term.batch_closed_outside")
+                    self.coverage.hit("auto_settle")
                 continue
             proc = self.process
-            if proc is not None and proc.ready and proc.operations is not None:
+            if tid in self.configured and proc is not None and proc.ready and proc.operations is not None:
                 proc.spawn(self._operator_settle(proc.operations, tid))
 
     async def _operator_settle(self, operations: Operations, terminal_id: str) -> None:
-        try:
-            result = await operations.settle(terminal_id)
-        except NotAllowed as exc:
-            self.trace("ops", "settle", terminal_id, "refused", exc.message[:60])
-            return
-        except GatewayError as exc:
-            self.trace("ops", "settle", terminal_id, type(exc).__name__)
-            return
-        except Exception as exc:  # not an answer the API documents: a 500
-            self.answers.problems.append(f"I6: settle of {terminal_id} raised {type(exc).__name__}: {exc}")
-            return
+        """One settle through gatewayd; refused (something open), the operator tries again a few
+        times, seconds apart, while the fault phase lasts (each try races the terminal's traffic)."""
+        rng = random.Random(f"settle-retry:{self.seed}:{terminal_id}:{self.now():.6f}")
+        for attempt in range(SETTLE_TRIES):
+            try:
+                result = await operations.settle(terminal_id)
+            except NotAllowed as exc:
+                self.trace("ops", "settle", terminal_id, "refused", exc.message[:60])
+                if attempt + 1 < SETTLE_TRIES and self.faults_on:
+                    await asyncio.sleep(rng.uniform(2.0, 20.0))
+                    if terminal_id in self.configured:  # as the API: no settle of a terminal removed since
+                        continue
+                return
+            except GatewayError as exc:
+                self.trace("ops", "settle", terminal_id, type(exc).__name__)
+                return
+            except Exception as exc:  # not an answer the API documents: a 500
+                self.answers.problems.append(f"I6: settle of {terminal_id} raised {type(exc).__name__}: {exc}")
+                return
+            break
         self.trace("ops", "settle", terminal_id, result.ok, result.message)
         if result.ok:
             self.coverage.hit("ops.settle")
+            self.coverage.hit("settle")
+            if self.plan.card_mode == "auth_capture":
+                self.coverage.hit("auth_capture_settle")
 
     async def _operator(self) -> None:
         """The operator works gatewayd's orphan list: a charge that can no longer be voided (its batch
@@ -368,6 +543,8 @@ class World:
         self.server.down_until = min(self.server.down_until, self.now())
         for term in self.terminals.values():
             term.heal()
+        for tid in sorted(self.terminals):
+            self.fix_key(tid)  # the operator has every terminal's key right by now
         self.trace("phase", "healed")
 
     def _needs_operator(self, orphan: dict[str, Any]) -> bool:
@@ -399,7 +576,13 @@ class World:
         fault_s = self.plan.fault_minutes * 60.0
         self.add_legacy_orphans()
         self.start_process()
+        if self.plan.peer:
+            self.start_peer()
         nemeses = [world_task(self._crash_schedule(fault_s)), world_task(self._db_schedule(fault_s))]
+        nemeses += [world_task(self._keypad_schedule(fault_s)), world_task(self._key_schedule(fault_s))]
+        nemeses += [world_task(self._reload_schedule(fault_s)), world_task(self._inventory_schedule(fault_s))]
+        if self.plan.peer:
+            nemeses.append(world_task(self._stall_schedule(fault_s)))
         nemeses += [world_task(self._terminal_schedule(term, fault_s)) for term in self.terminals.values()]
         nemeses.append(world_task(self._settle_schedule(fault_s)))
         operator = world_task(self._operator())
@@ -421,8 +604,8 @@ class World:
             self.checker.fail("I6", problem)
         self.stats["healed_in_s"] = round(healed_in, 3)
         self.stats["virtual_s"] = round(self.now(), 3)
-        if self.process is not None:
-            self.process.kill()
+        for proc in self.daemons():
+            proc.kill()
 
     def result(self, keep_trace: bool, keep_history: bool) -> SeedResult:
         digest = hashlib.sha256()
