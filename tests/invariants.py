@@ -60,7 +60,12 @@ def _charges(ledger: Sequence[Row], tpns: set[str]) -> list[Row]:
 
 
 def _holds(ledger: Sequence[Row], tpns: set[str]) -> list[Row]:
-    return [t for t in ledger if t["tpn"] in tpns and t["type"] == "auth" and t["status"] == "approved"]
+    """Authorizations held and not captured (a hold whose batch settled lapsed: nothing is held)."""
+    return [
+        t
+        for t in ledger
+        if t["tpn"] in tpns and t["type"] == "auth" and t["status"] == "approved" and not t.get("settled", False)
+    ]
 
 
 def _returned(ledger: Sequence[Row], tpns: set[str]) -> int:
@@ -122,10 +127,15 @@ def money_problems(s: MoneyState) -> list[str]:
                 problems.append(f"I3: completed order {o['id']} has a tender not approved")
             if sum(t["amount"] for t in tenders) != o["total"]:
                 problems.append(f"I3: order {o['id']} tenders do not add up to its total")
-            if charged[o["id"]] + held[o["id"]] != card:
+            # A hold whose batch settled before its capture lapsed: never money received, and shown
+            # as such (payment_status stays authorized; gatewayd alerted). It takes nothing.
+            lapsed = sum(
+                t["amount"] for t in tenders if t["capture_status"] == "pending" and t["settled_at"] is not None
+            )
+            if charged[o["id"]] + held[o["id"]] + lapsed != card:
                 problems.append(
                     f"I2: order {o['id']} card tenders {card}, terminal charged {charged[o['id']]}"
-                    f" (+{held[o['id']]} held)"
+                    f" (+{held[o['id']]} held, {lapsed} lapsed)"
                 )
     # Orphans returned: what was charged for orders that did not complete was returned in full.
     orphaned = sum(

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # Inquiries that get no definite answer before the order is left for the next recovery pass.
 INQUIRY_ATTEMPTS = 4
+# The share of a lease this process counts on (its clock and the database's may run apart a little).
+LEASE_SAFETY = 0.9
 
 
 class LaneLike(Protocol):
@@ -62,7 +64,7 @@ class LaneLike(Protocol):
     @property
     def state(self) -> str: ...
 
-    async def execute(self, op: Any, *, before_send: Any = None) -> Any: ...
+    async def execute(self, op: Any, *, before_send: Any = None, may_send: Any = None) -> Any: ...
 
 
 class Lanes(Protocol):
@@ -190,6 +192,9 @@ class Executor:
         self._driving: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._held: Counter[uuid.UUID] = Counter()
+        # Until when (this process's monotonic clock) each held lease is surely still ours: a
+        # charge leaves only before it, so a daemon that stalled past its lease never sends late.
+        self._lease_deadline: dict[uuid.UUID, float] = {}
         self._lost: set[uuid.UUID] = set()
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._lock_users: Counter[uuid.UUID] = Counter()
@@ -219,7 +224,18 @@ class Executor:
     def _hold(self, order_id: uuid.UUID) -> None:
         if self._held[order_id] == 0:
             self._lost.discard(order_id)
+            # the lease was just taken (prepare, claim or take_lease): it lasts lease_s from about now
+            self._lease_deadline[order_id] = self._now() + self.lease_s * LEASE_SAFETY
         self._held[order_id] += 1
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def may_send(self, order_id: uuid.UUID) -> bool:
+        """True while this process surely still holds the order's lease (no await may come between
+        this answer and the request leaving)."""
+        return order_id not in self._lost and self._now() < self._lease_deadline.get(order_id, 0.0)
 
     def _let_go(self, order_id: uuid.UUID) -> bool:
         """Drop one hold; True when it was the last."""
@@ -228,6 +244,7 @@ class Executor:
             return False
         del self._held[order_id]
         self._lost.discard(order_id)
+        self._lease_deadline.pop(order_id, None)
         return True
 
     def check_lease(self, order_id: uuid.UUID) -> None:
@@ -280,7 +297,11 @@ class Executor:
         ids = [oid for oid, n in self._held.items() if n > 0]
         if not ids:
             return set()
+        asked_at = self._now()
         renewed = await self.store.renew_leases(ids, self.owner, self.lease_s)
+        for order_id in renewed:
+            if order_id in self._lease_deadline:
+                self._lease_deadline[order_id] = asked_at + self.lease_s * LEASE_SAFETY
         lost = set(ids) - renewed - self._lost
         for order_id in lost:
             log.error("lease of checkout %s lost: another daemon may drive it; this one stops", order_id)
@@ -322,6 +343,9 @@ class Executor:
         except LeaseLost:
             log.warning("checkout %s: lease lost; another daemon finishes it", order_id)
             self.metrics.lease_lost()
+            # If it was this daemon's own recovery that took the lease back meanwhile, let it go:
+            # the next pass drives the order afresh (another daemon's lease is left alone).
+            await best_effort(self.store.release_lease(order_id, self.owner))
         finally:
             self._let_go(order_id)
 
@@ -378,7 +402,7 @@ class Executor:
             return marked == "ok"
 
         try:
-            outcome = await lane.execute(op, before_send=before_send)
+            outcome = await lane.execute(op, before_send=before_send, may_send=lambda: self.may_send(c.order.id))
         except TerminalBusy:
             return await self._record(
                 c,

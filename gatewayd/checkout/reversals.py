@@ -212,7 +212,10 @@ class Reversals:
             else ops.Inquire(tx.reference_id)
         )
         try:
-            outcome = await lane.execute(op, before_send=before_send if isinstance(op, ops.Refund) else None)
+            if isinstance(op, ops.Refund):
+                outcome = await lane.execute(op, before_send=before_send, may_send=lambda: ex.may_send(tx.order_id))
+            else:
+                outcome = await lane.execute(op)
         except TerminalBusy:
             raise OutcomePending("the terminal is busy; the refund was not sent", details={}) from None
         if isinstance(op, ops.Refund) and marked != "ok":

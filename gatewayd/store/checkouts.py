@@ -352,17 +352,26 @@ class CheckoutStore:
         """
         rows = await self.db.run(
             lambda c: c.fetch(
-                """UPDATE orders o SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
-                      updated_at = now()
-                WHERE (o.store_id, o.id) IN (
-                    SELECT store_id, id FROM orders
-                     WHERE store_id = $1
-                       AND status IN ('pending_payment', 'payment_processing', 'payment_authorized')
-                       AND updated_at < now() - make_interval(secs => $6)
-                       AND (lease_until IS NULL OR lease_until <= now() OR ($4 AND lease_owner = $2))
-                       AND ($7::uuid IS NULL OR id = $7)
-                     ORDER BY created_at LIMIT $5 FOR UPDATE SKIP LOCKED)
-               RETURNING o.id""",
+                """WITH p AS (
+                   SELECT store_id, id, lease_owner AS prev FROM orders
+                    WHERE store_id = $1
+                      AND status IN ('pending_payment', 'payment_processing', 'payment_authorized')
+                      AND updated_at < now() - make_interval(secs => $6)
+                      AND (lease_until IS NULL OR lease_until <= now() OR ($4 AND lease_owner = $2))
+                      AND ($7::uuid IS NULL OR id = $7)
+                    ORDER BY created_at LIMIT $5 FOR UPDATE SKIP LOCKED),
+               c AS (
+                   UPDATE orders o SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
+                          updated_at = now()
+                     FROM p WHERE o.store_id = p.store_id AND o.id = p.id
+                   RETURNING o.id, p.prev),
+               -- Taken over from another daemon: its send may have left as late as now (it sends only
+               -- while its lease lives), so a "not found" counts from now, not from its stamp.
+               s AS (
+                   UPDATE payment_transactions t SET sent_at = greatest(t.sent_at, now()), updated_at = now()
+                     FROM c WHERE t.store_id = $1 AND t.order_id = c.id AND c.prev IS DISTINCT FROM $2
+                      AND c.prev IS NOT NULL AND t.status IN ('processing', 'unknown') AND t.sent_at IS NOT NULL)
+               SELECT id FROM c""",
                 self.store_id,
                 owner,
                 lease_s,

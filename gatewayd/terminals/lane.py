@@ -66,12 +66,18 @@ BeforeSend = Callable[[], Awaitable[bool]]
 Result = Outcome | SettleResult | list[BatchEntry] | Health
 
 
+# Asked with no await between it and the request leaving: False withdraws it unsent (the caller's
+# right to send, such as its lease, has lapsed meanwhile).
+MaySend = Callable[[], bool]
+
+
 @dataclass(slots=True)
 class _Job:
     op: Op
     future: asyncio.Future[Any]
     key: tuple[str, str] | None
     before_send: BeforeSend | None = None
+    may_send: MaySend | None = None
 
 
 def _key(op: Op) -> tuple[str, str] | None:
@@ -186,15 +192,25 @@ class Lane:
     # ------------------------------------------------------------ callers
 
     @overload
-    async def execute(self, op: Settle, *, before_send: BeforeSend | None = None) -> SettleResult: ...
+    async def execute(
+        self, op: Settle, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+    ) -> SettleResult: ...
     @overload
-    async def execute(self, op: Batch, *, before_send: BeforeSend | None = None) -> list[BatchEntry]: ...
+    async def execute(
+        self, op: Batch, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+    ) -> list[BatchEntry]: ...
     @overload
-    async def execute(self, op: HealthCheck, *, before_send: BeforeSend | None = None) -> Health: ...
+    async def execute(
+        self, op: HealthCheck, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+    ) -> Health: ...
     @overload
-    async def execute(self, op: MoneyOp | Inquire, *, before_send: BeforeSend | None = None) -> Outcome: ...
+    async def execute(
+        self, op: MoneyOp | Inquire, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+    ) -> Outcome: ...
 
-    async def execute(self, op: Op, *, before_send: BeforeSend | None = None) -> Result:
+    async def execute(
+        self, op: Op, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+    ) -> Result:
         """Run `op` on the terminal (or join the same operation already queued or running).
 
         `before_send` runs in the owner task just before the request leaves (after any queue
@@ -206,7 +222,13 @@ class Lane:
         if joined is not None:
             result: Result = await joined
             return result
-        job = _Job(op=op, future=asyncio.get_running_loop().create_future(), key=_key(op), before_send=before_send)
+        job = _Job(
+            op=op,
+            future=asyncio.get_running_loop().create_future(),
+            key=_key(op),
+            before_send=before_send,
+            may_send=may_send,
+        )
         job.future.add_done_callback(_consume)
         try:
             self._queue.put_nowait(job)
@@ -262,7 +284,9 @@ class Lane:
                 started = self._clock()
                 result: Result | BaseException
                 try:
-                    if job.before_send is not None and not await job.before_send():
+                    if (job.before_send is not None and not await job.before_send()) or (
+                        job.may_send is not None and not job.may_send()
+                    ):
                         result = _withdrawn(job.op)
                     else:
                         result = await self._perform(job.op)
@@ -352,7 +376,8 @@ class Lane:
                 await self._sleep(outcome.retry_after_s)
                 # The caller's intent is stamped again: a "not found" counts from this send.
                 hook = self._current.before_send if self._current is not None else None
-                if hook is not None and not await hook():
+                may = self._current.may_send if self._current is not None else None
+                if (hook is not None and not await hook()) or (may is not None and not may()):
                     return Declined(reference_id=op.ref, status_code="", message="not sent: withdrawn by the caller")
                 continue
             if self._ambiguous(outcome, sent_at):

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tests.invariants import MoneyState, money_problems
 from tests.sim.tables import COMPLETED, OPEN_ORDER, Tables
 from tests.sim.terminal import CHARGES, Entry, FakeTerminal
 
@@ -525,7 +526,39 @@ class Checker:
                     f"settled orphan {tx['reference_id']} of {o['status']} order {o['order_number']} still not "
                     "refunded after healing (the operator refunds every one gatewayd lists)",
                 )
+        self.shared()
         self.hygiene(log_lines)
+
+    def shared(self) -> None:
+        """The money invariants as tests/invariants.py states them once for every suite, over this
+        run's tables and the terminals' own ledgers."""
+        t = self.t
+        txs = []
+        for tx in t.txs.values():
+            o = t.orders[tx["order_id"]]
+            txs.append({**tx, "order_status": o["status"], "payment_status": o["payment_status"], "total": o["total"]})
+        ledger = [
+            {"tpn": terminal_id, "reference_id": ref, "type": e.type, "status": e.status, "amount": e.amount,
+             "settled": e.settled}
+            for terminal_id, term in self.terminals.items()
+            for ref, e in term.ledger.items()
+        ]  # fmt: skip
+        state = MoneyState(
+            txs=txs,
+            orders=list(t.orders.values()),
+            items=[{**line, "order_id": order_id} for order_id, lines in t.items.items() for line in lines],
+            inventory=[{"sku": sku, **row} for sku, row in t.inventory.items()],
+            loyalty=t.loyalty,
+            sessions=[{"id": sid, **row} for sid, row in t.sessions.items()],
+            ledger=ledger,
+            tpns=set(self.terminals),
+            initial_stock=self.initial,
+            points_per_unit=self.ppu,
+            minor_per_unit=self.mpu,
+        )
+        for problem in money_problems(state):
+            code, _, message = problem.partition(": ")
+            self.fail(code, f"(tests/invariants.py) {message}")
 
     def hygiene(self, log_lines: Iterable[str]) -> None:
         """I9: no card number (13-19 digits passing Luhn) in any stored value or log line."""

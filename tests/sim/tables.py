@@ -517,7 +517,12 @@ class Tables:
 
         chosen = sorted((o for o in self.orders.values() if eligible(o)), key=lambda o: o["created_at"])[:limit]
         for o in chosen:
+            prev = o["lease_owner"]
             o.update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+            if prev is not None and prev != owner:  # taken over: a "not found" counts from now
+                for t in self.tenders_of(o["id"]):
+                    if t["status"] in ("processing", "unknown") and t["sent_at"] is not None:
+                        t.update(sent_at=max(t["sent_at"], now), updated_at=now)
         return [o["id"] for o in chosen]
 
     def claim_uncaptured(self, limit: int) -> list[Row]:
