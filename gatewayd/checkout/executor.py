@@ -417,7 +417,22 @@ class Executor:
             log.info("checkout %s: moved on before its charge was sent; not charged", c.order.id)
             return None
         await failpoints.hit("after_sale_answer")
-        return await self._apply(c, msgspec.structs.replace(t, status=TenderStatus.PROCESSING), Asked.CHARGE, outcome)
+        try:
+            return await self._apply(
+                c, msgspec.structs.replace(t, status=TenderStatus.PROCESSING), Asked.CHARGE, outcome
+            )
+        except LeaseLost:
+            if isinstance(outcome, Approved):
+                # The charge went through after this daemon lost the order (a pause between its
+                # last lease check and the wire). If the new holder concluded "not charged", the
+                # approval corrects that: the charge becomes an orphan recovery voids.
+                if await best_effort(self.store.late_approval(t.id, outcome.amount)):
+                    log.error(
+                        "ALERT: checkout %s: charge %s approved after the order was given up; recovery voids it",
+                        c.order.id,
+                        t.reference_id,
+                    )
+            raise
 
     async def _inquire(self, c: Checkout, t: Tender) -> Checkout | None:
         """A tender whose answer was never stored: ask its terminal until it says something definite."""
@@ -659,6 +674,8 @@ class Executor:
         t = fresh[0]
         if t.status != TenderStatus.APPROVED or t.capture_status != "pending" or t.settled:
             return False
+        if t.void_requested_at is not None:
+            return False  # a void of it went out: until that is settled, a capture could take voided money
         try:
             outcome: Outcome = await lane.execute(ops.Capture(t.reference_id, t.approved_amount or t.amount))
         except TerminalBusy:

@@ -117,6 +117,7 @@ TENDER_TRANSITIONS: frozenset[tuple[TenderStatus, TenderStatus]] = frozenset(
         (TenderStatus.UNKNOWN, TenderStatus.DECLINED),
         (TenderStatus.UNKNOWN, TenderStatus.FAILED),
         (TenderStatus.UNKNOWN, TenderStatus.VOIDED),
+        (TenderStatus.FAILED, TenderStatus.APPROVED),  # "not found" belied by a late approval (an orphan)
         (TenderStatus.APPROVED, TenderStatus.VOIDED),  # a void went through (or the keypad voided it)
         (TenderStatus.APPROVED, TenderStatus.REFUNDED),  # an orphan's settled charge, returned
     }

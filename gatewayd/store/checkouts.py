@@ -234,6 +234,33 @@ class CheckoutStore:
         )
         return _written(value)
 
+    async def late_approval(self, tender_id: uuid.UUID, approved_amount: int) -> bool:
+        """A terminal approved a charge the lease holder already concluded was never made ("not
+        found" after its deadline): the approval is hard evidence and corrects that conclusion,
+        whoever holds the lease. Only a tender failed as not charged is changed; the charge then
+        stands approved on an order that did not complete: an orphan that recovery voids."""
+        return bool(
+            await self.db.run(
+                lambda c: c.fetchval(
+                    """WITH t AS (
+                       UPDATE payment_transactions
+                          SET status = 'approved', approved_amount = $3, failure_code = NULL,
+                              last_error = 'approved after all: the terminal answered a late charge',
+                              resolved_at = now(), updated_at = now()
+                        WHERE store_id = $1 AND id = $2 AND status = 'failed' AND failure_code = 'card_not_charged'
+                       RETURNING id, order_id)
+                   INSERT INTO audit_events (store_id, kind, order_id, transaction_id, detail)
+                   SELECT $1, 'tender.late_approval', t.order_id, t.id, jsonb_build_object('amount', $3::bigint)
+                     FROM t
+                   RETURNING true""",
+                    self.store_id,
+                    tender_id,
+                    approved_amount,
+                ),
+                what="late approval",
+            )
+        )
+
     async def mark_void_requested(self, tender_id: uuid.UUID, owner: str) -> Written:
         """Just before a Void leaves: the charge may be voided from here on."""
         value = await self.db.run(

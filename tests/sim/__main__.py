@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="--seeds: fail on seeds of open known bugs too")
     args = parser.parse_args(argv)
     if args.mutants:
-        from tests.sim.mutants import run_mutants
+        from tests.sim.mutants import MUTANT_SEEDS, run_mutants
 
-        report = run_mutants(args.seeds or range(1, 1001), args.only, args.jobs, progress=print)
+        report = run_mutants(args.seeds or MUTANT_SEEDS, args.only, args.jobs, progress=print)
         print(report.table())
         return 1 if report.survivors else 0
     if args.seed is None and args.seeds is None:

@@ -186,6 +186,7 @@ class SimProcess:
         self.alive = True
         self.ready = False
         self.stalled_until = -1.0
+        self.stall_after_stamp: Callable[[], None] | None = None
         self.tasks: dict[asyncio.Task[Any], None] = {}
         self.lanes = SimLanes()
         self.executor: SimExecutor | None = None
@@ -242,6 +243,16 @@ class SimProcess:
     def stall(self, seconds: float) -> None:
         """Freeze the process (a VM pause, a GC storm): no statement, no terminal I/O, no heartbeat."""
         self.stalled_until = max(self.stalled_until, asyncio.get_running_loop().time() + seconds)
+
+    def stall_at_next_stamp(self, seconds: float) -> None:
+        """Freeze the process right after its next tender is stamped sent, before the request leaves
+        (the worst moment: the other daemon may conclude 'not found' while this one still holds it)."""
+
+        def now() -> None:
+            self.stall_after_stamp = None
+            self.stall(seconds)
+
+        self.stall_after_stamp = now
 
     async def thawed(self) -> None:
         while True:

@@ -152,6 +152,9 @@ def _confirm_nothing(original: Any) -> Any:
     return _confirm
 
 
+# The CI seed budget for mutants: every mutant must be caught within it (test_mutants.py).
+MUTANT_SEEDS = range(1, 1501)
+
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- the state-machine issue's eight defects
     Mutant(
@@ -470,6 +473,37 @@ MUTANTS: tuple[Mutant, ...] = (
         "settle-unguarded",
         "the settle's checks are not repeated on the lane just before the Settle leaves",
         (_Source("gatewayd.checkout.operations:Operations.settle", "before_send=still_clear", "before_send=None"),),
+    ),
+    Mutant(
+        "stalled-send",
+        "stalled-send",
+        "a charge is sent whether or not the sender still holds the lease, a takeover keeps the old stamp, and a "
+        "late approval is dropped",
+        (
+            _Source(
+                "gatewayd.checkout.executor:Executor.may_send",
+                "return order_id not in self._lost and",
+                "return True or",
+            ),
+            _Source("tests.sim.tables:Tables.claim_unfinished", "if prev is not None and prev != owner:", "if False:"),
+            _Source(
+                "gatewayd.checkout.executor:Executor._charge",
+                "if await best_effort(self.store.late_approval(t.id, outcome.amount)):",
+                "if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "own-reclaim-stuck",
+        "own-reclaim-stuck",
+        "a drive that lost its lease keeps the lease its own recovery took back",
+        (
+            _Source(
+                "gatewayd.checkout.executor:Executor._drive",
+                "await best_effort(self.store.release_lease(order_id, self.owner))",
+                "pass",
+            ),
+        ),
     ),
     Mutant(
         "settle-removed-terminal",

@@ -205,6 +205,26 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "so a void and a refund of one order never interleave.",
         (300, 989, 1405, 2034),
     ),
+    KnownBug(
+        "stalled-send",
+        "A daemon stamped a tender sent (mark_sent, under a live lease), then stalled past its lease "
+        "before the request left; another daemon took the order over, inquired, believed 'not found' a "
+        "terminal timeout after the stamp and failed the order; the first daemon woke and sent the Sale: "
+        "the customer charged for a failed order (I1/I2). Fixed in gatewayd: a charge leaves only while "
+        "the sender surely holds the lease (Executor.may_send, asked by the lane with no await before the "
+        "send), a takeover moves the tender's sent_at to the takeover (claim_unfinished), and a pause "
+        "after that last check (seeds 2221, 2259) is caught afterwards: the late approval corrects the "
+        "tender (CheckoutStore.late_approval) and recovery voids the orphan.",
+        (1114, 2221, 2259),
+    ),
+    KnownBug(
+        "own-reclaim-stuck",
+        "A drive whose lease renewal failed (stalled) stopped with LeaseLost while this daemon's own "
+        "recovery had just taken the lease back: nobody drove the order and its fresh lease kept every "
+        "recovery pass off it until it expired (I7). Fixed in gatewayd: a drive that lost its lease "
+        "releases it if it is its own.",
+        (147,),
+    ),
     # ---------------------------------------------------------------- OPEN
     KnownBug(
         "settle-removed-terminal",

@@ -22,6 +22,7 @@ from typing import Any
 from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
 from gatewayd.store.checkouts import Written
 from tests.sim.db import SimDatabase
+from tests.sim.loop import OWNER
 from tests.sim.tables import Tables
 
 
@@ -83,6 +84,10 @@ class SimCheckoutStore:
             tender_id,
             owner,
         )
+        proc = OWNER.get()
+        stall = getattr(proc, "stall_after_stamp", None)
+        if written == "ok" and stall is not None:
+            stall()  # the nemesis asked: freeze right after the stamp, before the request leaves
         return written
 
     async def record_tender(
@@ -142,6 +147,16 @@ class SimCheckoutStore:
             reason,
         )
         return written
+
+    async def late_approval(self, tender_id: uuid.UUID, approved_amount: int) -> bool:
+        done: bool = await self._write(
+            "late_approval",
+            "late approval",
+            lambda now: self.t.late_approval(now, tender_id, approved_amount),
+            tender_id,
+            approved_amount,
+        )
+        return done
 
     async def mark_void_requested(self, tender_id: uuid.UUID, owner: str) -> Written:
         written: Written = await self._write(

@@ -362,6 +362,21 @@ class Tables:
         self._audit(now, "tender.settled", tx["order_id"], tender_id, {"reason": reason})
         return "ok"
 
+    def late_approval(self, now: datetime, tender_id: uuid.UUID, approved_amount: int) -> bool:
+        tx = self.txs[tender_id]
+        if tx["status"] != "failed" or tx["failure_code"] != "card_not_charged":
+            return False
+        tx.update(
+            status="approved",
+            approved_amount=approved_amount,
+            failure_code=None,
+            last_error="approved after all: the terminal answered a late charge",
+            resolved_at=now,
+            updated_at=now,
+        )
+        self._audit(now, "tender.late_approval", tx["order_id"], tender_id, {"amount": approved_amount})
+        return True
+
     def mark_void_requested(self, now: datetime, tender_id: uuid.UUID, owner: str) -> Written:
         if not self._held_via_tender(now, tender_id, owner):
             return "lease_lost"

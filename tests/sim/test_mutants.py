@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 
 from tests.sim.__main__ import _range
-from tests.sim.mutants import MUTANTS, NO_MUTANT, check_applies, run_mutants
+from tests.sim.mutants import MUTANT_SEEDS, MUTANTS, NO_MUTANT, check_applies, run_mutants
 from tests.sim.regressions import KNOWN_BUGS
 
-SEEDS = os.environ.get("GATEWAYD_SIM_MUTANT_SEEDS", "1-1000")
+SEEDS = os.environ.get("GATEWAYD_SIM_MUTANT_SEEDS", f"{MUTANT_SEEDS.start}-{MUTANT_SEEDS.stop - 1}")
 
 
 def test_every_mutant_applies_and_every_bug_has_one() -> None:

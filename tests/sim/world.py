@@ -318,6 +318,20 @@ class World:
             self.trace("proc", target.generation, "stalls", round(seconds, 3), len(held))
             world_task(self._after_stall(target, seconds, held))
 
+    async def _stall_at_stamp_schedule(self, fault_s: float) -> None:
+        """Now and then a daemon freezes at the worst moment: right after a tender is stamped sent,
+        before the request leaves (its own seed stream, so that the other stalls keep their stories)."""
+        rng = random.Random(f"stall-at-stamp:{self.seed}")
+        if not self.plan.peer or rng.random() >= 0.15:
+            return  # with a peer: the other daemon takes the order over while this one is frozen
+        await self._at(rng.uniform(10.0, max(10.0, fault_s / 2)))
+        target = rng.choice([p for p in (self.process, self.peer) if p is not None and p.alive] or [None])
+        if target is None:
+            return
+        seconds = LEASE_S + rng.uniform(30.0, 120.0)
+        target.stall_at_next_stamp(seconds)
+        self.trace("proc", target.generation, "stalls_at_next_stamp", round(seconds, 3))
+
     async def _after_stall(self, target: SimProcess, seconds: float, held: set[uuid.UUID]) -> None:
         await asyncio.sleep(seconds)
         owners = {oid: self.tables.orders[oid]["lease_owner"] for oid in sorted(held)}
@@ -587,6 +601,7 @@ class World:
         nemeses.append(world_task(self._settle_schedule(fault_s)))
         operator = world_task(self._operator())
         clients = [world_task(Client(self, i).run()) for i in range(self.plan.clients)]
+        nemeses.append(world_task(self._stall_at_stamp_schedule(fault_s)))  # last: the others keep their order
         await asyncio.sleep(fault_s)
         for task in nemeses:
             task.cancel()
