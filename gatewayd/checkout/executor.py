@@ -15,7 +15,7 @@ import functools
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 import msgspec
@@ -82,24 +82,6 @@ class Lanes(Protocol):
     def timeout_s(self, terminal_id: str) -> int:
         """The terminal's own transaction timeout."""
         ...
-
-
-class LaneMap:
-    """`Lanes` over a plain mapping (every lane configured): the tests' and the simulation's."""
-
-    def __init__(self, lanes: Mapping[str, Any], default_timeout_s: int = 120) -> None:
-        self.lanes = lanes
-        self.default_timeout_s = default_timeout_s
-
-    def for_charge(self, terminal_id: str | None) -> LaneLike | None:
-        return self.lanes.get(terminal_id) if terminal_id is not None else None
-
-    def for_followup(self, terminal_id: str | None) -> LaneLike | None:
-        return self.for_charge(terminal_id)
-
-    def timeout_s(self, terminal_id: str) -> int:
-        lane = self.lanes.get(terminal_id)
-        return int(getattr(getattr(lane, "driver", None), "timeout_s", self.default_timeout_s))
 
 
 class CheckoutMetrics(Protocol):

@@ -88,7 +88,6 @@ class RefundStatus(enum.StrEnum):
 
 
 OPEN_ORDER = frozenset({OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_PROCESSING, OrderStatus.PAYMENT_AUTHORIZED})
-COMPLETED_ORDER = frozenset({OrderStatus.COMPLETED, OrderStatus.REFUNDED, OrderStatus.PARTIALLY_REFUNDED})
 FINAL_ORDER = frozenset(OrderStatus) - OPEN_ORDER
 # A tender in doubt: it may have charged, only the terminal can say.
 IN_DOUBT = frozenset({TenderStatus.PROCESSING, TenderStatus.UNKNOWN})

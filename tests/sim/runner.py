@@ -20,7 +20,8 @@ from tests.sim.world import SeedResult, World
 
 
 def replay_command(seed: int) -> str:
-    return f"cd /work/main && .venv/bin/python -m tests.sim --seed {seed} -v"
+    """How to replay one seed, from the repository's root."""
+    return f".venv/bin/python -m tests.sim --seed {seed} -v"
 
 
 def run_seed(
