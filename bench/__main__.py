@@ -40,9 +40,14 @@ def main() -> int:
         load_before = env.loadavg()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             result = runner.run(module.run(args.quick))
-        result.update(machine=info, quick=args.quick, wall_s=round(time.monotonic() - started, 1),
-                      loadavg_before=load_before, loadavg_after=env.loadavg(),
-                      at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        result.update(
+            machine=info,
+            quick=args.quick,
+            wall_s=round(time.monotonic() - started, 1),
+            loadavg_before=load_before,
+            loadavg_after=env.loadavg(),
+            at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         print(render(module.table(result)), flush=True)
         suffix = f"-{args.tag}" if args.tag else ""
         path = env.RESULTS / f"{name}{'-quick' if args.quick else ''}{suffix}.json"

@@ -60,12 +60,17 @@ def load_main() -> None:
     print(json.dumps(uvloop.run(_load(socket, path, connections, seconds))))
 
 
-def measure(socket: str, path: str, pid: int, seconds: float) -> dict[str, Any]:
+def measure(socket: str, path: str, pid: int | None, seconds: float) -> dict[str, Any]:
     """Run the load generator as a separate process; the server's CPU share meanwhile."""
     c0, t0 = env.cpu_seconds(pid), time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "bench.api", "load", socket, path, str(CONNECTIONS), str(seconds)],
-                         cwd=Path(__file__).resolve().parents[1], env=env.child_env(),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.api", "load", socket, path, str(CONNECTIONS), str(seconds)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env.child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     cpu = (env.cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "server_cpu_pct": cpu, "path": path}
 
@@ -78,7 +83,8 @@ async def run(quick: bool) -> dict[str, Any]:
     bare_sock = str(tmp / "bare.sock")
     Path(bare_sock).unlink(missing_ok=True)  # noqa: ASYNC240 - once, before anything runs
     bare = subprocess.Popen(  # noqa: ASYNC220 - started before the measurement
-        [sys.executable, "-c", BARE_APP, bare_sock], stdout=subprocess.PIPE, env=env.child_env())
+        [sys.executable, "-c", BARE_APP, bare_sock], stdout=subprocess.PIPE, env=env.child_env()
+    )
     try:
         assert bare.stdout is not None
         bare.stdout.readline()
@@ -105,8 +111,15 @@ async def run(quick: bool) -> dict[str, Any]:
 def table(r: dict[str, Any]) -> list[list[str]]:
     out = [["endpoint", "req/s", "vs bare", "server CPU", "server CPU us/req"]]
     for row in r["rows"]:
-        out.append([row["label"], f"{row['rps']:.0f}", f"{row['vs_bare']:.2f}", f"{row['server_cpu_pct']:.0f}%",
-                    f"{row['us_per_request_cpu']:.0f}"])
+        out.append(
+            [
+                row["label"],
+                f"{row['rps']:.0f}",
+                f"{row['vs_bare']:.2f}",
+                f"{row['server_cpu_pct']:.0f}%",
+                f"{row['us_per_request_cpu']:.0f}",
+            ]
+        )
     return out
 
 

@@ -22,11 +22,18 @@ def body(kind: str, terminal: str, sku: str, rng: random.Random) -> bytes:
     elif kind == "card":
         tenders = [{"type": "card", "amount": amount(rng), "terminal_id": terminal}]
     else:
-        tenders = [{"type": "cash", "amount": amount(rng)},
-                   {"type": "card", "amount": amount(rng), "terminal_id": terminal}]
+        tenders = [
+            {"type": "cash", "amount": amount(rng)},
+            {"type": "card", "amount": amount(rng), "terminal_id": terminal},
+        ]
     total = sum(t["amount"] for t in tenders)
-    return encode({"idempotency_key": uuid.uuid4().hex,
-                   "lines": [{"sku": sku, "quantity": 1, "unit_price": total}], "tenders": tenders})
+    return encode(
+        {
+            "idempotency_key": uuid.uuid4().hex,
+            "lines": [{"sku": sku, "quantity": 1, "unit_price": total}],
+            "tenders": tenders,
+        }
+    )
 
 
 def pick(rng: random.Random) -> str:

@@ -8,10 +8,8 @@ import contextlib
 import os
 import platform
 import re
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -64,8 +62,14 @@ def machine() -> dict[str, Any]:
 
         out = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True)
         versions["postgresql"] = out.stdout.strip().rsplit(" ", 1)[-1]
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kb / 1024 / 1024, 1),
-            "kernel": platform.release(), "versions": versions, "gatewayd_root": str(ROOT)}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "versions": versions,
+        "gatewayd_root": str(ROOT),
+    }
 
 
 # ------------------------------------------------------------------ /proc
@@ -76,13 +80,21 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def cpu_seconds(pid: int) -> float:
+def _live(pid: int | None) -> int:
+    if pid is None:
+        raise RuntimeError("the measured process is not running")
+    return pid
+
+
+def cpu_seconds(pid: int | None) -> float:
     """utime + stime of a process, in seconds."""
+    pid = _live(pid)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int | None) -> int:
+    pid = _live(pid)
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
@@ -109,24 +121,40 @@ def pgbench(server: Any, clients: int, seconds: float, scale: int) -> dict[str, 
     tool = str(server.pg_tool("pgbench"))
     base = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
     psql = str(server.pg_tool("psql"))
-    have = subprocess.run([psql, *base, "-d", "postgres", "-Atc",
-                           "SELECT 1 FROM pg_database WHERE datname = 'pgbench'"], capture_output=True, text=True)
+    have = subprocess.run(
+        [psql, *base, "-d", "postgres", "-Atc", "SELECT 1 FROM pg_database WHERE datname = 'pgbench'"],
+        capture_output=True,
+        text=True,
+    )
     current = ""
     if have.stdout.strip() == "1":
-        current = subprocess.run([psql, *base, "-d", "pgbench", "-Atc", "SELECT count(*) FROM pgbench_branches"],
-                                 capture_output=True, text=True).stdout.strip()
+        current = subprocess.run(
+            [psql, *base, "-d", "pgbench", "-Atc", "SELECT count(*) FROM pgbench_branches"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     else:
-        subprocess.run([psql, *base, "-d", "postgres", "-c", "CREATE DATABASE pgbench"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [psql, *base, "-d", "postgres", "-c", "CREATE DATABASE pgbench"], check=True, capture_output=True
+        )
     if current != str(scale):
         print(f"  (initialising pgbench at scale {scale}, once)", flush=True)
         subprocess.run([tool, *base, "-i", "-q", "-s", str(scale), "pgbench"], check=True, capture_output=True)
-    out = subprocess.run([tool, *base, "-c", str(clients), "-j", str(min(2, clients)), "-T", str(int(seconds)),
-                          "-n", "pgbench"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [tool, *base, "-c", str(clients), "-j", str(min(2, clients)), "-T", str(int(seconds)), "-n", "pgbench"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = re.search(r"latency average = ([\d.]+) ms", out)
-    return {"tps": tps, "latency_avg_ms": float(lat.group(1)) if lat else None, "clients": clients,
-            "scale": scale, "seconds": seconds}
+    return {
+        "tps": tps,
+        "latency_avg_ms": float(lat.group(1)) if lat else None,
+        "clients": clients,
+        "scale": scale,
+        "seconds": seconds,
+    }
 
 
 # ------------------------------------------------------------------ the simulator and the daemon

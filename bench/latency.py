@@ -34,11 +34,13 @@ async def floor_samples(dsn: str, simulator_url: str, n: int) -> tuple[list[floa
                 await conn.execute("INSERT INTO bench_commit (v) VALUES ($1)", i)
                 commits.append((time.perf_counter() - t0) * 1000)
                 cents = amount(rng)
-                payload = codec.sale_body(codec.Credentials(tpn=tpn, authkey="K" + tpn),
-                                          uuid.uuid4().hex[:20].upper(), cents, 30.0)  # what the driver sends
+                payload = codec.sale_body(
+                    codec.Credentials(tpn=tpn, authkey="K" + tpn), uuid.uuid4().hex[:20].upper(), cents, 30.0
+                )  # what the driver sends
                 t0 = time.perf_counter()
-                async with http.post(simulator_url + "/v2/Payment/Sale", data=payload,
-                                     headers={"Content-Type": "application/json"}) as resp:
+                async with http.post(
+                    simulator_url + "/v2/Payment/Sale", data=payload, headers={"Content-Type": "application/json"}
+                ) as resp:
                     await resp.read()
                 sales.append((time.perf_counter() - t0) * 1000)
         await conn.execute("TRUNCATE bench_commit")
@@ -80,24 +82,32 @@ async def run(quick: bool) -> dict[str, Any]:
             sales += s
     floor = [c + s for c, s in zip(commits, sales, strict=True)]
     p = env.percentile
-    result = {
-        "benchmark": "latency", "samples": len(ck), "tender": "one card tender (sale)",
-        "checkout_p50_ms": p(ck, 50), "checkout_p99_ms": p(ck, 99),
-        "two_commits_p50_ms": p(commits, 50), "two_commits_p99_ms": p(commits, 99),
-        "sim_sale_p50_ms": p(sales, 50), "sim_sale_p99_ms": p(sales, 99),
-        "floor_p50_ms": p(floor, 50), "floor_p99_ms": p(floor, 99),
-        "added_p50_ms": p(ck, 50) - p(floor, 50), "added_p99_ms": p(ck, 99) - p(floor, 99),
+    result: dict[str, Any] = {
+        "benchmark": "latency",
+        "samples": len(ck),
+        "tender": "one card tender (sale)",
+        "checkout_p50_ms": p(ck, 50),
+        "checkout_p99_ms": p(ck, 99),
+        "two_commits_p50_ms": p(commits, 50),
+        "two_commits_p99_ms": p(commits, 99),
+        "sim_sale_p50_ms": p(sales, 50),
+        "sim_sale_p99_ms": p(sales, 99),
+        "floor_p50_ms": p(floor, 50),
+        "floor_p99_ms": p(floor, 99),
+        "added_p50_ms": p(ck, 50) - p(floor, 50),
+        "added_p99_ms": p(ck, 99) - p(floor, 99),
         "goal_added_p99_ms": GOAL_ADDED_P99_MS,
     }
-    result["met"] = result["added_p99_ms"] <= GOAL_ADDED_P99_MS
+    result["met"] = p(ck, 99) - p(floor, 99) <= GOAL_ADDED_P99_MS
     return result
 
 
 def table(r: dict[str, Any]) -> list[list[str]]:
-    return [["", "p50 ms", "p99 ms", "goal"],
-            ["checkout (card, 1 client)", f"{r['checkout_p50_ms']:.2f}", f"{r['checkout_p99_ms']:.2f}", ""],
-            ["2 x INSERT;COMMIT (asyncpg)", f"{r['two_commits_p50_ms']:.2f}", f"{r['two_commits_p99_ms']:.2f}", ""],
-            ["SPIn Sale to simulator (aiohttp)", f"{r['sim_sale_p50_ms']:.2f}", f"{r['sim_sale_p99_ms']:.2f}", ""],
-            ["floor = commits + sale", f"{r['floor_p50_ms']:.2f}", f"{r['floor_p99_ms']:.2f}", ""],
-            ["gatewayd adds", f"{r['added_p50_ms']:.2f}", f"{r['added_p99_ms']:.2f}",
-             f"<= {GOAL_ADDED_P99_MS} at p99"]]
+    return [
+        ["", "p50 ms", "p99 ms", "goal"],
+        ["checkout (card, 1 client)", f"{r['checkout_p50_ms']:.2f}", f"{r['checkout_p99_ms']:.2f}", ""],
+        ["2 x INSERT;COMMIT (asyncpg)", f"{r['two_commits_p50_ms']:.2f}", f"{r['two_commits_p99_ms']:.2f}", ""],
+        ["SPIn Sale to simulator (aiohttp)", f"{r['sim_sale_p50_ms']:.2f}", f"{r['sim_sale_p99_ms']:.2f}", ""],
+        ["floor = commits + sale", f"{r['floor_p50_ms']:.2f}", f"{r['floor_p99_ms']:.2f}", ""],
+        ["gatewayd adds", f"{r['added_p50_ms']:.2f}", f"{r['added_p99_ms']:.2f}", f"<= {GOAL_ADDED_P99_MS} at p99"],
+    ]

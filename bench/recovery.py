@@ -12,6 +12,7 @@ import asyncpg
 
 from bench import env
 from bench.checkouts import body
+from gatewayd.stack import DaemonProcess
 
 GOAL_S = 10.0
 OPEN = "('pending_payment', 'payment_processing', 'payment_authorized')"
@@ -45,8 +46,9 @@ async def _run(server: Any, url: str, tmp: Any, n: int, terminals: int) -> dict[
         try:
             ready_task = asyncio.ensure_future(daemon.ready(timeout_s=120.0))
             while True:
-                left = await db.fetchval(f"SELECT count(*) FROM orders WHERE store_id = $1 AND status IN {OPEN}",
-                                         store.store_id)
+                left = await db.fetchval(
+                    f"SELECT count(*) FROM orders WHERE store_id = $1 AND status IN {OPEN}", store.store_id
+                )
                 if ready_task.done() and ready_s is None:
                     ready_s = time.monotonic() - restart
                 if left == 0:
@@ -58,32 +60,52 @@ async def _run(server: Any, url: str, tmp: Any, n: int, terminals: int) -> dict[
             if ready_s is None:
                 await ready_task
                 ready_s = time.monotonic() - restart
-            outcome = {r["status"]: r["n"] for r in await db.fetch(
-                "SELECT status, count(*) n FROM orders WHERE store_id = $1 GROUP BY status", store.store_id)}
+            outcome = {
+                r["status"]: r["n"]
+                for r in await db.fetch(
+                    "SELECT status, count(*) n FROM orders WHERE store_id = $1 GROUP BY status", store.store_id
+                )
+            }
         finally:
             await daemon.stop()
     finally:
         await db.close()
-    print(f"  {n} in flight (loaded in {load_s:.1f}s), open at kill {open_before}; resolved {resolved_s:.2f}s"
-          f" after restart (ready at {ready_s:.2f}s): {outcome}", flush=True)
-    return {"benchmark": "recovery", "in_flight": n, "open_at_kill": open_before, "terminals": terminals,
-            "resolved_s": resolved_s, "ready_s": ready_s, "final_status": outcome, "goal_s": GOAL_S,
-            "met": resolved_s <= GOAL_S}
+    print(
+        f"  {n} in flight (loaded in {load_s:.1f}s), open at kill {open_before}; resolved {resolved_s:.2f}s"
+        f" after restart (ready at {ready_s:.2f}s): {outcome}",
+        flush=True,
+    )
+    return {
+        "benchmark": "recovery",
+        "in_flight": n,
+        "open_at_kill": open_before,
+        "terminals": terminals,
+        "resolved_s": resolved_s,
+        "ready_s": ready_s,
+        "final_status": outcome,
+        "goal_s": GOAL_S,
+        "met": resolved_s <= GOAL_S,
+    }
 
 
-async def _load_and_kill(db: asyncpg.Connection, store: env.Store, daemon: env.DaemonProcess, n: int,
-                         terminals: int) -> tuple[float, int]:
+async def _load_and_kill(
+    db: asyncpg.Connection, store: env.Store, daemon: DaemonProcess, n: int, terminals: int
+) -> tuple[float, int]:
     """n checkouts, each stalled right after its sale was sent; kill -9 once all n are processing."""
     conns = [await env.HttpConn.open(store.socket) for _ in range(n)]
     rng = random.Random(5)
     kinds = ["card", "split"]
-    posts = [asyncio.ensure_future(c.request("POST", "/v1/checkouts",
-                                             body(kinds[i % 2], f"lane-{i % terminals + 1}", f"SKU-{i % 64}", rng)))
-             for i, c in enumerate(conns)]
+    posts = [
+        asyncio.ensure_future(
+            c.request("POST", "/v1/checkouts", body(kinds[i % 2], f"lane-{i % terminals + 1}", f"SKU-{i % 64}", rng))
+        )
+        for i, c in enumerate(conns)
+    ]
     t0 = time.monotonic()
     while True:
-        processing = await db.fetchval("SELECT count(*) FROM payment_transactions WHERE store_id = $1"
-                                       " AND status = 'processing'", store.store_id)
+        processing = await db.fetchval(
+            "SELECT count(*) FROM payment_transactions WHERE store_id = $1 AND status = 'processing'", store.store_id
+        )
         if processing >= n:
             break
         if time.monotonic() - t0 > 300:
@@ -96,12 +118,20 @@ async def _load_and_kill(db: asyncpg.Connection, store: env.Store, daemon: env.D
     await asyncio.gather(*posts, return_exceptions=True)
     for c in conns:
         c.close()
-    open_before = await db.fetchval(f"SELECT count(*) FROM orders WHERE store_id = $1 AND status IN {OPEN}",
-                                    store.store_id)
+    open_before = await db.fetchval(
+        f"SELECT count(*) FROM orders WHERE store_id = $1 AND status IN {OPEN}", store.store_id
+    )
     return load_s, open_before
 
 
 def table(r: dict[str, Any]) -> list[list[str]]:
-    return [["in flight at kill -9", "restart -> ready s", "restart -> all resolved s", "goal s", "final"],
-            [str(r["open_at_kill"]), f"{r['ready_s']:.2f}", f"{r['resolved_s']:.2f}", f"<= {r['goal_s']:.0f}",
-             ", ".join(f"{k} {v}" for k, v in r["final_status"].items())]]
+    return [
+        ["in flight at kill -9", "restart -> ready s", "restart -> all resolved s", "goal s", "final"],
+        [
+            str(r["open_at_kill"]),
+            f"{r['ready_s']:.2f}",
+            f"{r['resolved_s']:.2f}",
+            f"<= {r['goal_s']:.0f}",
+            ", ".join(f"{k} {v}" for k, v in r["final_status"].items()),
+        ],
+    ]

@@ -21,7 +21,9 @@ async def _checks(dsn: str, store_id: str) -> tuple[int, Any, Any]:
     try:
         row = await conn.fetchrow(
             "SELECT count(last_health_check) n, min(last_health_check) lo, max(last_health_check) hi"
-            " FROM payment_processors WHERE store_id = $1 AND is_active", store_id)
+            " FROM payment_processors WHERE store_id = $1 AND is_active",
+            store_id,
+        )
         return row["n"], row["lo"], row["hi"]
     finally:
         await conn.close()
@@ -50,8 +52,16 @@ async def one(n: int, interval_s: float, idle_s: float) -> dict[str, Any]:
         await asyncio.sleep(idle_s)
         idle_pct = (env.cpu_seconds(daemon.pid) - c0) / (time.monotonic() - t0) * 100
         del ready_s
-        return {"terminals": n, "rss_mib": rss / 2**20, "rss_bytes": rss, "sweep1_s": first, "sweep_s": second,
-                "idle_cpu_pct": idle_pct, "idle_window_s": idle_s, "health_interval_s": interval_s}
+        return {
+            "terminals": n,
+            "rss_mib": rss / 2**20,
+            "rss_bytes": rss,
+            "sweep1_s": first,
+            "sweep_s": second,
+            "idle_cpu_pct": idle_pct,
+            "idle_window_s": idle_s,
+            "health_interval_s": interval_s,
+        }
 
 
 async def run(quick: bool) -> dict[str, Any]:
@@ -62,22 +72,39 @@ async def run(quick: bool) -> dict[str, Any]:
     for n in sizes:
         row = await one(n, interval, idle)
         rows.append(row)
-        print(f"  {n:>6} terminals: rss {row['rss_mib']:.1f} MiB  sweep {row['sweep_s']:.2f}s"
-              f" (first {row['sweep1_s']:.2f}s)  idle cpu {row['idle_cpu_pct']:.2f}%", flush=True)
+        print(
+            f"  {n:>6} terminals: rss {row['rss_mib']:.1f} MiB  sweep {row['sweep_s']:.2f}s"
+            f" (first {row['sweep1_s']:.2f}s)  idle cpu {row['idle_cpu_pct']:.2f}%",
+            flush=True,
+        )
     base = rows[0]["rss_bytes"]
     for row in rows[1:]:
         row["kib_per_terminal"] = (row["rss_bytes"] - base) / (row["terminals"] - 1) / 1024
-    return {"benchmark": "scale", "rows": rows, "goal_kib_per_terminal": GOAL_KIB_PER_TERMINAL,
-            "goal_sweep_10k_s": GOAL_SWEEP_10K_S, "goal_idle_cpu_pct": GOAL_IDLE_CPU_PCT,
-            "note": "sweep = spread of last_health_check across terminals in the 2nd sweep; idle CPU over a"
-                    " window that includes health sweeps at the configured interval"}
+    return {
+        "benchmark": "scale",
+        "rows": rows,
+        "goal_kib_per_terminal": GOAL_KIB_PER_TERMINAL,
+        "goal_sweep_10k_s": GOAL_SWEEP_10K_S,
+        "goal_idle_cpu_pct": GOAL_IDLE_CPU_PCT,
+        "note": "sweep = spread of last_health_check across terminals in the 2nd sweep; idle CPU over a"
+        " window that includes health sweeps at the configured interval",
+    }
 
 
 def table(r: dict[str, Any]) -> list[list[str]]:
     out = [["terminals", "RSS MiB", "KiB/terminal", "goal", "sweep s", "goal", "idle CPU %", "goal"]]
     for row in r["rows"]:
         kib = row.get("kib_per_terminal")
-        out.append([str(row["terminals"]), f"{row['rss_mib']:.1f}", "-" if kib is None else f"{kib:.1f}",
-                    f"<= {GOAL_KIB_PER_TERMINAL:.0f}", f"{row['sweep_s']:.2f}",
-                    f"<= {GOAL_SWEEP_10K_S:.0f} (10k)", f"{row['idle_cpu_pct']:.2f}", f"< {GOAL_IDLE_CPU_PCT:.0f}"])
+        out.append(
+            [
+                str(row["terminals"]),
+                f"{row['rss_mib']:.1f}",
+                "-" if kib is None else f"{kib:.1f}",
+                f"<= {GOAL_KIB_PER_TERMINAL:.0f}",
+                f"{row['sweep_s']:.2f}",
+                f"<= {GOAL_SWEEP_10K_S:.0f} (10k)",
+                f"{row['idle_cpu_pct']:.2f}",
+                f"< {GOAL_IDLE_CPU_PCT:.0f}",
+            ]
+        )
     return out
