@@ -24,6 +24,8 @@ from gatewayd.api.wire import (
     ErrorInfo,
     HealthView,
     ReconcileRequest,
+    ReportSection,
+    ReportView,
     SettleView,
     TerminalCounts,
     TerminalList,
@@ -54,6 +56,7 @@ class Operations(Protocol):
     async def orphans(self) -> Any: ...
     async def reconcile(self, terminal_id: str | None) -> Any: ...
     async def cleanup(self, older_than_minutes: int) -> int: ...
+    async def report(self, period: str | None = None) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -297,6 +300,14 @@ async def cleanup(request: web.Request) -> web.Response:
     return json_response(CleanupView(cancelled=await _operations(request).cleanup(body.older_than_minutes)))
 
 
+async def report(request: web.Request) -> web.Response:
+    period = request.query.get("period") or None
+    if period not in (None, "hourly", "daily", "weekly"):
+        raise InvalidRequest("period", "one of hourly, daily, weekly (or leave it out for all three)")
+    sections = await _operations(request).report(period)
+    return json_response(ReportView(sections=[msgspec.convert(s, ReportSection) for s in sections]))
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=openapi.document_bytes(), content_type="application/json")
 
@@ -318,5 +329,6 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_get("/v1/orphans", orphans)
     app.router.add_post("/v1/reconcile", reconcile)
     app.router.add_post("/v1/maintenance/cleanup", cleanup)
+    app.router.add_get("/v1/report", report)
     app.router.add_get("/v1/openapi.json", openapi_document)
     return app

@@ -15,6 +15,7 @@ from gatewayd.api.wire import (
     ErrorBody,
     HealthView,
     ReconcileRequest,
+    ReportView,
     SettleView,
     TerminalList,
     TerminalView,
@@ -87,6 +88,7 @@ def document() -> dict[str, Any]:
         ReconcileRequest,
         CleanupRequest,
         CleanupView,
+        ReportView,
     ]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     all_errors = ("400", "404", "409", "413", "422", "503", "504", "500")
@@ -165,6 +167,20 @@ def document() -> dict[str, Any]:
             }
         },
         "/v1/maintenance/cleanup": {"post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)},
+        "/v1/report": {
+            "get": _op(
+                "The deployment guide's hourly, daily and weekly reports",
+                ReportView,
+                params=[
+                    {
+                        "name": "period",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["hourly", "daily", "weekly"]},
+                    }
+                ],
+            )
+        },
     }
     return {
         "openapi": "3.1.0",

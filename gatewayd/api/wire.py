@@ -81,3 +81,19 @@ class CleanupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 class CleanupView(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int
+
+
+class ReportSection(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the guide's reports: its rows, each value as the database gave it (money in minor
+    units, rates and ages as text)."""
+
+    title: str
+    period: Literal["hourly", "daily", "weekly"]
+    columns: list[str]
+    rows: list[list[int | str | bool | None]]
+
+
+class ReportView(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /v1/report."""
+
+    sections: list[ReportSection]

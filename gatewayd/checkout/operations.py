@@ -60,8 +60,18 @@ def _orphan(row: Mapping[str, Any]) -> Orphan:
     )
 
 
+PERIODS = ("hourly", "daily", "weekly")
+
+
+def _cell(value: Any) -> int | str | bool | None:
+    """A report value for JSON: integers and booleans as they are, everything else as text."""
+    if value is None or isinstance(value, bool | int):
+        return value  # type: ignore[no-any-return]
+    return str(value)
+
+
 class Operations:
-    """Orphans, cleanup, reconciliation and settlement for one store."""
+    """Orphans, cleanup, reconciliation, settlement and reports for one store."""
 
     def __init__(self, maintenance: MaintenanceStore, lanes: Mapping[str, Any]) -> None:
         self.maintenance = maintenance
@@ -70,6 +80,15 @@ class Operations:
     async def orphans(self) -> OrphanList:
         rows = [_orphan(r) for r in await self.maintenance.orphans()]
         return OrphanList(count=len(rows), orphans=rows)
+
+    async def report(self, period: str | None = None) -> list[dict[str, Any]]:
+        """The guide's reports of one period, or of all three: title, period, columns, rows."""
+        sections = []
+        for name in [period] if period else PERIODS:
+            for title, headers, records in await before_intent(self.maintenance.report(name)):
+                rows = [[_cell(v) for v in r.values()] for r in records]
+                sections.append({"title": title, "period": name, "columns": headers, "rows": rows})
+        return sections
 
     async def cleanup(self, older_than_minutes: int) -> int:
         cancelled = await self.maintenance.cleanup(older_than_minutes)
