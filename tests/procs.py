@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +26,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run_cli(*args: str, timeout_s: float = 120) -> tuple[int, str]:
-    """`python -m gatewayd ARGS` to its end: (exit code, stdout and stderr together)."""
+async def run_cli(
+    *args: str, timeout_s: float = 120, cwd: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """`python -m gatewayd ARGS` to its end: (exit code, stdout and stderr together). `cwd` and
+    `env` (the whole environment) default to this process's."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        "-m",
+        "gatewayd",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=None if env is None else dict(env),
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     return proc.returncode or 0, out.decode()
