@@ -79,12 +79,47 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gatewayd simulate", description="Serve simulated SPIn terminals.")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--slow-s", type=float, default=3.0)
+SIMULATE_EPILOG = """\
+The SPIn REST simulator: any number of simulated Dejavoo terminals (told apart by Tpn) speaking
+the SPIn proxy's REST dialect (/v2/Payment/Sale, Auth, Capture, Return, Void, Status, Settle,
+/v2/Common/TerminalStatus ...), for the demo, the tests, the benchmarks and POS developers.
+One transaction at a time per terminal; a second is answered busy.
+
+The cents of a Sale, Auth or Return amount choose what happens ("magic cents"):
+  .51 declined          .52 approved, answer never sent   .53 approved, connection dropped
+  .54 busy once         .55 slow (--slow-s)               .56 partial approval
+  .57 card never read   .58 approved, proxy timeout 2007  .59 cancelled by the customer
+  anything else: approved after --latency-ms
+
+Control endpoints (what the clerk or the terminal does behind the POS's back): GET /_sim/ledger,
+POST /_sim/reset, POST /_sim/terminals/TPN/offline|online|settle|authkey|void/REF.
+More: README.md ("The SPIn simulator"); the gatewayd API that drives these terminals: docs/api.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatewayd simulate",
+        description="Serve simulated SPIn terminals over HTTP (the SPIn REST simulator).",
+        epilog=SIMULATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (required; 0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        metavar="N",
+        help="milliseconds every ordinary card transaction takes (default: 0)",
+    )
+    parser.add_argument(
+        "--slow-s",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds a slow transaction (amount ending in .55) takes (default: 3.0)",
+    )
     parser.add_argument(
         "--tpns",
         type=parse_tpns,
@@ -100,7 +135,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="S",
         help="every terminal settles its open batch on its own every S seconds (default: never)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
