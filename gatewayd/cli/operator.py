@@ -1,7 +1,8 @@
 """Operator commands: orphans, cleanup, reconcile, report.
 
-Each asks the running daemon over its socket; when it is down, `--config` (or `--dsn` with
-`--store`) goes straight to the database (and, for reconcile, to the terminals).
+Each asks the running daemon over its socket (found by `status.find_socket`); when it cannot be
+reached, `--config` (or `--dsn` with `--store`) goes straight to the database (and, for
+reconcile, to the terminals).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from gatewayd.api.client import GatewayClient
+from gatewayd.api.client import Answer, GatewayClient
 from gatewayd.checkout.reconcile import KINDS
-from gatewayd.cli.output import Progress, emit_json, table
-from gatewayd.cli.status import add_socket_args, socket_path
+from gatewayd.cli.output import Progress, api_error_text, emit_json, table
+from gatewayd.cli.status import SocketChoice, add_socket_args, find_socket, unreachable
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.store.connect import database_for, resolve_dsn
@@ -29,14 +30,22 @@ from gatewayd.store.maintenance import MaintenanceStore
 DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 
 
+MINUTES_RULE = "a whole number of minutes, at least 1 (e.g. 15m, 2h, 1d, 120s)"
+
+
 def minutes(text: str) -> int:
-    """'15m', '2h', '900s', '1d' or a bare number of minutes, as whole minutes (at least 1)."""
+    """'15m', '2h', '1d', '120s' or a bare number of minutes, as minutes. Anything under one
+    minute or not a whole number of minutes is refused, never rounded."""
     match = DURATION.match(text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 15m, 2h)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give {MINUTES_RULE}")
     value, unit = int(match.group(1)), match.group(2) or "m"
     seconds = value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
-    return max(1, -(-seconds // 60))
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is under one minute: give {MINUTES_RULE}")
+    if seconds % 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of minutes: give {MINUTES_RULE}")
+    return seconds // 60
 
 
 def register(sub: Any) -> None:
@@ -44,7 +53,13 @@ def register(sub: Any) -> None:
     _db_args(p)
     p.set_defaults(handler=cmd_orphans)
     p = sub.add_parser("cleanup", help="cancel stale pending orders and release their stock")
-    p.add_argument("--older-than", type=minutes, default=15, help="age, e.g. 15m (default), 2h")
+    p.add_argument(
+        "--older-than",
+        type=minutes,
+        default=15,
+        metavar="AGE",
+        help=f"cancel pending orders older than this: {MINUTES_RULE} (default: 15m)",
+    )
     _db_args(p)
     p.set_defaults(handler=cmd_cleanup)
     p = sub.add_parser("reconcile", help="terminal batches against the database")
@@ -52,28 +67,60 @@ def register(sub: Any) -> None:
     _db_args(p)
     p.set_defaults(handler=cmd_reconcile)
     p = sub.add_parser("report", help="the deployment guide's hourly, daily and weekly reports")
-    p.add_argument("--period", choices=("hourly", "daily", "weekly", "all"), default="all")
+    p.add_argument(
+        "--period", choices=("hourly", "daily", "weekly", "all"), default="all", help="which reports (default: all)"
+    )
     _db_args(p)
     p.set_defaults(handler=cmd_report)
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:
-    add_socket_args(p)
-    p.add_argument("--dsn", help="go straight to this database (the daemon may be down)")
+    add_socket_args(
+        p,
+        config_help="config file: its [api] socket is the daemon's; when the daemon cannot be reached, "
+        "work on its database (and terminals) directly",
+    )
+    p.add_argument("--dsn", help="when the daemon cannot be reached, work on this database directly")
     p.add_argument("--store", help="store id, with --dsn")
 
 
-async def _via_daemon(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any | None:
-    """The daemon's answer, or None when it cannot be reached (and a fallback is possible)."""
+class DaemonRefused(GatewayError):
+    """The daemon answered with an API error: said as a sentence (output.api_error_text)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(api_error_text(answer.status, answer.body))
+        self.answer = answer
+
+
+class Unreachable(Exception):
+    """Nobody answered at the chosen socket and there is no --config or --dsn to fall back on."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _via_daemon(
+    args: argparse.Namespace,
+    choice: SocketChoice,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: dict[str, str] | None = None,
+) -> Any | None:
+    """The daemon's answer, or None when it cannot be reached and --config/--dsn can stand in."""
     try:
-        async with GatewayClient(socket_path(args), timeout_s=600) as client:
-            answer = await client.request(method, path, body)
-    except (aiohttp.ClientError, OSError):
+        async with GatewayClient(choice.path, timeout_s=600) as client:
+            answer = await client.request(method, path, body, params=params)
+    except (aiohttp.ClientError, OSError) as exc:
         if args.dsn or args.config:
+            print(
+                f"note: {unreachable(choice, exc).splitlines()[0]}; working on the database directly", file=sys.stderr
+            )
             return None
-        raise
+        raise Unreachable(exc) from exc
     if not answer.ok:
-        raise GatewayError(f"{answer.status}: {answer.body}")
+        raise DaemonRefused(answer)
     return answer.body
 
 
@@ -88,24 +135,31 @@ async def _direct(args: argparse.Namespace) -> tuple[Database, MaintenanceStore,
     return db, MaintenanceStore(db, store_id), config
 
 
-def _run(args: argparse.Namespace, work: Callable[[], Coroutine[Any, Any, int]]) -> int:
+def _run(args: argparse.Namespace, work: Callable[[SocketChoice], Coroutine[Any, Any, int]]) -> int:
+    """Find the socket, run the command, and say any failure as a sentence."""
     try:
-        return asyncio.run(work())
-    except (aiohttp.ClientError, OSError) as exc:
-        print(
-            f"error: cannot reach gatewayd at {socket_path(args)} ({exc}); "
-            "give --config or --dsn to work on the database directly",
-            file=sys.stderr,
-        )
-        return 1
+        choice = find_socket(args)
+        try:
+            return asyncio.run(work(choice))
+        except Unreachable as exc:
+            hint = (
+                "give --config to reconcile the database with the terminals directly"
+                if args.command == "reconcile"
+                else "give --config or --dsn (with --store) to work on the database directly"
+            )
+            print(f"error: {unreachable(choice, exc.cause, hint)}", file=sys.stderr)
+            return 1
     except GatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except OSError as exc:  # working on the database directly: starting the embedded server, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_orphans(args: argparse.Namespace) -> int:
-    async def work() -> int:
-        body = await _via_daemon(args, "GET", "/v1/orphans")
+    async def work(choice: SocketChoice) -> int:
+        body = await _via_daemon(args, choice, "GET", "/v1/orphans")
         if body is None:
             from gatewayd.checkout.operations import Operations
 
@@ -137,8 +191,10 @@ def cmd_orphans(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    async def work() -> int:
-        body = await _via_daemon(args, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than})
+    async def work(choice: SocketChoice) -> int:
+        body = await _via_daemon(
+            args, choice, "POST", "/v1/maintenance/cleanup", {"older_than_minutes": args.older_than}
+        )
         if body is None:
             db, maintenance, _ = await _direct(args)
             try:
@@ -195,6 +251,9 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
     assert config is not None
     ops = Operations(maintenance, {})
     terminals = [t for t in config.terminals if args.terminal in (None, t.id)]
+    if not terminals and args.terminal is not None:
+        await db.close()
+        raise GatewayError(f"no terminal {args.terminal!r} in {args.config}")
     owners = await TerminalStore(db, config.store_id).live_owners([t.id for t in terminals])
     if owners:
         await db.close()
@@ -223,8 +282,9 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    async def work() -> int:
-        body = await _via_daemon(args, "POST", "/v1/reconcile", {"terminal_id": args.terminal} if args.terminal else {})
+    async def work(choice: SocketChoice) -> int:
+        request = {"terminal_id": args.terminal} if args.terminal else {}
+        body = await _via_daemon(args, choice, "POST", "/v1/reconcile", request)
         if body is None:
             body = await _reconcile_direct(args)
         if args.json:
@@ -237,30 +297,28 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _print_report(body: dict[str, Any]) -> None:
+    for section in body["sections"]:
+        print(f"\n== {section['title']} ({section['period']})")
+        print(table(section["columns"], section["rows"]) if section["rows"] else "(none)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    async def work() -> int:
-        if not (args.dsn or args.config):
-            raise ConfigError("report reads the database: give --config or --dsn with --store")
-        db, maintenance, _ = await _direct(args)
-        out: dict[str, Any] = {}
-        try:
-            periods = ["hourly", "daily", "weekly"] if args.period == "all" else [args.period]
-            for period in periods:
-                for title, headers, records in await maintenance.report(period):
-                    rows = [list(r.values()) for r in records]
-                    out[title] = [dict(zip(headers, r, strict=True)) for r in rows]
-                    if not args.json:
-                        print(f"\n== {title} ({period})")
-                        print(table(headers, rows) if rows else "(none)")
-        finally:
-            await db.close()
+    async def work(choice: SocketChoice) -> int:
+        period = None if args.period == "all" else args.period
+        body = await _via_daemon(args, choice, "GET", "/v1/report", params={"period": period} if period else None)
+        if body is None:
+            from gatewayd.checkout.operations import Operations
+
+            db, maintenance, _ = await _direct(args)
+            try:
+                body = {"sections": await Operations(maintenance, {}).report(period)}
+            finally:
+                await db.close()
         if args.json:
-            emit_json(
-                {
-                    k: [{h: str(v) if v is not None else None for h, v in row.items()} for row in rows]
-                    for k, rows in out.items()
-                }
-            )
+            emit_json(body)
+        else:
+            _print_report(body)
         return 0
 
     return _run(args, work)

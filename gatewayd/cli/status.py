@@ -1,35 +1,102 @@
-"""`gatewayd status` and `gatewayd terminals`: readable tables from a running daemon."""
+"""`gatewayd status` and `gatewayd terminals`: readable tables from a running daemon.
+
+Also where every command that talks to the daemon finds its socket (`find_socket`) and what it
+says when nobody answers there (`unreachable`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gatewayd.api.client import Answer, GatewayClient
-from gatewayd.cli.output import emit_json, table
+from gatewayd.cli.output import api_error_text, emit_json, table
+from gatewayd.errors import ConfigError
 
 DEFAULT_SOCKET = "/run/gatewayd/gatewayd.sock"
+DEMO_FILE = "state/demo.json"  # written by `gatewayd demo` (default --state-dir ./state)
+SOCKET_ORDER = (
+    f"--socket, else $GATEWAYD_SOCKET, else --config's [api] socket, else ./{DEMO_FILE} "
+    f"(written by gatewayd demo), else {DEFAULT_SOCKET}"
+)
 
 
-def add_socket_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", help=f"API socket (default: $GATEWAYD_SOCKET, the config's, or {DEFAULT_SOCKET})")
-    p.add_argument("--config", help="read the socket path from this config file")
+def add_socket_args(p: argparse.ArgumentParser, config_help: str | None = None) -> None:
+    p.add_argument("--socket", help=f"the daemon's API socket; the first of: {SOCKET_ORDER}")
+    p.add_argument("--config", help=config_help or "config file: its [api] socket is the daemon's")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
-def socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    if getattr(args, "config", None):
+@dataclass(frozen=True, slots=True)
+class SocketChoice:
+    """The socket a command will try, and why that one (said when nobody answers there)."""
+
+    path: str
+    source: str
+
+
+def _demo_socket() -> tuple[str | None, str]:
+    """(the socket in ./state/demo.json, or None and why not)."""
+    try:
+        info = json.loads(Path(DEMO_FILE).read_text())
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    except ValueError:
+        return None, "is not JSON"
+    sock = info.get("socket") if isinstance(info, dict) else None
+    if not isinstance(sock, str) or not sock:
+        return None, "has no socket"
+    return str(Path(sock).absolute()), ""
+
+
+def find_socket(args: argparse.Namespace) -> SocketChoice:
+    """The daemon's socket, found as a newcomer expects: --socket, $GATEWAYD_SOCKET, --config's
+    [api] socket, ./state/demo.json of a demo started here, then the production path.
+    Raises ConfigError for a --config that cannot be read."""
+    if getattr(args, "socket", None):
+        return SocketChoice(str(args.socket), "from --socket")
+    if env := os.environ.get("GATEWAYD_SOCKET"):
+        return SocketChoice(env, "from $GATEWAYD_SOCKET")
+    if config := getattr(args, "config", None):
         from gatewayd.config import load
 
-        return load(args.config, resolve_secrets=False).api.socket
-    return os.environ.get("GATEWAYD_SOCKET", DEFAULT_SOCKET)
+        return SocketChoice(load(config, resolve_secrets=False).api.socket, f"from [api] socket in {config}")
+    demo, problem = _demo_socket()
+    if demo is not None:
+        return SocketChoice(demo, f"from ./{DEMO_FILE}, written by gatewayd demo")
+    if problem:
+        why = f"no --socket, GATEWAYD_SOCKET or --config, and ./{DEMO_FILE} {problem}"
+    else:
+        why = f"no --socket, GATEWAYD_SOCKET, --config or ./{DEMO_FILE}"
+    return SocketChoice(DEFAULT_SOCKET, f"the production default: {why}")
+
+
+def unreachable(choice: SocketChoice, exc: BaseException, fallback: str | None = None) -> str:
+    """What to print when nobody answers at the chosen socket: where, why there, and what to do.
+    `fallback`: how the command can do without the daemon, if it can."""
+    os_error = getattr(exc, "os_error", exc)  # aiohttp wraps the OSError of the connect
+    if isinstance(os_error, PermissionError):
+        problem = "permission denied: run it as root or as a member of the socket's group (gatewayd-pos)"
+    elif isinstance(os_error, FileNotFoundError):
+        problem = "is it running? (no such socket)"
+    elif isinstance(os_error, ConnectionRefusedError):
+        problem = "is it running? (nobody is listening there)"
+    elif isinstance(exc, TimeoutError):
+        problem = "it did not answer in time"
+    else:
+        problem = f"is it running? ({exc})"
+    hint = fallback or "start it (systemctl start gatewayd, or ./dev demo) or name its socket with --socket"
+    return f"cannot reach gatewayd at {choice.path} ({choice.source}) — {problem}\n  {hint}"
 
 
 def register(sub: Any) -> None:
@@ -47,13 +114,22 @@ async def ask(path_: str, *calls: tuple[str, str, Any]) -> list[Answer]:
         return [await client.request(method, path, body) for method, path, body in calls]
 
 
-def run_requests(args: argparse.Namespace, *calls: tuple[str, str, Any]) -> list[Answer] | None:
-    path = socket_path(args)
+def run_requests(args: argparse.Namespace, *calls: tuple[str, str, Any]) -> list[Answer] | int:
+    """The daemon's answers, or the exit code after saying why there are none."""
     try:
-        return asyncio.run(ask(path, *calls))
+        choice = find_socket(args)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(ask(choice.path, *calls))
     except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot reach gatewayd at {path}: {exc}", file=sys.stderr)
-        return None
+        print(f"error: {unreachable(choice, exc)}", file=sys.stderr)
+        return 1
+
+
+def print_api_error(answer: Answer) -> None:
+    print(f"error: {api_error_text(answer.status, answer.body)}", file=sys.stderr)
 
 
 def terminal_rows(terminals: list[dict[str, Any]]) -> list[list[Any]]:
@@ -76,12 +152,16 @@ TERMINAL_HEADERS = ["ID", "NAME", "STATUS", "QUEUE", "BUSY", "LAST CHECK (UTC)",
 
 def cmd_status(args: argparse.Namespace) -> int:
     answers = run_requests(args, ("GET", "/v1/health", None), ("GET", "/v1/terminals", None))
-    if answers is None:
-        return 1
+    if isinstance(answers, int):
+        return answers
     health, terminals = answers
+    for answer in answers:
+        if not answer.ok:
+            print_api_error(answer)
+            return 1
     if args.json:
         emit_json({"health": health.body, "terminals": terminals.body.get("terminals", [])})
-        return 0 if health.ok else 1
+        return 0 if health.body.get("status") == "ok" else 1  # docs/operations.md: 1 unhealthy with --json
     h = health.body
     print(
         f"gatewayd {h['version']}: {h['status']}  database {h['database']}  "
@@ -95,7 +175,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_terminals(args: argparse.Namespace) -> int:
     answers = run_requests(args, ("GET", "/v1/terminals", None))
-    if answers is None:
+    if isinstance(answers, int):
+        return answers
+    if not answers[0].ok:
+        print_api_error(answers[0])
         return 1
     terminals = answers[0].body["terminals"]
     if args.json:

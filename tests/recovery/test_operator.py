@@ -121,11 +121,13 @@ async def test_cleanup_and_report_straight_to_the_database(gw: Gateway) -> None:
     )
     assert code == 0 and "cancelled 1" in out, out
     await gw.checkout(card(2100))
-    code, out = await run_cli("report", "--dsn", gw.dsn, "--store", gw.store_id)
+    code, out = await run_cli("report", "--socket", "/nonexistent.sock", "--dsn", gw.dsn, "--store", gw.store_id)
     assert code == 0, out
     assert "Payment success rate, last hour" in out and "Lane lane-1" in out
+    assert "cannot reach gatewayd at /nonexistent.sock (from --socket)" in out  # said, then worked around
     code, out = await run_cli("orphans", "--socket", "/nonexistent.sock")
-    assert code == 1 and "cannot reach gatewayd" in out
+    assert code == 1 and "cannot reach gatewayd at /nonexistent.sock (from --socket)" in out, out
+    assert "give --config or --dsn" in out
 
 
 async def test_direct_reconcile_never_drives_a_terminal_behind_a_running_daemon(gw: Gateway) -> None:
@@ -139,3 +141,5 @@ async def test_direct_reconcile_never_drives_a_terminal_behind_a_running_daemon(
                    gw.store_id)  # fmt: skip
     code, out = await run_cli(*args)
     assert code == 0 and "nothing to do" in out, out
+    code, out = await run_cli(*args, "--terminal", "lane-9")
+    assert code == 1 and f"error: no terminal 'lane-9' in {gw.daemon.config_path}" in out, out
