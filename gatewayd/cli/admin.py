@@ -68,6 +68,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     try:
+        migrations.discover()  # before any database: without migration files there is nothing to do
+    except StoreError as exc:
+        print(f"error: cannot migrate: {exc.message}", file=sys.stderr)
+        return 1
+    try:
         if args.dsn:
             dsn = args.dsn
         else:

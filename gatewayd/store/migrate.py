@@ -6,7 +6,8 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -38,34 +39,63 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def sql_dir() -> Path:
-    """The folder holding the migrations (the repository's sql/)."""
-    return Path(__file__).resolve().parents[2] / "sql"
+# The repository's top-level sql/ folder, installed as this package (setup.py maps it): package
+# data in a wheel, the folder itself in an editable install.
+SQL_PACKAGE = "gatewayd.sql"
 
 
-def discover(folder: Path | None = None) -> list[Migration]:
-    """Every migration file in order; refuses gaps and duplicate versions."""
-    folder = folder or sql_dir()
+def sql_dir() -> Traversable:
+    """The folder holding the migrations (the repository's sql/, installed as gatewayd.sql)."""
+    try:
+        return resources.files(SQL_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise PermanentStoreError(
+            f"the migrations are not installed (no package {SQL_PACKAGE}): install gatewayd from its wheel,"
+            " or from a source checkout with `pip install -e .`"
+        ) from exc
+
+
+def discover(folder: Traversable | None = None) -> list[Migration]:
+    """Every migration file in order; refuses none at all, gaps and duplicate versions."""
+    folder = folder if folder is not None else sql_dir()
     found: list[Migration] = []
-    for path in sorted(folder.glob("*.sql")):
-        m = _NAME.match(path.name)
+    for entry in sorted((e for e in folder.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name):
+        m = _NAME.match(entry.name)
         if not m:
-            raise PermanentStoreError(f"{path}: migration files are named NNN_name.sql")
-        found.append(Migration(int(m.group("version")), m.group("name"), path.read_text()))
+            raise PermanentStoreError(f"{entry}: migration files are named NNN_name.sql")
+        found.append(Migration(int(m.group("version")), m.group("name"), entry.read_text(encoding="utf-8")))
+    if not found:
+        raise PermanentStoreError(
+            f"no migration files (NNN_name.sql) found in {folder}: this gatewayd was installed without its SQL"
+        )
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise PermanentStoreError(f"migrations in {folder} must be numbered 001, 002 ... without gaps")
     return found
 
 
+async def recorded(conn: asyncpg.Connection) -> dict[int, str] | None:
+    """The migrations this database records as applied (version: name); None without the ledger."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return None
+    try:
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations")
+    except asyncpg.UndefinedTableError:  # dropped between the two statements
+        return None
+    return {r["version"]: r["name"] for r in rows}
+
+
 async def pending(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
     """The migrations this database has not applied yet."""
     migrations = migrations if migrations is not None else discover()
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    applied: set[int] = set()
-    if exists:
-        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    applied = await recorded(conn) or {}
     return [m for m in migrations if m.version not in applied]
+
+
+def unknown(applied: dict[int, str], migrations: list[Migration]) -> list[str]:
+    """What the database records that these migrations do not know (a newer gatewayd migrated it)."""
+    known = {m.version for m in migrations}
+    return [f"{version:03d}_{name}" for version, name in sorted(applied.items()) if version not in known]
 
 
 async def apply(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
@@ -93,8 +123,9 @@ async def apply(conn: asyncpg.Connection, migrations: list[Migration] | None = N
 
 async def apply_dsn(dsn: str, timeout_s: float = 15.0) -> list[Migration]:
     """Connect to `dsn` and apply what is pending (the `migrate` command and the demo)."""
+    migrations = discover()  # before connecting: no migration files is refused whatever the database
     conn = await asyncpg.connect(dsn, timeout=timeout_s)
     try:
-        return await apply(conn)
+        return await apply(conn, migrations)
     finally:
         await conn.close()

@@ -25,6 +25,7 @@ from gatewayd.checkout.machine import (
     TenderStatus,
     decide,
 )
+from gatewayd.store import migrate
 from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, NotFound, Offline, Unknown, Voided
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "checkout-states.md"
@@ -58,7 +59,7 @@ def test_every_question_has_an_answer_for_every_answer() -> None:
 
 def _checked(table: str, column: str) -> set[str]:
     """The values a CHECK (column IN (...)) of `table` in sql/001 allows."""
-    schema = (DOC.parents[1] / "sql" / "001_schema.sql").read_text()
+    schema = next(m.sql for m in migrate.discover() if m.version == 1)
     body = schema.split(f"CREATE TABLE IF NOT EXISTS {table} ", 1)[1].split(";", 1)[0]
     allowed = re.search(rf"\n\s+{column}\s.*?CHECK \({column} IN \((.*?)\)\)", body, re.S)
     assert allowed is not None, (table, column)

@@ -1,13 +1,21 @@
-"""Migrations apply on an empty database, again as a no-op, and concurrently from two processes."""
+"""Migrations apply on an empty database, again as a no-op, and concurrently from two processes;
+they are read from the package gatewayd.sql (the repository's sql/), and none found is refused."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+from pathlib import Path
 
 import asyncpg
+import pytest
 
+from gatewayd.cli import admin
+from gatewayd.errors import PermanentStoreError
 from gatewayd.store import migrate
 from tests.procs import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TABLES = {
     "payment_processors",
@@ -43,6 +51,44 @@ async def _catalog(dsn: str) -> tuple[set[str], set[str], set[str]]:
         return tables, functions, views
     finally:
         await conn.close()
+
+
+def test_migrations_are_read_from_the_repository_sql_folder() -> None:
+    """sql/ is their one home: the package gatewayd.sql is that folder (an editable install here)."""
+    files = sorted(p.name for p in (ROOT / "sql").glob("*.sql"))
+    assert files, ROOT / "sql"
+    assert [f"{m.version:03d}_{m.name}.sql" for m in migrate.discover()] == files
+    assert sorted(e.name for e in migrate.sql_dir().iterdir() if e.name.endswith(".sql")) == files
+
+
+def test_no_migration_files_refused(tmp_path: Path) -> None:
+    (tmp_path / "__init__.py").write_text('"""empty"""\n')
+    with pytest.raises(PermanentStoreError, match="no migration files"):
+        migrate.discover(tmp_path)
+
+
+def test_gap_refused(tmp_path: Path) -> None:
+    (tmp_path / "001_a.sql").write_text("SELECT 1;\n")
+    (tmp_path / "003_c.sql").write_text("SELECT 1;\n")
+    with pytest.raises(PermanentStoreError, match="without gaps"):
+        migrate.discover(tmp_path)
+
+
+def test_migrations_package_missing_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migrate, "SQL_PACKAGE", "gatewayd.no_such_sql")
+    with pytest.raises(PermanentStoreError, match="not installed"):
+        migrate.discover()
+
+
+def test_migrate_command_refuses_without_migration_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "database is up to date": a non-zero exit naming the problem, before any database."""
+    monkeypatch.setattr(migrate, "sql_dir", lambda: tmp_path)
+    code = admin.cmd_migrate(argparse.Namespace(dsn="postgresql://nobody@127.0.0.1:1/none", config=None))
+    out = capsys.readouterr()
+    assert code == 1
+    assert "no migration files" in out.err and "up to date" not in out.out + out.err
 
 
 async def test_migrate_twice_via_cli(empty_dsn: str) -> None:
