@@ -225,15 +225,30 @@ class Daemon:
         return values
 
     async def _check_migrations(self) -> None:
+        """Serve only a database at exactly this gatewayd's migrations (applying them if asked)."""
         assert self.db is not None
+        known = migrate.discover()  # no migration files installed: refused here, named
         async with self.db.connection() as conn:
             if self.apply_migrations:
-                await migrate.apply(conn)
-                return
-            missing = await migrate.pending(conn)
+                await migrate.apply(conn, known)
+            applied = await migrate.recorded(conn)  # None when schema_migrations itself is missing
+        config = f"--config {self.config_path}" if self.config_path else "--config FILE"
+        how = (
+            f"run `gatewayd migrate {config}` (or `gatewayd migrate --dsn DSN`) or start with `gatewayd run --migrate`"
+        )
+        newer = migrate.unknown(applied or {}, known)
+        if newer:
+            raise ConfigError(
+                f"the database records migration(s) {', '.join(newer)} that gatewayd {__version__} does not know:"
+                " a newer gatewayd migrated it; run that version or newer (schema downgrades are not supported)"
+            )
+        if not applied:
+            ledger = "no schema_migrations table" if applied is None else "schema_migrations records none"
+            raise ConfigError(f"the database has no gatewayd schema ({ledger}): {how}")
+        missing = [m for m in known if m.version not in applied]
         if missing:
             names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
-            raise ConfigError(f"the database lacks migrations {names}: run `gatewayd migrate` or start with --migrate")
+            raise ConfigError(f"the database lacks migrations {names}: {how}")
 
     async def _serve_api(self) -> None:
         assert self.db is not None and self.fleet is not None and self.coordinator is not None

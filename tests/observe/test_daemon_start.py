@@ -1,5 +1,6 @@
-"""Start-up: a stale socket file is replaced, a live one refused; migrations checked; terminals
-upserted and their health written to payment_processors."""
+"""Start-up: a stale socket file is replaced, a live one refused; migrations checked (none, some
+missing, or a database newer than the code: refused, naming the fix); terminals upserted and their
+health written to payment_processors."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 import socket
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from gatewayd.store import migrate
 from tests.harness import running_gateway
 from tests.procs import DaemonProcess, Store, run_cli, simulator_process
 
@@ -37,12 +40,63 @@ async def test_missing_migrations_refused_unless_asked(empty_dsn: str, tmp_path:
         store = Store(empty_dsn, simulator_url, tmp_path)
         config = store.config()
         code, out = await run_cli("run", "--config", str(config), timeout_s=60)
-        assert code == 2 and "gatewayd migrate" in out
+        assert code == 2, out
+        assert "the database has no gatewayd schema" in out
+        assert f"gatewayd migrate --config {config}" in out and "gatewayd run --migrate" in out
         daemon = await DaemonProcess(config, args=("--migrate",)).start(wait=False)
         try:
             await daemon.ready()
         finally:
             assert await daemon.stop() == 0
+
+
+# The daemon refuses before it talks to any terminal: no simulator needed.
+NO_SIMULATOR = "http://127.0.0.1:9"
+
+
+async def _prepare(dsn: str, state: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if state == "ledger only":  # what `migrate` from a wheel without its SQL used to leave
+            await conn.execute(migrate._LEDGER)
+        elif state == "three of them":
+            await migrate.apply(conn, migrate.discover()[:3])
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [("ledger only", "the database has no gatewayd schema"), ("three of them", "the database lacks migrations 004_")],
+)
+async def test_unmigrated_database_refused_naming_the_command(
+    empty_dsn: str, tmp_path: Path, state: str, expected: str
+) -> None:
+    await _prepare(empty_dsn, state)
+    config = Store(empty_dsn, NO_SIMULATOR, tmp_path).config()
+    code, out = await run_cli("run", "--config", str(config), timeout_s=60)
+    assert code == 2, out
+    assert expected in out
+    assert f"gatewayd migrate --config {config}" in out and "gatewayd run --migrate" in out
+    assert "UndefinedTable" not in out
+
+
+async def test_database_newer_than_the_code_refused(empty_dsn: str, tmp_path: Path) -> None:
+    """A migration recorded that this gatewayd does not know: refused, with --migrate too."""
+    future = len(migrate.discover()) + 1
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await migrate.apply(conn)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, 'from_the_future', 'x')", future
+        )
+    finally:
+        await conn.close()
+    config = Store(empty_dsn, NO_SIMULATOR, tmp_path).config()
+    for args in [(), ("--migrate",)]:
+        code, out = await run_cli("run", "--config", str(config), *args, timeout_s=60)
+        assert code == 2, (args, out)
+        assert f"migration(s) {future:03d}_from_the_future that gatewayd" in out and "does not know" in out, out
 
 
 @pytest.mark.parametrize("terminals", [3])
