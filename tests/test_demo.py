@@ -9,23 +9,29 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
 
+GATEWAYD = (sys.executable, "-m", "gatewayd")
 
-async def _start(state: Path) -> tuple[asyncio.subprocess.Process, str]:
+
+async def start_demo(
+    state: Path, gatewayd: Sequence[str] = GATEWAYD, **kw: Any
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`gatewayd demo` until its ready text (`gatewayd`: the command; `kw`: cwd, env ...)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gatewayd",
+        *gatewayd,
         "demo",
         "--state-dir",
         str(state),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        **kw,
     )
     assert proc.stdout is not None
     seen = ""
@@ -36,7 +42,7 @@ async def _start(state: Path) -> tuple[asyncio.subprocess.Process, str]:
     return proc, seen
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> int:
+async def stop_demo(proc: asyncio.subprocess.Process) -> int:
     proc.send_signal(signal.SIGTERM)
     assert proc.stdout is not None
     await asyncio.wait_for(proc.stdout.read(), 60)
@@ -49,32 +55,38 @@ def _curl_example(output: str) -> str:
     return match.group(1).replace("\\\n", " ")
 
 
+async def card_checkout(output: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The card payment the demo's ready text prints, with curl (or the client without curl)."""
+    command = _curl_example(output)
+    if shutil.which("curl"):
+        result = await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", command], capture_output=True, text=True, timeout=60
+        )
+        answer: dict[str, Any] = json.loads(result.stdout)
+    else:  # the same request through the client
+        body = json.loads(
+            re.search(r'-d "(.*)"', command)
+            .group(1)
+            .replace('\\"', '"')  # type: ignore[union-attr]
+            .replace("$(date +%s%N)", "1")
+        )
+        async with GatewayClient(info["socket"]) as client:
+            answer = (await client.checkout(body)).body
+    return answer
+
+
 async def test_demo_runs_the_printed_curl_and_reuses_data(tmp_path: Path) -> None:
     state = tmp_path / "demo"
-    proc, output = await _start(state)
+    proc, output = await start_demo(state)
     try:
         info = json.loads((state / "demo.json").read_text())
         assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url"}
-        command = _curl_example(output)
-        if shutil.which("curl"):
-            result = await asyncio.to_thread(
-                subprocess.run, ["bash", "-c", command], capture_output=True, text=True, timeout=60
-            )
-            answer = json.loads(result.stdout)
-        else:  # the same request through the client
-            body = json.loads(
-                re.search(r'-d "(.*)"', command)
-                .group(1)
-                .replace('\\"', '"')  # type: ignore[union-attr]
-                .replace("$(date +%s%N)", "1")
-            )
-            async with GatewayClient(info["socket"]) as client:
-                answer = (await client.checkout(body)).body
+        answer = await card_checkout(output, info)
         assert answer["status"] == "completed", answer
         assert answer["tenders"][0]["status"] == "approved"
     finally:
-        assert await _stop(proc) == 0
-    proc, _ = await _start(state)
+        assert await stop_demo(proc) == 0
+    proc, _ = await start_demo(state)
     try:
         conn = await asyncpg.connect(json.loads((state / "demo.json").read_text())["dsn"])
         try:
@@ -82,4 +94,4 @@ async def test_demo_runs_the_printed_curl_and_reuses_data(tmp_path: Path) -> Non
         finally:
             await conn.close()
     finally:
-        assert await _stop(proc) == 0
+        assert await stop_demo(proc) == 0
