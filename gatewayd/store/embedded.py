@@ -461,21 +461,22 @@ class EmbeddedPostgres:
             if not os.path.lexists(requested):
                 self._cluster = _new_cluster(home, requested, entry)
                 return
-        # A cluster made elsewhere (before this layout, or by hand): used where it is.
+        # A cluster made elsewhere (before this layout, by hand, or the daemon's own as `gatewayd`):
+        # used where it is; its server, if running, is reused even if the service user cannot reach it.
         real = requested.resolve()
         if not (real / "PG_VERSION").exists():
             raise StoreError(
                 f"{requested} exists but is not a PostgreSQL data directory: remove it, and gatewayd "
                 f"makes a new cluster under {home / _CLUSTERS} with a symlink at {requested}"
             )
-        if not _reachable(real, entry):
+        self._cluster = real
+        if self.running_port() is None and not _reachable(real, entry):
             raise StoreError(
                 f"the PostgreSQL data directory {real} is not owned by, or not reachable for, the service "
                 f"user {SERVICE_USER} (a folder above it is private). gatewayd changes no permissions "
                 f"outside its own folders: move {requested} away to let gatewayd make a new cluster under "
                 f"{home / _CLUSTERS} (linked from {requested}), or run gatewayd as an ordinary user"
             )
-        self._cluster = real
 
     def _adopt(self, cluster: Path, requested: Path, entry: pwd.struct_passwd) -> None:
         """Use the cluster `requested` links to, recorded as one of its paths (lock held).

@@ -144,3 +144,22 @@ def test_an_unreachable_cluster_in_place_is_refused_with_the_fix(private: Path) 
         EmbeddedPostgres(data).start()
     assert _modes(iter(parents)) == parents
     assert not data.is_symlink()
+
+
+async def test_a_running_server_in_place_is_reused_even_if_unreachable(private: Path) -> None:
+    """Like a root shell's `gatewayd migrate --config` beside the daemon's own server (run as `gatewayd`)."""
+    server = EmbeddedPostgres(private / "live" / "pgdata", durable=False)
+    try:
+        dsn = await asyncio.to_thread(server.start)
+        in_place = private / "state" / "pgdata"
+        await asyncio.to_thread(_fake_cluster, in_place, server.cluster_dir)
+        assert await asyncio.to_thread(EmbeddedPostgres(in_place).start) == dsn
+    finally:
+        await asyncio.to_thread(server.stop, "immediate")
+
+
+def _fake_cluster(path: Path, live: Path) -> None:
+    """A root-owned data directory (unreachable to the service user) whose server is `live`'s."""
+    path.mkdir(parents=True)
+    (path / "PG_VERSION").write_text("18\n")
+    shutil.copy(live / "postmaster.pid", path / "postmaster.pid")
