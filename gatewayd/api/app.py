@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gatewayd import __version__
 from gatewayd.api import openapi
-from gatewayd.api.errors import FAILED_CHECKOUT_STATUS, http_status
+from gatewayd.api.errors import FAILED_CHECKOUT_STATUS, http_status, retry_hint
 from gatewayd.api.wire import (
     CheckoutWithError,
     CleanupRequest,
@@ -82,7 +82,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 def error_response(
     code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
 ) -> web.Response:
-    body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or {}))
+    body = ErrorBody(error=ErrorInfo(code=code, message=message, retry=retry_hint(code), details=details or {}))
     return json_response(body, status or http_status(code))
 
 
@@ -175,7 +175,12 @@ def _with_error(
     """A non-2xx answer that carries the checkout as it stands, with the error beside it."""
     body = CheckoutWithError(
         **msgspec.structs.asdict(view),
-        error=ErrorInfo(code=code, message=message, details={"checkout_id": view.id, **(details or {})}),
+        error=ErrorInfo(
+            code=code,
+            message=message,
+            retry=retry_hint(code),
+            details={"checkout_id": view.id, **(details or {})},
+        ),
     )
     return json_response(body, status or http_status(code))
 
@@ -244,6 +249,10 @@ async def settle_terminal(request: web.Request) -> web.Response:
     if ctx.terminals.view(request.match_info["id"]) is None:
         raise NotFound(f"no terminal {request.match_info['id']!r}")
     return json_response(await ctx.terminals.settle(request.match_info["id"]))
+
+
+async def catalog(request: web.Request) -> web.Response:
+    return json_response(await request.app[CONTEXT].coordinator.catalog())
 
 
 async def create_checkout(request: web.Request) -> web.Response:
@@ -321,6 +330,7 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_get("/v1/terminals", list_terminals)
     app.router.add_get("/v1/terminals/{id}", get_terminal)
     app.router.add_post("/v1/terminals/{id}/settle", settle_terminal)
+    app.router.add_get("/v1/catalog", catalog)
     app.router.add_post("/v1/checkouts", create_checkout)
     app.router.add_get("/v1/checkouts", find_checkout)
     app.router.add_get("/v1/checkouts/{id}", get_checkout)

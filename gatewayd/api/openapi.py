@@ -20,7 +20,7 @@ from gatewayd.api.wire import (
     TerminalList,
     TerminalView,
 )
-from gatewayd.checkout.model import CheckoutRequest, CheckoutView, RefundRequest
+from gatewayd.checkout.model import CatalogView, CheckoutRequest, CheckoutView, RefundRequest
 
 _REF = "#/components/schemas/{name}"
 _ERRORS = {
@@ -89,6 +89,7 @@ def document() -> dict[str, Any]:
         CleanupRequest,
         CleanupView,
         ReportView,
+        CatalogView,
     ]
     _, components = msgspec.json.schema_components(structs, ref_template=_REF)
     all_errors = ("400", "404", "409", "413", "422", "503", "504", "500")
@@ -103,6 +104,9 @@ def document() -> dict[str, Any]:
                 params=_ID,
                 errors=("404", "409", "503", "500"),
             )
+        },
+        "/v1/catalog": {
+            "get": _op("The stocked SKUs, with what is available to sell now", CatalogView, errors=("503", "500"))
         },
         "/v1/checkouts": {
             "post": _op(

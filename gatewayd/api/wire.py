@@ -13,6 +13,9 @@ from gatewayd.checkout.model import CheckoutView
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     message: str
+    # What to do next: send it again with the same idempotency key, start a new checkout (new
+    # key), or not as it is (fix the request, or an operator acts first). gatewayd.api.errors.
+    retry: Literal["same_key", "new_key", "no"]
     details: dict[str, Any] = {}
 
 

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from gatewayd import failpoints
 from gatewayd.checkout.errors import (
     CheckoutError,
@@ -26,9 +28,11 @@ from gatewayd.checkout.errors import (
     ShuttingDown,
     TerminalOffline,
     UnknownTerminalRequested,
+    UntrackedSku,
 )
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.machine import (
+    UNREACHED,
     Checkout,
     Order,
     OrderStatus,
@@ -36,8 +40,17 @@ from gatewayd.checkout.machine import (
     RefundStatus,
     Tender,
     TenderStatus,
+    unreached_message,
 )
-from gatewayd.checkout.model import CardTender, CashTender, CheckoutRequest, CheckoutView, RefundRequest
+from gatewayd.checkout.model import (
+    CardTender,
+    CashTender,
+    CatalogItem,
+    CatalogView,
+    CheckoutRequest,
+    CheckoutView,
+    RefundRequest,
+)
 from gatewayd.checkout.persistence import after_intent, before_intent, best_effort
 from gatewayd.checkout.reversals import Reversals
 from gatewayd.checkout.validate import change_due, request_hash, validate
@@ -118,6 +131,8 @@ class Coordinator:
         checkout as it stands) after `wait_s`."""
         if not self.accepting:
             raise ShuttingDown("the daemon is shutting down; nothing was started")
+        if request.currency is None:  # hashed as the store's currency, as an explicit one would be
+            request = msgspec.structs.replace(request, currency=self.policy.currency)
         validate(request, self.policy)
         digest = request_hash(request)
         entry = self._inflight.get(request.idempotency_key)
@@ -139,6 +154,21 @@ class Coordinator:
         if c is None:
             raise NotFound("no such checkout")
         return checkout_view(c)
+
+    async def catalog(self) -> CatalogView:
+        """What the POS may sell, with what is available now."""
+        rows = await before_intent(self.store.catalog())
+        items = [
+            CatalogItem(
+                sku=r["sku"],
+                name=r["name"],
+                on_hand=r["on_hand"],
+                reserved=r["reserved"],
+                available=r["on_hand"] - r["reserved"],
+            )
+            for r in rows
+        ]
+        return CatalogView(currency=self.policy.currency, untracked_skus=self.policy.untracked_skus, items=items)
 
     async def void(self, order_id: uuid.UUID, wait_s: float) -> CheckoutView:
         """Void a completed checkout (every card tender, then the order); idempotent."""
@@ -246,16 +276,39 @@ class Coordinator:
         order_id = uuid.uuid4()
         self._inflight[request.idempotency_key].order_id = order_id
         intent = self._intent(order_id, request, digest)
-        result = await before_intent(self.store.prepare(intent))
-        if result["outcome"] == "insufficient":
-            raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
-        if result["outcome"] == "exists" and uuid.UUID(result["id"]) != order_id:
-            return await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest), False
+        while True:
+            result = await before_intent(self.store.prepare(intent))
+            if result["outcome"] == "insufficient":
+                raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
+            if result["outcome"] == "untracked":
+                raise UntrackedSku(
+                    f"this store keeps no stock of {', '.join(result['skus'])} and refuses untracked SKUs;"
+                    " nothing was charged: check the SKUs against GET /v1/catalog",
+                    details={"field": "lines", "skus": result["skus"]},
+                )
+            if result["outcome"] != "exists" or uuid.UUID(result["id"]) == order_id:
+                break
+            existing = await self._existing(uuid.UUID(result["id"]), result["request_hash"], digest)
+            if not await self._gave_key_back(existing, digest):
+                return existing, False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
         await failpoints.hit("after_intent_commit")
         prepared = _prepared(intent, result.get("order_number", ""))
         await self.executor.drive(order_id, charge_pending=True, checkout=prepared)
         return await self._view(order_id), True
+
+    async def _gave_key_back(self, earlier: CheckoutView, digest: str) -> bool:
+        """A retry of a checkout that failed only because its terminal could not be reached
+        (nothing charged) is a new attempt: the failed order gives the key back (and stays, as
+        history). Anything else that failed stays the answer for its key."""
+        if earlier.status != "payment_failed" or earlier.failure is None:
+            return False
+        if earlier.failure.code not in UNREACHED:
+            return False
+        answer = await before_intent(self.store.retire_key(uuid.UUID(earlier.id), digest))
+        if answer == "retired":
+            log.info("checkout %s: key %s given back for a new attempt", earlier.id, earlier.idempotency_key)
+        return answer in ("retired", "gone")
 
     async def _view(self, order_id: uuid.UUID) -> CheckoutView:
         c = await after_intent(lambda: self.store.load(order_id=order_id))
@@ -275,7 +328,7 @@ class Coordinator:
                 )
             if lane.state == "offline":
                 return TerminalOffline(
-                    f"terminal {tender.terminal_id} is offline; nothing was charged",
+                    unreached_message("terminal_offline", tender.terminal_id),
                     details={"terminal_id": tender.terminal_id},
                 )
         return None
@@ -312,6 +365,7 @@ class Coordinator:
             "currency": request.currency,
             "register_id": request.register_id,
             "customer_id": request.customer_id,
+            "untracked_skus": self.policy.untracked_skus,
             "lease_owner": self.executor.owner,
             "lease_s": self.executor.lease_s,
             "lines": [

@@ -43,6 +43,12 @@ class InsufficientInventory(CheckoutError):
     code = "insufficient_inventory"
 
 
+class UntrackedSku(CheckoutError):
+    """A line names a SKU the store keeps no stock of, and the store refuses those."""
+
+    code = "untracked_sku"
+
+
 class UnknownTerminalRequested(CheckoutError):
     code = "unknown_terminal"
 

@@ -182,6 +182,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     status: OrderStatus
     payment_status: PaymentStatus
     idempotency_key: str
+    retired_key: str | None = None  # the key this order gave back for a retry (sql/007)
     request_hash: str
     card_mode: Literal["sale", "auth_capture"]
     subtotal: int
@@ -395,9 +396,26 @@ FAILURE_CODES = {
 }
 
 
+# Failures that mean the terminal was never reached, so nothing was charged: a retry with the
+# same idempotency key is a new attempt (sql/007's gw_retire_key checks the same, atomically).
+UNREACHED = frozenset({"terminal_offline", "terminal_busy"})
+
+
+def unreached_message(code: str, terminal_id: str | None) -> str:
+    """What the cashier is told when a terminal could not be reached, before or after the
+    intent was recorded alike."""
+    state = "busy" if code == "terminal_busy" else "offline"
+    return (
+        f"terminal {terminal_id} is {state}; nothing was charged:"
+        " retry with the same idempotency key once it is back, or use another terminal"
+    )
+
+
 def failure_of(tender: Tender) -> Failure:
     """The failure a tender that did not charge stands for."""
     code = tender.failure_code or ("card_declined" if tender.status == TenderStatus.DECLINED else "card_not_charged")
+    if code in UNREACHED:
+        return Failure(code, unreached_message(code, tender.payment_processor_id))
     return Failure(code, tender.last_error or f"tender {tender.status}")
 
 

@@ -66,7 +66,8 @@ class CheckoutRequest(_In, frozen=True):
     idempotency_key: Key
     lines: Annotated[list[Line], Meta(min_length=1)]
     tenders: Annotated[list[Tender], Meta(min_length=1)]
-    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    # ISO 4217; must be the store's ([checkout] currency), which is taken when it is left out.
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] | None = None
     tax: Money = 0
     discount: Money = 0
     register_id: ShortId | None = None
@@ -170,3 +171,22 @@ class CheckoutView(_Out, frozen=True):
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class CatalogItem(_Out, frozen=True):
+    """One stocked SKU: what is on the shelf, what checkouts under way hold, what can be sold."""
+
+    sku: str
+    name: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class CatalogView(_Out, frozen=True):
+    """GET /v1/catalog. A SKU not listed is untracked: sold without stock keeping when
+    `untracked_skus` is "allow", refused (422 untracked_sku) when it is "refuse"."""
+
+    currency: str
+    untracked_skus: Literal["allow", "refuse"]
+    items: list[CatalogItem]

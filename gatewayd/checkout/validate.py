@@ -18,6 +18,10 @@ def request_hash(request: CheckoutRequest) -> str:
 
 def validate(request: CheckoutRequest, policy: CheckoutConfig) -> None:
     """Raise InvalidRequest naming the first field that does not add up."""
+    if request.currency is not None and request.currency != policy.currency:
+        raise InvalidRequest(
+            "currency", f"this store takes {policy.currency}, not {request.currency}: send amounts in {policy.currency}"
+        )
     if len(request.lines) > policy.max_lines:
         raise InvalidRequest("lines", f"at most {policy.max_lines} lines")
     if len(request.tenders) > policy.max_tenders:

@@ -51,7 +51,7 @@ def checkout_view(checkout: Checkout) -> CheckoutView:
         id=str(o.id),
         order_id=str(o.id),
         order_number=o.order_number,
-        idempotency_key=o.idempotency_key,
+        idempotency_key=o.retired_key or o.idempotency_key,
         status=o.status.value,
         payment_status=o.payment_status.value,
         currency=o.currency,

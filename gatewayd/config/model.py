@@ -65,6 +65,10 @@ class CheckoutConfig(_Section, frozen=True):
     minor_units_per_unit: Annotated[int, Meta(ge=1)] = 100
     max_lines: Annotated[int, Meta(ge=1, le=10_000)] = 500
     max_tenders: Annotated[int, Meta(ge=1, le=50)] = 10
+    # The store's currency (ISO 4217): a checkout in another currency is refused.
+    currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    # SKUs with no inventory row: sold without stock keeping ("allow"), or refused ("refuse").
+    untracked_skus: Literal["allow", "refuse"] = "allow"
 
 
 class RecoveryConfig(_Section, frozen=True):

@@ -68,6 +68,21 @@ class CheckoutStore:
         result: dict[str, Any] = await self.db.run(work, what="prepare checkout")
         return result
 
+    async def catalog(self) -> list[asyncpg.Record]:
+        """The store's stocked SKUs: sku, name, on hand, reserved (by checkouts under way)."""
+        return await self.db.fetch(
+            "SELECT sku, name, on_hand, reserved FROM inventory WHERE store_id = $1 ORDER BY sku", self.store_id
+        )
+
+    async def retire_key(self, order_id: uuid.UUID, request_hash: str) -> str:
+        """Give the key of a checkout that failed unreached back (sql/007 gw_retire_key):
+        'retired', 'gone', 'conflict' or 'final'."""
+        answer: str = await self.db.run(
+            lambda c: c.fetchval("SELECT gw_retire_key($1, $2, $3)", self.store_id, order_id, request_hash),
+            what="retire key",
+        )
+        return answer
+
     async def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         """(order id, request hash) of the checkout with this idempotency key, if any."""
         row = await self.db.run(

@@ -379,8 +379,10 @@ async def send(session: aiohttp.ClientSession, case: Case) -> tuple[int, Any]:
 async def test_bad_request(session: aiohttp.ClientSession, case: Case) -> None:
     status, body = await send(session, case)
     error = body.get("error") if isinstance(body, dict) else None
-    assert isinstance(error, dict) and set(error) == {"code", "message", "details"}, (status, body)
+    assert isinstance(error, dict) and set(error) == {"code", "message", "retry", "details"}, (status, body)
     assert isinstance(error["message"], str) and error["message"], body
+    # bad input is never worth sending again as it is (a shutdown or an outage would be)
+    assert error["retry"] == "no" or error["code"] in ("shutting_down", "database_unavailable"), body
     assert isinstance(error["details"], dict), body
     allowed = {(case.status, case.code), *case.also}
     assert (status, error["code"]) in allowed, (status, body)

@@ -119,7 +119,7 @@ async def test_tcp_without_a_valid_token_is_401(gw: Gateway, name: str, path: st
     status, body = await raw_tcp(gw, "GET", path, BAD_HEADERS[name])
     assert status == 401, body
     assert body["error"]["code"] == "unauthorized" and body["error"]["message"], body
-    assert set(body["error"]) == {"code", "message", "details"}
+    assert set(body["error"]) == {"code", "message", "retry", "details"} and body["error"]["retry"] == "no"
     assert TOKEN not in msgspec.json.encode(body).decode()
 
 
