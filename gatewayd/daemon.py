@@ -238,9 +238,14 @@ class Daemon:
         )
         newer = migrate.unknown(applied or {}, known)
         if newer:
-            raise ConfigError(
-                f"the database records migration(s) {', '.join(newer)} that gatewayd {__version__} does not know:"
-                " a newer gatewayd migrated it; run that version or newer (schema downgrades are not supported)"
+            # Migrations are additive (new nullable columns and functions, nothing dropped), so an
+            # older daemon runs on a newer schema: a chain's central database is migrated once,
+            # before its stores upgrade one by one, and a store not yet upgraded must still start.
+            log.warning(
+                "the database records migration(s) %s that gatewayd %s does not know: a newer gatewayd"
+                " migrated it. This version runs on it (migrations are additive); upgrade this store soon",
+                ", ".join(newer),
+                __version__,
             )
         if not applied:
             ledger = "no schema_migrations table" if applied is None else "schema_migrations records none"

@@ -1,10 +1,11 @@
 """Start-up: a stale socket file is replaced, a live one refused; migrations checked (none, some
-missing, or a database newer than the code: refused, naming the fix); terminals upserted and their
+missing: refused, naming the fix; a database newer than the code: a warning); terminals upserted and their
 health written to payment_processors."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import asyncpg
 import pytest
 
 from gatewayd.store import migrate
-from tests.harness import running_gateway
+from tests.harness import card, running_gateway
 from tests.procs import DaemonProcess, Store, run_cli, simulator_process
 
 
@@ -81,8 +82,11 @@ async def test_unmigrated_database_refused_naming_the_command(
     assert "UndefinedTable" not in out
 
 
-async def test_database_newer_than_the_code_refused(empty_dsn: str, tmp_path: Path) -> None:
-    """A migration recorded that this gatewayd does not know: refused, with --migrate too."""
+async def test_database_newer_than_the_code_is_served_with_a_warning(
+    empty_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A migration recorded that this gatewayd does not know (a newer gatewayd migrated the
+    shared database first): this one still starts, and says so."""
     future = len(migrate.discover()) + 1
     conn = await asyncpg.connect(empty_dsn)
     try:
@@ -92,11 +96,11 @@ async def test_database_newer_than_the_code_refused(empty_dsn: str, tmp_path: Pa
         )
     finally:
         await conn.close()
-    config = Store(empty_dsn, NO_SIMULATOR, tmp_path).config()
-    for args in [(), ("--migrate",)]:
-        code, out = await run_cli("run", "--config", str(config), *args, timeout_s=60)
-        assert code == 2, (args, out)
-        assert f"migration(s) {future:03d}_from_the_future that gatewayd" in out and "does not know" in out, out
+    with caplog.at_level(logging.WARNING, logger="gatewayd.daemon"):
+        async with running_gateway(empty_dsn, tmp_path, terminals=1) as gw:
+            assert gw.daemon.ready and (await gw.checkout(card(500))).status == 200
+    log = caplog.text
+    assert f"migration(s) {future:03d}_from_the_future that gatewayd" in log and "upgrade this store" in log, log
 
 
 @pytest.mark.parametrize("terminals", [3])
