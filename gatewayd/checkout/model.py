@@ -93,13 +93,17 @@ class RefundRequest(_In, frozen=True):
     """POST /v1/checkouts/{id}/refunds.
 
     `restock` puts goods back on the shelf: a refund of everything left puts back every line; a
-    partial one names the `lines` it puts back.
+    partial one names the `lines` it puts back. A refund goes back on one tender: a split order
+    refunded beyond what one tender has left is refunded in parts, each naming its tender.
     """
 
     idempotency_key: Key
     amount: PositiveMoney
     restock: bool = False
     lines: list[RestockLine] | None = None
+    # The tender it goes back on (its index in the checkout's tenders). Left out: a card tender
+    # with enough left first, in tender order, then the cash.
+    tender_index: Annotated[int, Meta(ge=0, le=49)] | None = None
 
 
 class _Out(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -46,7 +46,10 @@ from gatewayd.terminals.outcomes import NotFound as TermNotFound
 
 
 def _refund_hash(request: RefundRequest) -> str:
-    return hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+    body = msgspec.to_builtins(request)
+    if body.get("tender_index") is None:  # hashed as before tender_index existed
+        body.pop("tender_index", None)
+    return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
 
 
 def _unreturned(c: Checkout, t: Tender) -> int:
@@ -150,6 +153,7 @@ class Reversals:
             "request_hash": _refund_hash(request),
             "amount": request.amount,
             "restock": request.restock,
+            "tender_index": request.tender_index,
             "lines": [{"sku": line.sku, "quantity": line.quantity} for line in request.lines or []],
             "reference_id": uuid.uuid4().hex[:20].upper(),
             "timeout_s": 120,
@@ -292,8 +296,13 @@ def _refused(result: dict[str, Any], request: RefundRequest) -> None:
     if outcome == "bad_lines":
         raise InvalidRequest("lines", str(result.get("reason", "")))
     if outcome == "over_limit":
-        raise InvalidRequest(
+        tenders = result.get("tenders") or []
+        each = ", ".join(f"tender {t['tender_index']} ({t['type']}) {t['refundable']}" for t in tenders)
+        error = InvalidRequest(
             "amount",
             f"at most {result['refundable']} can still be refunded"
-            + (f" ({result['reason']})" if "reason" in result else ""),
+            + (f" ({result['reason']})" if "reason" in result else "")
+            + (f"; each tender can still refund: {each}. Refund in parts, naming tender_index" if each else ""),
         )
+        error.details.update(refundable=result["refundable"], tenders=tenders)
+        raise error

@@ -137,3 +137,27 @@ async def test_order_numbers_count_per_store(dsn: str, tmp_path: Path) -> None:
             answer = await gw.checkout(cash(100))
             numbers.append(answer.body["order_number"])
         assert numbers == ["000001", "000001", "000002", "000002"]
+
+
+async def test_split_refund_lists_what_each_tender_can_refund_and_goes_in_parts(gw: Gateway) -> None:
+    sale = await gw.checkout(card(1000), cash(500))
+    assert sale.status == 200, sale.body
+    refunds = f"/v1/checkouts/{sale.body['id']}/refunds"
+    too_much = await gw.client.request("POST", refunds, {"idempotency_key": "r-1", "amount": 1200})
+    assert too_much.status == 400 and too_much.body["error"]["retry"] == "no", too_much.body
+    details = too_much.body["error"]["details"]
+    assert details["field"] == "amount" and details["refundable"] == 1500
+    assert details["tenders"] == [
+        {"tender_index": 0, "type": "card", "refundable": 1000},
+        {"tender_index": 1, "type": "cash", "refundable": 500},
+    ]
+    assert "tender 0 (card) 1000, tender 1 (cash) 500" in too_much.body["error"]["message"]
+    card_part = await gw.client.request("POST", refunds, {"idempotency_key": "r-2", "amount": 1000, "tender_index": 0})
+    assert card_part.status == 200, card_part.body
+    cash_part = await gw.client.request("POST", refunds, {"idempotency_key": "r-3", "amount": 200, "tender_index": 1})
+    assert cash_part.status == 200, cash_part.body
+    assert cash_part.body["refunded_amount"] == 1200
+    named = await gw.client.request("POST", refunds, {"idempotency_key": "r-4", "amount": 1, "tender_index": 0})
+    assert named.status == 400, named.body
+    assert named.body["error"]["details"]["tenders"][0] == {"tender_index": 0, "type": "card", "refundable": 0}
+    assert "tender 0 has not that much left" in named.body["error"]["message"]
