@@ -88,6 +88,7 @@ class CheckoutMetrics(Protocol):
     """Hooks for metrics; the daemon passes the Prometheus implementation."""
 
     def checkout_finished(self, outcome: str, seconds: float) -> None: ...
+    def reversal_finished(self, kind: str, outcome: str) -> None: ...
     def tender_finished(self, tender_type: str, outcome: str) -> None: ...
     def recovery_action(self, action: str) -> None: ...
     def transition_refused(self, step: str) -> None: ...
@@ -97,6 +98,9 @@ class CheckoutMetrics(Protocol):
 
 class NoMetrics:
     def checkout_finished(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def reversal_finished(self, kind: str, outcome: str) -> None:
         pass
 
     def tender_finished(self, tender_type: str, outcome: str) -> None:

@@ -10,6 +10,7 @@ same way.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from typing import Any
 
@@ -43,6 +44,8 @@ from gatewayd.errors import TerminalBusy
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import Approved, Busy, Declined, Misconfigured, Offline, Outcome, Voided
 from gatewayd.terminals.outcomes import NotFound as TermNotFound
+
+log = logging.getLogger(__name__)
 
 
 def _refund_hash(request: RefundRequest) -> str:
@@ -136,8 +139,16 @@ class Reversals:
                 )
             if result["outcome"] not in ("voided", "already"):
                 raise self.executor.refused("void", order_id, result)
-            self.executor.metrics.checkout_finished("voided", 0.0)
-            return _voided(await self._load(order_id))
+            self.executor.metrics.reversal_finished("void", "completed")
+            voided = await self._load(order_id)
+            log.info(
+                "checkout %s: voided (order %s, %d card tender(s), %d)",
+                order_id,
+                voided.order.order_number,
+                len(voided.cards),
+                voided.order.total,
+            )
+            return _voided(voided)
 
     async def refund(self, order_id: uuid.UUID, request: RefundRequest) -> tuple[Checkout, uuid.UUID]:
         """Refund through the terminal's Return (a new reference id); idempotent by the refund's key.
@@ -262,6 +273,19 @@ class Reversals:
         if result.get("outcome") == "lease_lost":
             raise OutcomePending(
                 "another process took this checkout over; ask again", details={"refund_id": str(refund_id)}
+            )
+        if result.get("outcome") != "already":
+            outcome = "completed" if ok else "failed"
+            self.executor.metrics.reversal_finished("refund", outcome)
+            log.info(
+                "checkout %s: refund %s %s (%d %s on %s)%s",
+                tx.order_id,
+                refund_id,
+                outcome,
+                tx.amount,
+                tx.tender_type,
+                tx.terminal_id or "cash",
+                f": {reason}" if reason else "",
             )
 
 

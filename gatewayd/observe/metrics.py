@@ -110,6 +110,13 @@ class Metrics:
         r = self.registry
         Gauge("gatewayd_build_info", "gatewayd build", ["version"], registry=r).labels(__version__).set(1)
         self.checkouts = Counter("gatewayd_checkouts", "Checkouts by outcome", ["outcome"], registry=r)
+        # Voids and refunds of completed sales: not checkouts, so not in the failure rate.
+        self.reversals = Counter(
+            "gatewayd_reversals",
+            "Voids and refunds of completed checkouts, by outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.checkout_seconds = Histogram(
             "gatewayd_checkout_duration_seconds", "Checkout duration", buckets=CHECKOUT_BUCKETS, registry=r
         )
@@ -161,6 +168,9 @@ class Metrics:
         self.checkouts.labels(outcome).inc()
         if outcome in ("completed", "payment_failed"):
             self.checkout_seconds.observe(seconds)
+
+    def reversal_finished(self, kind: str, outcome: str) -> None:
+        self.reversals.labels(kind, outcome).inc()
 
     def tender_finished(self, tender_type: str, outcome: str) -> None:
         self.tenders.labels(tender_type, outcome).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -97,3 +98,26 @@ async def test_probes_and_status_page(gw: Gateway) -> None:
     assert 'http-equiv="refresh"' in page and "http://" not in page.split("<body>")[1]
     assert "12.34 USD" in page and "completed" in page
     await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-2']}/online")
+
+
+async def test_voids_and_refunds_count_as_reversals_not_checkouts(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A void or refund of a completed sale is not a failed checkout: it must not move the
+    failure-rate alert. Each writes a log line, as a checkout does."""
+    sold = [await gw.checkout(card(1000 + i)) for i in range(2)]
+    assert all(a.status == 200 for a in sold)
+    with caplog.at_level(logging.INFO, logger="gatewayd.checkout.reversals"):
+        assert (await gw.client.void(sold[0].body["id"])).status == 200
+        refund = {"idempotency_key": "m-r1", "amount": 500}
+        assert (await gw.client.request("POST", f"/v1/checkouts/{sold[1].body['id']}/refunds", refund)).status == 200
+    assert f"checkout {sold[0].body['id']}: voided" in caplog.text
+    assert f"checkout {sold[1].body['id']}: refund" in caplog.text and "completed (500 card on lane-1)" in caplog.text
+    status, text = await _get(_url(gw) + "/metrics")
+    assert status == 200
+    m = _samples(text)
+    assert m[("gatewayd_checkouts_total", (("outcome", "completed"),))] == 2
+    assert not any(name == "gatewayd_checkouts_total" and labels != (("outcome", "completed"),) and value
+                   for (name, labels), value in m.items())  # fmt: skip
+    assert m[("gatewayd_reversals_total", (("kind", "void"), ("outcome", "completed")))] == 1
+    assert m[("gatewayd_reversals_total", (("kind", "refund"), ("outcome", "completed")))] == 1

@@ -67,6 +67,9 @@ class SimMetrics:
     def checkout_finished(self, outcome: str, seconds: float) -> None:
         self.outcomes[outcome] += 1
 
+    def reversal_finished(self, kind: str, outcome: str) -> None:
+        self.outcomes[f"{kind}.{outcome}"] += 1
+
     def tender_finished(self, tender_type: str, outcome: str) -> None:
         pass
 
