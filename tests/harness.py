@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,10 +132,12 @@ def config_text(
     *,
     timeout_s: int = 2,
     extra: str = "",
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """A test daemon's config (gatewayd.stack writes it): short timeouts, a fast health sweep."""
+    """A test daemon's config (gatewayd.stack writes it): short timeouts, a fast health sweep;
+    `sections` overrides settings by table ({"database": {"statement_cache": False}})."""
     return store_spec(store_id, simulator_url, tpns, timeout_s=timeout_s).config_text(
-        state_dir=state_dir, socket_path=socket_path, dsn=dsn, extra=extra
+        state_dir=state_dir, socket_path=socket_path, dsn=dsn, extra=extra, sections=sections
     )
 
 
@@ -149,15 +151,31 @@ async def running_gateway(
     extra: str = "",
     stock: dict[str, int] | None = None,
     slow_s: float = 3.0,
+    daemon_dsn: str | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """A daemon with `terminals` lanes on a fresh simulator, its own store and stock."""
+    """A daemon with `terminals` lanes on a fresh simulator, its own store and stock.
+
+    `daemon_dsn`: the daemon reaches the database this way (a pooler, a fault proxy), while the
+    test seeds and checks it on `dsn`; `sections`: config settings by table, over the defaults.
+    """
     store_id = "t" + uuid.uuid4().hex[:10]
     tpns = {f"lane-{i}": f"T{uuid.uuid4().hex[:11].upper()}" for i in range(1, terminals + 1)}
     stock = dict(STOCK if stock is None else stock)
     async with running_simulator(slow_s=slow_s) as simulator:
         await store_spec(store_id, simulator.url, tpns, stock=stock).seed(dsn)
         socket_path = tmp / f"{store_id}.sock"
-        text = config_text(store_id, socket_path, tmp, dsn, simulator.url, tpns, timeout_s=timeout_s, extra=extra)
+        text = config_text(
+            store_id,
+            socket_path,
+            tmp,
+            daemon_dsn or dsn,
+            simulator.url,
+            tpns,
+            timeout_s=timeout_s,
+            extra=extra,
+            sections=sections,
+        )
         config_file = tmp / f"{store_id}.toml"
         config_file.write_text(text)
         daemon = Daemon(parse(text, str(config_file)), config_path=str(config_file), notifier=Notifier(""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -38,11 +39,25 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-# Client-side errors that no retry can fix (they would otherwise look like InterfaceError).
+# Client-side errors that no retry can fix (they would otherwise look like InterfaceError):
+# among them a DSN asyncpg cannot use (a CA file that is not there, an unknown sslmode).
 _PERMANENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.UnsupportedClientFeatureError,
     asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.DataError,
+    asyncpg.exceptions.ClientConfigurationError,
+)
+
+# A named prepared statement missing, or already there, on the server connection: the statement
+# did not run. With asyncpg's statement cache off gatewayd names none, so these come from a
+# transaction-mode pooler handing the next transaction to another server connection.
+_POOLED_STATEMENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,
+    asyncpg.exceptions.DuplicatePreparedStatementError,
+)
+POOLER_HINT = (
+    "a transaction-mode pooler (PgBouncer pool_mode = transaction, Supabase's pooler on port 6543)"
+    " sits in front of PostgreSQL: set [database] statement_cache = false"
 )
 
 
@@ -50,6 +65,15 @@ def classify(exc: BaseException) -> StoreError:
     """The StoreError class that says whether retrying `exc` can help."""
     if isinstance(exc, StoreError):
         return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PermanentStoreError(
+            f"the database server's certificate was refused ({exc.verify_message}): the CA in"
+            " [database] ssl_root_cert (or the DSN's sslrootcert) must have signed it, and the DSN's"
+            " host must be a name in it"
+        )
+    if isinstance(exc, _POOLED_STATEMENT):
+        said = getattr(exc, "message", None) or str(exc).splitlines()[0]
+        return TransientStoreError(f"{said} ({type(exc).__name__}): {POOLER_HINT}")
     if isinstance(exc, _PERMANENT):
         return PermanentStoreError(f"database client error: {type(exc).__name__}: {exc}")
     if isinstance(exc, _TRANSIENT):
@@ -75,8 +99,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without asyncpg's reset query (a round trip on every release).
 
     asyncpg still rolls back a transaction left open before calling this; gatewayd sets no session
-    state on pooled connections (no SET, LISTEN, cursors, or advisory locks outside the migration
-    runner, which unlocks in `finally`), so there is nothing else to reset.
+    state on pooled connections (no SET, LISTEN, temporary tables, cursors, or session advisory
+    locks: the migration runner's lock is transaction-scoped), so there is nothing else to reset,
+    and a transaction-mode pooler may hand each transaction to another server connection.
     """
 
 
@@ -113,6 +138,7 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self.errors = 0
         self.up = False
+        self._pooler_said = False
 
     async def open(self) -> None:
         """Create the pool; raises TransientStoreError when the server cannot be reached."""
@@ -123,7 +149,8 @@ class Database:
                 max_size=self._pool_max,
                 timeout=self._connect_timeout_s,
                 command_timeout=self._command_timeout_s,
-                # Behind a transaction pooler a prepared statement may land on another backend.
+                # Off behind a transaction-mode pooler: asyncpg then names no prepared statement
+                # and parses each statement again right before it runs (one more round trip).
                 statement_cache_size=100 if self._statement_cache else 0,
                 max_inactive_connection_lifetime=300,
                 init=_init_connection,
@@ -180,7 +207,12 @@ class Database:
         except BaseException as exc:
             error = classify(exc)
             self.errors += 1
-            if isinstance(error, TransientStoreError):
+            if isinstance(exc, _POOLED_STATEMENT):
+                # The server answered: it is up, the configuration is wrong. Said once, loudly.
+                if not self._pooler_said:
+                    self._pooler_said = True
+                    log.error("%s", error.message)
+            elif isinstance(error, TransientStoreError):
                 self.up = False
             if error is exc:
                 raise

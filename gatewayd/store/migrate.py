@@ -1,4 +1,4 @@
-"""The migrations runner: ordered, additive, re-runnable SQL files, applied under an advisory lock."""
+"""The migrations runner: ordered, additive, re-runnable SQL files, applied under a transaction-scoped advisory lock."""
 
 from __future__ import annotations
 
@@ -99,32 +99,37 @@ def unknown(applied: dict[int, str], migrations: list[Migration]) -> list[str]:
 
 
 async def apply(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Apply what is pending, each file in its own transaction; safe when two processes race."""
+    """Apply what is pending, each file in its own transaction; safe when two processes race.
+
+    The advisory lock is transaction-scoped (taken again in each file's transaction, which then
+    looks again whether the file is still pending), so no session state outlives a transaction
+    and migrating works through a transaction-mode pooler as well as on a direct connection.
+    """
     migrations = migrations if migrations is not None else discover()
-    await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
-    try:
-        await conn.execute(_LEDGER)
-        done: list[Migration] = []
-        for migration in await pending(conn, migrations):
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-            log.info("applied migration %03d_%s", migration.version, migration.name)
-            done.append(migration)
-        return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
+    done: list[Migration] = []
+    for migration in await pending(conn, migrations):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+            await conn.execute(_LEDGER)
+            if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version):
+                continue  # another process applied it while we waited for the lock
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+        log.info("applied migration %03d_%s", migration.version, migration.name)
+        done.append(migration)
+    return done
 
 
 async def apply_dsn(dsn: str, timeout_s: float = 15.0) -> list[Migration]:
     """Connect to `dsn` and apply what is pending (the `migrate` command and the demo)."""
     migrations = discover()  # before connecting: no migration files is refused whatever the database
-    conn = await asyncpg.connect(dsn, timeout=timeout_s)
+    # No named prepared statements: `migrate --dsn` may be given a transaction-mode pooler.
+    conn = await asyncpg.connect(dsn, timeout=timeout_s, statement_cache_size=0)
     try:
         return await apply(conn, migrations)
     finally:
