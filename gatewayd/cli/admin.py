@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,7 +16,12 @@ from gatewayd import __version__
 from gatewayd.config import Config, load
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store import migrate as migrations
+from gatewayd.store import roles
 from gatewayd.store.connect import resolve_dsn
+from gatewayd.store.migrate import Migration
+from gatewayd.store.roles import AppRole
+
+APP_PASSWORD_ENV = "GATEWAYD_APP_PASSWORD"
 
 
 def register(sub: Any) -> None:
@@ -33,6 +41,18 @@ def register(sub: Any) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--config", help="config file (its DSN, or its embedded PostgreSQL)")
     group.add_argument("--dsn", help="PostgreSQL DSN")
+    p.add_argument(
+        "--app-role",
+        metavar="NAME",
+        help="then create or update the daemon's LOGIN role NAME with only what it needs (member of gatewayd_app);"
+        " migrate as the tables' owner, run the daemon as NAME",
+    )
+    p.add_argument(
+        "--app-password-file",
+        metavar="FILE",
+        help=f"the app role's password, read from FILE (or ${APP_PASSWORD_ENV}); without either, an existing role"
+        " keeps its password and a new one gets none (peer or certificate authentication)",
+    )
     p.set_defaults(handler=cmd_migrate)
 
 
@@ -66,6 +86,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def app_password(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The app role's password from --app-password-file or $GATEWAYD_APP_PASSWORD (never both), or None."""
+    from_env = environ.get(APP_PASSWORD_ENV)
+    if args.app_password_file is None:
+        if from_env is not None and not from_env:
+            raise ConfigError(f"${APP_PASSWORD_ENV} is set but empty")
+        return from_env
+    if from_env is not None:
+        raise ConfigError(f"--app-password-file and ${APP_PASSWORD_ENV} are both given: use one")
+    try:
+        password = Path(args.app_password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"--app-password-file {args.app_password_file}: cannot read it: {reason}") from None
+    if not password:
+        raise ConfigError(f"--app-password-file {args.app_password_file}: the file is empty")
+    return password
+
+
+async def _migrate(dsn: str, app_role: str | None, password: str | None) -> tuple[list[Migration], AppRole | None]:
+    """Apply the migrations, then (as the same owner) create or update the app role."""
+    applied = await migrations.apply_dsn(dsn)
+    if app_role is None:
+        return applied, None
+    conn = await asyncpg.connect(dsn, timeout=15.0, statement_cache_size=0)
+    try:
+        return applied, await roles.ensure_app_role(conn, app_role, password)
+    finally:
+        await conn.close()
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         migrations.discover()  # before any database: without migration files there is nothing to do
@@ -73,20 +124,41 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"error: cannot migrate: {exc.message}", file=sys.stderr)
         return 1
     try:
+        if args.app_password_file is not None and args.app_role is None:
+            raise ConfigError("--app-password-file needs --app-role")
+        password = app_password(args, os.environ) if args.app_role else None
         if args.dsn:
             dsn = args.dsn
         else:
             dsn = asyncio.run(resolve_dsn(load(args.config, resolve_secrets=False)))
-        applied = asyncio.run(migrations.apply_dsn(dsn))
+        applied, role = asyncio.run(_migrate(dsn, args.app_role, password))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     except (StoreError, OSError, asyncpg.PostgresError) as exc:
-        print(f"error: migration failed: {exc}", file=sys.stderr)
+        message = exc.message if isinstance(exc, StoreError) else str(exc)
+        print(f"error: migration failed: {message}", file=sys.stderr)
         return 1
     if applied:
         for m in applied:
             print(f"applied {m.version:03d}_{m.name}")
     else:
         print("database is up to date")
+    if role is not None:
+        print(describe_app_role(role))
+        for warning in role.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def describe_app_role(role: AppRole) -> str:
+    """One line on what `--app-role` did; never the password."""
+    password = {
+        "set": "password set (sent as a SCRAM verifier)",
+        "unchanged": "password unchanged",
+        "none": "no password (peer or certificate authentication, or set one with --app-password-file)",
+    }[role.password]
+    return (
+        f"app role {role.name}: {'created' if role.created else 'updated'}: LOGIN, member of {roles.APP_GROUP} only"
+        f" (no superuser, no DDL), search_path {role.search_path}; {password}"
+    )
