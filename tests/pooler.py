@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,9 @@ class PgBouncer:
         return sum(1 for row in self.show("CLIENTS") if row.get("database") == database)
 
 
-def _config(port: int, upstream_port: int, folder: Path, pool_mode: str, pool_size: int) -> str:
+def _config(
+    port: int, upstream_port: int, folder: Path, pool_mode: str, pool_size: int, extra: Mapping[str, str]
+) -> str:
     settings = {
         "listen_addr": "127.0.0.1",
         "listen_port": str(port),
@@ -97,6 +99,7 @@ def _config(port: int, upstream_port: int, folder: Path, pool_mode: str, pool_si
         "server_round_robin": "1",  # hand out every server connection, not the last one used
         "log_connections": "0",
         "log_disconnections": "0",
+        **extra,
     }
     if os.geteuid() == 0:
         pwd.getpwnam(SERVICE_USER)  # made by the embedded server started before us
@@ -121,9 +124,15 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, time
 
 @contextlib.contextmanager
 def running_pgbouncer(
-    upstream_port: int, folder: Path, *, pool_mode: str = "transaction", pool_size: int = 3
+    upstream_port: int,
+    folder: Path,
+    *,
+    pool_mode: str = "transaction",
+    pool_size: int = 3,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[PgBouncer]:
-    """PgBouncer on a free loopback port in front of 127.0.0.1:`upstream_port`, stopped at the end."""
+    """PgBouncer on a free loopback port in front of 127.0.0.1:`upstream_port`, stopped at the end;
+    `settings`: more [pgbouncer] settings (TLS for its clients, say)."""
     binary = pgbouncer_binary()
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer)")
@@ -133,7 +142,7 @@ def running_pgbouncer(
     log_path = folder / "pgbouncer.log"
     for _ in range(5):
         port = free_port()
-        config.write_text(_config(port, upstream_port, folder, pool_mode, pool_size))
+        config.write_text(_config(port, upstream_port, folder, pool_mode, pool_size, settings or {}))
         with open(log_path, "ab") as log:
             process = subprocess.Popen([binary, str(config)], stdout=log, stderr=log, cwd="/")
         try:

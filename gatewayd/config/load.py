@@ -9,7 +9,8 @@ from pathlib import Path
 
 import msgspec
 
-from gatewayd.config.model import ApiConfig, Config, TerminalConfig
+from gatewayd.config import dsn as dsn_rules
+from gatewayd.config.model import ApiConfig, Config, DatabaseConfig, TerminalConfig
 from gatewayd.config.secret import Secret, dec_hook
 from gatewayd.errors import ConfigError
 
@@ -161,6 +162,22 @@ def _resolve_api(source: str, api: ApiConfig, resolve: bool) -> ApiConfig:
     return msgspec.structs.replace(api, tcp_token=token, tcp_token_env=None, tcp_token_file=None)
 
 
+def _check_database(source: str, db: DatabaseConfig, resolve: bool) -> None:
+    """The link to a configured database: TLS off the host, no statement cache behind a known pooler."""
+    if db.dsn is None:
+        return  # the embedded server listens on 127.0.0.1 only
+    dsn = db.dsn.reveal()
+    problem = dsn_rules.transport_problem(dsn, tls=db.tls, ssl_root_cert=db.ssl_root_cert)
+    problem = problem or dsn_rules.pooler_problem(dsn, statement_cache=db.statement_cache)
+    if problem is not None:
+        raise _fail(source, *problem)
+    if resolve and db.ssl_root_cert is not None:
+        try:
+            Path(db.ssl_root_cert).read_bytes()
+        except OSError as exc:
+            raise _fail(source, "database.ssl_root_cert", f"cannot read {db.ssl_root_cert}: {exc.strerror}") from None
+
+
 def _resolve(config: Config, source: str, resolve: bool) -> Config:
     duplicates = [tid for tid, n in Counter(t.id for t in config.terminals).items() if n > 1]
     if duplicates:
@@ -168,5 +185,6 @@ def _resolve(config: Config, source: str, resolve: bool) -> Config:
     _check_listen(source, "metrics.listen", config.metrics.listen)
     if config.database.pool_min > config.database.pool_max:
         raise _fail(source, "database.pool_min", "must not exceed database.pool_max")
+    _check_database(source, config.database, resolve)
     terminals = [_resolve_terminal(source, i, t, resolve) for i, t in enumerate(config.terminals)]
     return msgspec.structs.replace(config, terminals=terminals, api=_resolve_api(source, config.api, resolve))

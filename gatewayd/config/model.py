@@ -20,7 +20,17 @@ class DatabaseConfig(_Section, frozen=True):
     """Where the data lives: a DSN, or (absent) an embedded PostgreSQL under state_dir."""
 
     dsn: Secret | None = None
-    statement_cache: bool = True  # false behind transaction poolers (pgbouncer, Supabase pooler)
+    # asyncpg's cache of named prepared statements. false behind a transaction-mode pooler
+    # (PgBouncer pool_mode = transaction, Supabase's pooler on port 6543): there the next
+    # transaction may run on another server connection, where the name is unknown or means
+    # another statement. Off, every statement is parsed afresh (one more round trip each).
+    statement_cache: bool = True
+    # A DSN whose host is not loopback must require TLS ("required": sslmode=require, verify-ca or
+    # verify-full, or ssl_root_cert); "off" lets it connect in the clear, on purpose.
+    tls: Literal["required", "off"] = "required"
+    # The CA file that signed the server's certificate: the daemon connects with
+    # sslmode=verify-full (the certificate and the host name checked) against it.
+    ssl_root_cert: str | None = None
     pool_min: Annotated[int, Meta(ge=1, le=100)] = 2
     pool_max: Annotated[int, Meta(ge=1, le=500)] = 10
     connect_timeout_s: PositiveSeconds = 10.0

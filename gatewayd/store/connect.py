@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 
 from gatewayd.config import Config
+from gatewayd.config import dsn as dsn_rules
+from gatewayd.errors import ConfigError
 from gatewayd.store.db import Database
 from gatewayd.store.embedded import EmbeddedPostgres
 
@@ -27,8 +29,19 @@ async def resolve_dsn(config: Config) -> str:
 
 
 def database_for(config: Config, dsn: str) -> Database:
-    """A Database sized and tuned by the config."""
+    """A Database sized and tuned by the config, on a link the config allows.
+
+    A DSN to a host that is not loopback without TLS is refused (ConfigError) unless
+    `[database] tls = "off"`; `[database] ssl_root_cert` makes it verify-full against that CA.
+    """
     db = config.database
+    problem = dsn_rules.transport_problem(dsn, tls=db.tls, ssl_root_cert=db.ssl_root_cert)
+    problem = problem or dsn_rules.pooler_problem(dsn, statement_cache=db.statement_cache)
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(f"{key}: {message}", key=key)
+    if db.ssl_root_cert is not None:
+        dsn = dsn_rules.with_root_cert(dsn, db.ssl_root_cert)
     return Database(
         dsn,
         statement_cache=db.statement_cache,

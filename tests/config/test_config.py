@@ -46,7 +46,7 @@ def test_secrets_stay_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     key_file = tmp_path / "key"
     key_file.write_text("FILESECRET9\n")
     config = parse(
-        f'store_id = "s"\n[database]\ndsn = "postgresql://u:PGPASSWORD@h/db"\n'
+        f'store_id = "s"\n[database]\ndsn = "postgresql://u:PGPASSWORD@h/db?sslmode=require"\n'
         f'{TERMINAL}authkey_env = "LANE_KEY"\n'
         f'{TERMINAL.replace("lane-1", "lane-2")}authkey_file = "{key_file}"\n'
     )
