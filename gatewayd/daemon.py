@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gatewayd import __version__
 from gatewayd.api.app import ApiContext, build_app
-from gatewayd.api.listen import systemd_sockets, tcp_socket, unix_socket
+from gatewayd.api.listen import ServerTls, TlsFileError, check_tcp_transport, systemd_sockets, tcp_socket, unix_socket
 from gatewayd.api.wire import SettleView, TerminalView
 from gatewayd.checkout.coordinator import Coordinator
 from gatewayd.checkout.executor import Executor
@@ -122,6 +122,7 @@ class Daemon:
     metrics: Metrics = field(default_factory=Metrics)
     maintenance: MaintenanceStore | None = None
     passed_sockets: dict[str, socket.socket] = field(default_factory=dict)
+    api_tls: ServerTls | None = None  # the TCP listener's TLS; a reload replaces its certificate
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reload_event: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
@@ -276,7 +277,25 @@ class Daemon:
         await web.SockSite(self.runner, sock).start()
         if api.tcp_listen:
             tcp = passed.pop("api-tcp") if "api-tcp" in passed else tcp_socket(api.tcp_listen)
-            await web.SockSite(self.runner, tcp).start()
+            try:
+                # systemd's socket may be bound elsewhere than tcp_listen says: its own address decides
+                check_tcp_transport(tcp, tls=api.tls_enabled, tls_setting=api.tls)
+                if api.tls_enabled:
+                    assert api.tls_cert is not None and api.tls_key is not None  # resolved by load()
+                    self.api_tls = ServerTls(api.tls_cert, api.tls_key)
+            except TlsFileError as exc:
+                tcp.close()
+                raise ConfigError(f"api.{exc.key}: {exc.message}", key=f"api.{exc.key}") from None
+            except ConfigError:
+                tcp.close()
+                raise
+            context = self.api_tls.context if self.api_tls is not None else None
+            await web.SockSite(self.runner, tcp, ssl_context=context).start()
+            if self.api_tls is not None:
+                log.info("api tcp %s: TLS with %s", api.tcp_listen, self.api_tls.info.describe())
+                self._warn_expiry()
+            else:
+                log.warning("api tcp %s: plain HTTP, no TLS (api.tls = %s)", api.tcp_listen, api.tls or "unset")
 
     async def _serve_metrics(self) -> None:
         listen = self.config.metrics.listen
@@ -354,6 +373,7 @@ class Daemon:
             return False
         added, removed, changed = await self.fleet.reload(new.terminals)
         self.config = new
+        self._reload_tls(new)
         log.info(
             "reloaded %s: terminals added %s, removed %s, changed %s",
             self.config_path,
@@ -363,6 +383,35 @@ class Daemon:
         )
         self.notifier.ready(self.status_line())
         return True
+
+    def _reload_tls(self, new: Config) -> None:
+        """A renewed certificate (same paths, new files) is served from the next connection on."""
+        api = new.api
+        wanted = api.tcp_listen is not None and api.tls_enabled
+        if self.api_tls is None or not wanted:
+            if (self.api_tls is not None) != wanted:
+                log.warning("api tcp: turning TLS on or off takes effect at the next restart, not on reload")
+            return
+        assert api.tls_cert is not None and api.tls_key is not None
+        try:
+            changed = self.api_tls.replace(api.tls_cert, api.tls_key)
+        except TlsFileError as exc:
+            log.error("api tcp: the TLS certificate was not replaced, still serving the old one: %s", exc.message)
+            return
+        if changed:
+            log.info("api tcp: now serving %s", self.api_tls.info.describe())
+        self._warn_expiry()
+
+    def _warn_expiry(self) -> None:
+        if self.api_tls is None:
+            return
+        days = self.api_tls.days_left()
+        if days <= 0:
+            log.error(
+                "api tcp: the TLS certificate has expired: tablets refuse it. Renew it and reload (docs/operations.md)"
+            )
+        elif days < 30:
+            log.warning("api tcp: the TLS certificate expires in %.0f day(s): renew it and reload", days)
 
     async def stop(self) -> None:
         """Stop accepting checkouts, drain within the deadline, then close in reverse order."""

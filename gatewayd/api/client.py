@@ -3,10 +3,15 @@
 async with GatewayClient("/run/gatewayd/gatewayd.sock") as gw:
     answer = await gw.checkout({...})
     if answer.status == 200: ...
+
+Over the store network, with TLS and the store CA (`gatewayd tls-init` makes it):
+
+async with GatewayClient(base_url="https://192.168.1.20:8470", token=TOKEN, ca_file="ca.pem") as gw: ...
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +46,11 @@ class ApiError(Exception):
 
 
 class GatewayClient:
-    """HTTP/JSON over the daemon's unix socket (or a TCP URL with a bearer token)."""
+    """HTTP/JSON over the daemon's unix socket (or a TCP URL with a bearer token).
+
+    An https `base_url` is verified against `ca_file` (the store CA's PEM), or against the given
+    `ssl_context`, else against the system's trusted CAs; the certificate must name the URL's host.
+    """
 
     def __init__(
         self,
@@ -50,9 +59,16 @@ class GatewayClient:
         base_url: str | None = None,
         token: str | None = None,
         timeout_s: float = 150.0,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if socket_path is None and base_url is None:
             raise ValueError("give socket_path or base_url")
+        if ca_file is not None and ssl_context is not None:
+            raise ValueError("give ca_file or ssl_context, not both")
+        if (ca_file is not None or ssl_context is not None) and not (base_url or "").startswith("https://"):
+            raise ValueError("ca_file and ssl_context are for an https:// base_url")
+        self._ssl = ssl_context or (ssl.create_default_context(cafile=ca_file) if ca_file is not None else None)
         self._socket_path = socket_path
         self._base = (base_url or "http://gatewayd").rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -60,7 +76,11 @@ class GatewayClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> GatewayClient:
-        connector = aiohttp.UnixConnector(path=self._socket_path) if self._socket_path else None
+        connector: aiohttp.BaseConnector | None = None
+        if self._socket_path:
+            connector = aiohttp.UnixConnector(path=self._socket_path)
+        elif self._ssl is not None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
         return self
 

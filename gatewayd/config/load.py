@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from gatewayd.api import listen
 from gatewayd.config import dsn as dsn_rules
 from gatewayd.config.model import ApiConfig, Config, DatabaseConfig, TerminalConfig
 from gatewayd.config.secret import Secret, dec_hook
@@ -155,11 +156,64 @@ def _resolve_api(source: str, api: ApiConfig, resolve: bool) -> ApiConfig:
         required=api.tcp_listen is not None,
         resolve=resolve,
     )
+    tls_files = _check_api_tls(source, api)
     if not resolve:
         return api
     if token is not None and len(token.reveal()) < 16:
         raise _fail(source, "api.tcp_token", "must be at least 16 characters")
-    return msgspec.structs.replace(api, tcp_token=token, tcp_token_env=None, tcp_token_file=None)
+    api = msgspec.structs.replace(api, tcp_token=token, tcp_token_env=None, tcp_token_file=None)
+    if tls_files is None:
+        return api
+    cert, key = (_tls_path(source, name, path, credential) for name, path, credential in tls_files)
+    try:
+        listen.read_certificate_pair(cert, key)
+        listen.server_tls_context(cert, key)
+    except listen.TlsFileError as exc:
+        from_credential = (api.tls_cert_credential if exc.key == "tls_cert" else api.tls_key_credential) is not None
+        raise _fail(source, f"api.{exc.key}" + ("_credential" if from_credential else ""), exc.message) from None
+    return msgspec.structs.replace(api, tls_cert=cert, tls_key=key, tls_cert_credential=None, tls_key_credential=None)
+
+
+_TLS_KEYS = ("tls", "tls_cert", "tls_cert_credential", "tls_key", "tls_key_credential")
+
+
+def _check_api_tls(source: str, api: ApiConfig) -> list[tuple[str, str | None, str | None]] | None:
+    """The TLS keys of [api] fit together, and a TCP listener off loopback has TLS or says tls = "off".
+
+    Returns (key, path, credential) for the certificate and for its key when TLS is on.
+    """
+    if api.tcp_listen is None:
+        given = [k for k in _TLS_KEYS if getattr(api, k) is not None]
+        if given:
+            raise _fail(source, f"api.{given[0]}", "only used with api.tcp_listen (the unix socket needs no TLS)")
+        return None
+    files = [
+        ("api.tls_cert", api.tls_cert, api.tls_cert_credential),
+        ("api.tls_key", api.tls_key, api.tls_key_credential),
+    ]
+    for name, path, credential in files:
+        if path is not None and credential is not None:
+            raise _fail(source, name, f"give only one of {name}, {name}_credential")
+    missing = [name for name, path, credential in files if path is None and credential is None]
+    if api.tls == "on" and missing:
+        raise _fail(source, "api.tls", '"on" needs ' + " and ".join(f"{n} (or {n}_credential)" for n in missing))
+    if api.tls is None and len(missing) == 1:
+        given_name = next(name for name, _, _ in files if name not in missing)
+        raise _fail(source, missing[0], f"required with {given_name}: the certificate and its private key go together")
+    if not api.tls_enabled and api.tls != "off" and not listen.is_loopback(api.tcp_listen.rpartition(":")[0]):
+        raise _fail(source, "api.tcp_listen", listen.plain_tcp_refusal(api.tcp_listen))
+    return files if api.tls_enabled else None
+
+
+def _tls_path(source: str, name: str, path: str | None, credential: str | None) -> str:
+    """The file to read: the path given, or the systemd credential's file."""
+    if credential is None:
+        assert path is not None
+        return path
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise _fail(source, name + "_credential", "no CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)")
+    return str(Path(directory) / credential)
 
 
 def _check_database(source: str, db: DatabaseConfig, resolve: bool) -> None:

@@ -50,6 +50,23 @@ class ApiConfig(_Section, frozen=True):
     tcp_token: Secret | None = None
     tcp_token_env: str | None = None
     tcp_token_file: str | None = None
+    # TLS on the TCP listener: the server certificate and its key (PEM files, re-read on reload,
+    # or systemd credentials by name, read at start). "on" needs both; "off" serves plain HTTP
+    # (the only way to do so off loopback); absent, TLS is on exactly when both are given.
+    tls: Literal["on", "off"] | None = None
+    tls_cert: str | None = None
+    tls_cert_credential: str | None = None
+    tls_key: str | None = None
+    tls_key_credential: str | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """TLS on the TCP listener: asked for, or implied by a certificate and key."""
+        if self.tls is not None:
+            return self.tls == "on"
+        has_cert = self.tls_cert is not None or self.tls_cert_credential is not None
+        has_key = self.tls_key is not None or self.tls_key_credential is not None
+        return has_cert and has_key
 
 
 class MetricsConfig(_Section, frozen=True):
