@@ -1,14 +1,23 @@
-"""`gatewayd demo`: embedded PostgreSQL, the SPIn simulator with four lanes and the daemon, in one process."""
+"""`gatewayd demo`: embedded PostgreSQL, the SPIn simulator with four lanes and the daemon, in one process.
+
+With `--tcp HOST:PORT` the API is also served over TLS on HOST:PORT, with a bearer token and a
+certificate naming HOST from the demo's own store CA (made by tls-init's code under state/tls,
+reused on the next run), for a POS developer's tablet or script.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
+import secrets
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 from gatewayd import daemon
+from gatewayd.cli.tls import StoreTls, TlsInitError, init_store_tls, parse_host, server_certificate_fits
 from gatewayd.config import Config, parse
 from gatewayd.stack import StoreSpec, TerminalSpec
 from gatewayd.store import migrate
@@ -62,15 +71,76 @@ def demo_store(simulator_url: str) -> StoreSpec:
     )
 
 
-def demo_config(state_dir: Path, dsn: str, simulator_url: str, metrics_listen: str) -> Config:
+@dataclass(frozen=True)
+class DemoTcp:
+    """The demo's TLS listener: where, the token file and the store CA's files."""
+
+    host: str
+    port: int
+    token_file: Path
+    tls: StoreTls
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.listen}"
+
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+
+def parse_tcp(value: str) -> tuple[str, int]:
+    """HOST:PORT of `demo --tcp` (an IP address, [IPv6] or a name); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--tcp {value}: expected HOST:PORT, e.g. 192.168.1.20:8470")
+    try:
+        parsed = parse_host(host)
+    except TlsInitError as exc:
+        raise ValueError(str(exc).replace("--host", "--tcp")) from None
+    return str(parsed), int(port)
+
+
+def prepare_tcp(state_dir: Path, host: str, port: int) -> DemoTcp:
+    """The token (made once) and a server certificate naming `host` (made when missing, naming
+    another host or near its end; the store CA is kept, so a tablet that trusts it still does)."""
+    token_file = state_dir / "tcp-token"
+    if not token_file.exists():
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
+    tls = StoreTls(state_dir / "tls")
+    if not server_certificate_fits(tls, [host]):
+        try:
+            init_store_tls(tls.directory, [host], force=True)
+        except TlsInitError as exc:  # a broken or expired CA of an earlier run: the demo makes a new one
+            log.warning("demo: a new store CA (%s); tablets must trust the new %s", exc, tls.ca_cert)
+            init_store_tls(tls.directory, [host], force=True, new_ca=True)
+    return DemoTcp(host, port, token_file, tls)
+
+
+def demo_config(
+    state_dir: Path, dsn: str, simulator_url: str, metrics_listen: str, tcp: DemoTcp | None = None
+) -> Config:
     """The demo's configuration: config/demo.toml's values with this run's paths and ports."""
+    api: dict[str, str] = {"socket_mode": "0660"}
+    if tcp is not None:
+        api |= {
+            "tcp_listen": tcp.listen,
+            "tcp_token_file": str(tcp.token_file),
+            "tls_cert": str(tcp.tls.server_cert),
+            "tls_key": str(tcp.tls.server_key),
+        }
     text = demo_store(simulator_url).config_text(
         state_dir=state_dir,
         socket_path=state_dir / "gatewayd.sock",
         dsn=dsn,
         sections={
             "database": {"pool_min": 2, "pool_max": 10},
-            "api": {"socket_mode": "0660"},
+            "api": api,
             "metrics": {"listen": metrics_listen},
             "health": {"interval_s": 5, "failure_threshold": 2},
             "recovery": {"interval_s": 10},
@@ -79,7 +149,7 @@ def demo_config(state_dir: Path, dsn: str, simulator_url: str, metrics_listen: s
     return parse(text, "<demo>")
 
 
-def _ready_text(config: Config, simulator_url: str, metrics_url: str) -> str:
+def _ready_text(config: Config, simulator_url: str, metrics_url: str, tcp: DemoTcp | None = None) -> str:
     sock = config.api.socket
     body = (
         '{"idempotency_key": "demo-$(date +%s%N)", "register_id": "reg1", "customer_id": "cust-42", '
@@ -100,32 +170,47 @@ def _ready_text(config: Config, simulator_url: str, metrics_url: str) -> str:
             "       http://gatewayd/v1/checkouts",
             "",
             f"Terminals:  curl -s --unix-socket {sock} http://gatewayd/v1/terminals",
+            *_tcp_text(tcp),
             "Press Ctrl-C to stop.",
             "",
         ]
     )
 
 
-async def run_demo(state_dir: Path) -> int:
-    """Start everything, serve until SIGINT/SIGTERM, stop everything."""
+def _tcp_text(tcp: DemoTcp | None) -> list[str]:
+    if tcp is None:
+        return []
+    return [
+        "",
+        f"Over the network (TLS, bearer token; tcp_url, token and ca_file are in demo.json): {tcp.url}",
+        f'  curl -s --cacert {tcp.tls.ca_cert} -H "Authorization: Bearer {tcp.token()}" {tcp.url}/v1/health',
+        f"A tablet trusts {tcp.tls.ca_cert} once (docs/operations.md, TLS on the TCP listener).",
+    ]
+
+
+async def run_demo(state_dir: Path, tcp_listen: tuple[str, int] | None = None) -> int:
+    """Start everything, serve until SIGINT/SIGTERM, stop everything (`tcp_listen`: demo --tcp)."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    tcp = None if tcp_listen is None else await asyncio.to_thread(prepare_tcp, state_dir, *tcp_listen)
     pg = EmbeddedPostgres(state_dir / "postgres")
     dsn = await asyncio.to_thread(pg.start)
     metrics_port = 9470 if _port_free(9470) else _free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
         async with running_simulator(port=8471 if _port_free(8471) else 0) as simulator:
-            config = demo_config(state_dir, dsn, simulator.url, f"127.0.0.1:{metrics_port}")
+            config = demo_config(state_dir, dsn, simulator.url, f"127.0.0.1:{metrics_port}", tcp)
             info = {
                 "socket": config.api.socket,
                 "dsn": dsn,
                 "simulator_url": simulator.url,
                 "metrics_url": metrics_url,
             }
+            if tcp is not None:
+                info |= {"tcp_url": tcp.url, "token": tcp.token(), "ca_file": str(tcp.tls.ca_cert)}
             (state_dir / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
 
             def ready(_: daemon.Daemon) -> None:
-                print(_ready_text(config, simulator.url, metrics_url), flush=True)
+                print(_ready_text(config, simulator.url, metrics_url, tcp), flush=True)
 
             await _migrate_and_seed(dsn, demo_store(simulator.url))
             return await daemon.serve(config, on_ready=ready)

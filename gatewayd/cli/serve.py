@@ -20,6 +20,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="embedded PostgreSQL + SPIn simulator + the daemon, in the foreground")
     p.add_argument("--state-dir", default="./state", help="where the demo keeps its data (default ./state)")
+    p.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        help="also serve the API over TLS on HOST:PORT (an address or name the tablets use), with a generated"
+        " token and a certificate naming HOST; tcp_url, token and ca_file go into demo.json",
+    )
     p.set_defaults(handler=cmd_demo)
 
     sub.add_parser(
@@ -43,9 +49,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import uvloop
 
-    from gatewayd.demo import run_demo
+    from gatewayd.demo import parse_tcp, run_demo
     from gatewayd.observe import logs
 
+    try:
+        tcp = None if args.tcp is None else parse_tcp(args.tcp)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logs.setup("INFO", "plain")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_demo(Path(args.state_dir).absolute()))
+        return runner.run(run_demo(Path(args.state_dir).absolute(), tcp))
