@@ -105,6 +105,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def _closed(conn: asyncpg.Connection) -> bool:
+    """Whether the connection is gone; a lost one may already be back with the pool, which then
+    refuses every call on it (InterfaceError), `is_closed()` included."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 _JSONB_VERSION = b"\x01"
 
 
@@ -198,7 +207,7 @@ class Database:
                     # Whatever the error says, a connection that is now closed was lost (a backend
                     # terminated behind a proxy surfaces as a client error): the pool drops it and
                     # the same work on another connection may well succeed.
-                    if conn.is_closed() and not isinstance(classify(exc), TransientStoreError):
+                    if not isinstance(classify(exc), TransientStoreError) and _closed(conn):
                         raise TransientStoreError(f"database connection lost: {type(exc).__name__}: {exc}") from exc
                     raise
             self.up = True
