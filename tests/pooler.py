@@ -22,6 +22,9 @@ from pathlib import Path
 
 from gatewayd.store.embedded import SERVICE_USER, bin_dir, free_port
 
+# The daemon's login role in the pooler tests (made by `gatewayd migrate --app-role`'s code).
+POOLED_APP_ROLE = "gatewayd_pooled"
+
 
 def pgbouncer_binary() -> str | None:
     """The pgbouncer program, or None (Debian installs it in /usr/sbin, not always on PATH)."""
@@ -40,9 +43,9 @@ class PgBouncer:
     pool_size: int
     process: subprocess.Popen[bytes]
 
-    def dsn(self, database: str = "gatewayd", **params: str) -> str:
+    def dsn(self, database: str = "gatewayd", user: str = "postgres", **params: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}" + (f"?{query}" if query else "")
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}" + (f"?{query}" if query else "")
 
     @property
     def log(self) -> str:
@@ -75,11 +78,13 @@ class PgBouncer:
         header = lines[0].split(",")
         return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
 
-    def server_connections(self, database: str = "gatewayd") -> int:
-        return sum(1 for row in self.show("SERVERS") if row.get("database") == database)
+    def server_connections(self, user: str, database: str = "gatewayd") -> int:
+        """PostgreSQL connections the pool (database, user) holds."""
+        return sum(1 for r in self.show("SERVERS") if (r.get("database"), r.get("user")) == (database, user))
 
-    def client_connections(self, database: str = "gatewayd") -> int:
-        return sum(1 for row in self.show("CLIENTS") if row.get("database") == database)
+    def client_connections(self, user: str, database: str = "gatewayd") -> int:
+        """Client connections to the pool (database, user)."""
+        return sum(1 for r in self.show("CLIENTS") if (r.get("database"), r.get("user")) == (database, user))
 
 
 def _config(
@@ -130,14 +135,16 @@ def running_pgbouncer(
     pool_mode: str = "transaction",
     pool_size: int = 3,
     settings: Mapping[str, str] | None = None,
+    users: tuple[str, ...] = ("postgres",),
 ) -> Iterator[PgBouncer]:
     """PgBouncer on a free loopback port in front of 127.0.0.1:`upstream_port`, stopped at the end;
-    `settings`: more [pgbouncer] settings (TLS for its clients, say)."""
+    `settings`: more [pgbouncer] settings (TLS for its clients, say); `users`: who may log in
+    (trust: no password, as the test server has none)."""
     binary = pgbouncer_binary()
     if binary is None:
         raise RuntimeError("pgbouncer is not installed (Debian package pgbouncer)")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "users.txt").write_text('"postgres" ""\n')
+    (folder / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
     config = folder / "pgbouncer.ini"
     log_path = folder / "pgbouncer.log"
     for _ in range(5):

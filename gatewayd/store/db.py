@@ -66,8 +66,9 @@ def classify(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
+        why = (exc.verify_message or str(exc)).rstrip(".")
         return PermanentStoreError(
-            f"the database server's certificate was refused ({exc.verify_message}): the CA in"
+            f"the database server's certificate was refused ({why}): the CA in"
             " [database] ssl_root_cert (or the DSN's sslrootcert) must have signed it, and the DSN's"
             " host must be a name in it"
         )

@@ -3,8 +3,9 @@ checklist with `[database] statement_cache = false`, three server connections sh
 daemon's pool, migrations, and what the statement cache does there when it is left on.
 
 The checklist is the checkout tests themselves (tests/checkout/test_checkout_api.py), collected
-here a second time with this module's `gw`: a daemon whose DSN names the pooler, checked on a
-direct connection afterwards (the money invariants against the simulator's ledger).
+here a second time with this module's `gw`: a daemon logged in as its app role (what `gatewayd
+migrate --app-role` makes) whose DSN names the pooler, checked on a direct connection afterwards
+(the money invariants against the simulator's ledger).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gatewayd.store import migrate
+from gatewayd.store import migrate, roles
 from gatewayd.store.db import POOLER_HINT
 from gatewayd.store.embedded import EmbeddedPostgres
 from tests.checkout.test_checkout_api import (  # noqa: F401 - collected again here, on this module's `gw`
@@ -38,15 +39,29 @@ from tests.checkout.test_checkout_api import (  # noqa: F401 - collected again h
     test_void_checkout,
 )
 from tests.harness import Gateway, card, cash, order, running_gateway
-from tests.pooler import PgBouncer, running_pgbouncer
+from tests.pooler import POOLED_APP_ROLE, PgBouncer, running_pgbouncer
 
 POOLED = {"database": {"statement_cache": False, "pool_min": 2, "pool_max": 8}}
 
 
+@pytest.fixture(scope="session")
+async def app_role(dsn: str) -> str:
+    """The daemon's login role, as `gatewayd migrate --app-role` makes it (no password: the test
+    server trusts loopback)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await roles.ensure_app_role(conn, POOLED_APP_ROLE, None)
+    finally:
+        await conn.close()
+    return POOLED_APP_ROLE
+
+
 @pytest.fixture
-async def gw(dsn: str, tmp_path: Path, pgbouncer: PgBouncer) -> AsyncIterator[Gateway]:
-    """The daemon on the pooler (statement_cache = false); the test looks on the direct DSN."""
-    async with running_gateway(dsn, tmp_path, daemon_dsn=pgbouncer.dsn(), sections=POOLED) as gateway:
+async def gw(dsn: str, tmp_path: Path, pgbouncer: PgBouncer, app_role: str) -> AsyncIterator[Gateway]:
+    """The daemon as its app role on the pooler (statement_cache = false); the test looks on the
+    direct DSN, as the owner."""
+    daemon_dsn = pgbouncer.dsn(user=app_role)
+    async with running_gateway(dsn, tmp_path, daemon_dsn=daemon_dsn, sections=POOLED) as gateway:
         yield gateway
         await gateway.check_invariants()
 
@@ -61,8 +76,12 @@ async def test_concurrent_checkouts_on_one_terminal(gw: Gateway, pgbouncer: PgBo
     assert (await gw.max_concurrency())[gw.tpns["lane-1"]] == 1
     assert len(await gw.ledger()) == len(bodies)
     assert gw.daemon.db is not None and gw.daemon.db.size() > pgbouncer.pool_size
-    assert pgbouncer.server_connections() <= pgbouncer.pool_size
-    assert pgbouncer.client_connections() >= gw.daemon.db.size()
+    assert pgbouncer.server_connections(POOLED_APP_ROLE) <= pgbouncer.pool_size
+    assert pgbouncer.client_connections(POOLED_APP_ROLE) >= gw.daemon.db.size()
+    role = await gw.fetchval(
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = 'gatewayd' AND usename = $1", POOLED_APP_ROLE
+    )
+    assert role == POOLED_APP_ROLE
 
 
 async def test_migrate_through_the_pooler(pg_server: EmbeddedPostgres, pgbouncer: PgBouncer) -> None:
