@@ -117,6 +117,7 @@ class Coordinator:
         self.store = executor.store
         self.policy = executor.policy
         self.metrics = executor.metrics
+        self.events = executor.events
         self.accepting = True
         self._inflight: dict[str, _Inflight] = {}
 
@@ -292,6 +293,7 @@ class Coordinator:
             if not await self._gave_key_back(existing, digest):
                 return existing, False
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
+        self.events.progress(order_id, request.idempotency_key, "intent_recorded")
         await failpoints.hit("after_intent_commit")
         prepared = _prepared(intent, result.get("order_number", ""))
         await self.executor.drive(order_id, charge_pending=True, checkout=prepared)

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -64,7 +64,9 @@ class LaneLike(Protocol):
     @property
     def state(self) -> str: ...
 
-    async def execute(self, op: Any, *, before_send: Any = None, may_send: Any = None) -> Any: ...
+    async def execute(
+        self, op: Any, *, before_send: Any = None, may_send: Any = None, on_progress: Any = None
+    ) -> Any: ...
 
 
 class Lanes(Protocol):
@@ -94,6 +96,45 @@ class CheckoutMetrics(Protocol):
     def transition_refused(self, step: str) -> None: ...
     def lease_lost(self) -> None: ...
     def charge_settled(self, what: str) -> None: ...
+
+
+# The steps of a checkout the live event stream tells of (GET /v1/events, checkout.progress).
+Phase = Literal[
+    "intent_recorded",  # the order and its tenders are stored: nothing has left for a terminal yet
+    "sent_to_terminal",  # a charge is leaving for its terminal (again, after a busy answer)
+    "approved",
+    "declined",
+    "failed",  # not charged without a decline: unreachable, never read, not found after its deadline
+    "unknown",  # the answer was lost or unclear: the terminal is asked
+    "inquiring",  # the terminal is asked what became of the charge
+    "voiding",  # a void of the charge is under way
+    "voided",
+]
+
+
+class CheckoutEvents(Protocol):
+    """Hooks for the live event stream; the daemon passes gatewayd.api.events.EventHub."""
+
+    def progress(self, order_id: uuid.UUID, key: str | None, phase: Phase, tender: Tender | None = None) -> None: ...
+    def finished(self, order_id: uuid.UUID, status: str) -> None: ...
+
+
+class NoEvents:
+    def progress(self, order_id: uuid.UUID, key: str | None, phase: Phase, tender: Tender | None = None) -> None:
+        pass
+
+    def finished(self, order_id: uuid.UUID, status: str) -> None:
+        pass
+
+
+# What a stored answer makes of a tender, as the event stream says it.
+_PHASES: dict[TenderStatus, Phase] = {
+    TenderStatus.APPROVED: "approved",
+    TenderStatus.DECLINED: "declined",
+    TenderStatus.FAILED: "failed",
+    TenderStatus.UNKNOWN: "unknown",
+    TenderStatus.VOIDED: "voided",
+}
 
 
 class NoMetrics:
@@ -168,6 +209,7 @@ class Executor:
         owner: str,
         lease_s: float = 600.0,
         metrics: CheckoutMetrics | None = None,
+        events: CheckoutEvents | None = None,
     ) -> None:
         self.store = store
         self.lanes = lanes
@@ -175,6 +217,7 @@ class Executor:
         self.owner = owner
         self.lease_s = lease_s
         self.metrics: CheckoutMetrics = metrics or NoMetrics()
+        self.events: CheckoutEvents = events or NoEvents()
         self._driving: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._held: Counter[uuid.UUID] = Counter()
@@ -342,7 +385,7 @@ class Executor:
         if isinstance(step, machine.Inquire):
             return await self._inquire(c, step.tender)
         if isinstance(step, machine.VoidCharge):
-            if not await self.void_charge(step.tender):
+            if not await self.void_charge(step.tender, c.order.idempotency_key):
                 log.error("checkout %s: void of %s not done; recovery retries", c.order.id, step.tender.reference_id)
                 return await self._park(c)
             return await self._reload(c)
@@ -385,10 +428,16 @@ class Executor:
             marked = await after_intent(lambda: self.store.mark_sent(c.order.id, t.id, self.owner))
             if marked == "ok":
                 on_the_wire = failpoints.soon("after_sale_sent", 0.3)  # the request has left by then
+                self.events.progress(c.order.id, c.order.idempotency_key, "sent_to_terminal", t)
             return marked == "ok"
 
+        def on_progress(phase: Phase) -> None:  # the lane resolving a lost answer: unknown, inquiring
+            self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+
         try:
-            outcome = await lane.execute(op, before_send=before_send, may_send=lambda: self.may_send(c.order.id))
+            outcome = await lane.execute(
+                op, before_send=before_send, may_send=lambda: self.may_send(c.order.id), on_progress=on_progress
+            )
         except TerminalBusy:
             return await self._record(
                 c,
@@ -431,6 +480,7 @@ class Executor:
                 t.terminal_id,
             )
             return await self._park(c)
+        self.events.progress(c.order.id, c.order.idempotency_key, "inquiring", t)
         attempt = 0
         while True:
             self.check_lease(c.order.id)
@@ -497,7 +547,10 @@ class Executor:
         last_error: str | None = None,
         from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
     ) -> Checkout | None:
-        await self.record(t, status, outcome=outcome, failure_code=failure_code, last_error=last_error, from_=from_)
+        if await self.record(
+            t, status, outcome=outcome, failure_code=failure_code, last_error=last_error, from_=from_
+        ) and (phase := _PHASES.get(status)):
+            self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
         fields = {k: v for k, v in _fields(outcome).items() if k in _CARRIED}
         changed = msgspec.structs.replace(t, status=status, failure_code=failure_code, last_error=last_error, **fields)
         return c.with_tender(changed)
@@ -531,14 +584,16 @@ class Executor:
         )
         return self._lease(written, t.order_id)
 
-    async def void_charge(self, t: Tender) -> bool:
+    async def void_charge(self, t: Tender, key: str | None = None) -> bool:
         """Void an approved charge, retrying; True once decided (voided, or settled: it stands and
-        needs a Return), False when it could not be done for now."""
+        needs a Return), False when it could not be done for now. `key`: the order's idempotency
+        key, for the event stream."""
         lane = self.lanes.for_followup(t.terminal_id)
         if lane is None:
             return False
         # The void's intent first: if we die with the void in flight, recovery asks the terminal.
         self._lease(await after_intent(lambda: self.store.mark_void_requested(t.id, self.owner)), t.order_id)
+        self.events.progress(t.order_id, key, "voiding", t)
         asked = machine.void_question(t)
         for attempt in range(VOID_ATTEMPTS):
             await failpoints.hit("during_void")
@@ -561,6 +616,7 @@ class Executor:
                 reason = "the hold lapsed with its batch" if isinstance(outcome, NotFound) else None
                 await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_, last_error=reason)
                 self.metrics.tender_finished("card", "voided")
+                self.events.progress(t.order_id, key, "voided", t)
                 return True
             if decided is Keep.SETTLED:
                 await self.settled(t, "void: the batch is closed; the charge stands and needs a refund")
@@ -618,6 +674,8 @@ class Executor:
         for t in c.payments:
             if t.tender_type == "cash":
                 self.metrics.tender_finished("cash", "approved")
+        if result["outcome"] == "completed":
+            self.events.finished(order_id, "completed")
         log.info("checkout %s: completed", order_id)
         await failpoints.hit("after_commit")
         if self.policy.card_mode == "auth_capture":
@@ -633,6 +691,8 @@ class Executor:
             raise LeaseLost(order_id)
         if result["outcome"] not in ("payment_failed", "cancelled", "already"):
             raise self.refused("fail", order_id, result)
+        if result["outcome"] != "already":
+            self.events.finished(order_id, result["outcome"])
         log.info("checkout %s: %s (%s)", order_id, result.get("outcome"), step.failure.message)
 
     async def capture_pending(self, order_id: uuid.UUID | None = None) -> int:

@@ -124,7 +124,7 @@ class Reversals:
                 step = decide_void(c)
                 if not isinstance(step, VoidCharge):
                     break
-                if not await self.executor.void_charge(step.tender):
+                if not await self.executor.void_charge(step.tender, c.order.idempotency_key):
                     raise OutcomePending(
                         "the terminal did not confirm the void yet; ask again",
                         details={"checkout_id": str(order_id), "reference_id": step.tender.reference_id},
@@ -140,6 +140,8 @@ class Reversals:
             if result["outcome"] not in ("voided", "already"):
                 raise self.executor.refused("void", order_id, result)
             self.executor.metrics.reversal_finished("void", "completed")
+            if result["outcome"] == "voided":
+                self.executor.events.finished(order_id, "voided")
             voided = await self._load(order_id)
             log.info(
                 "checkout %s: voided (order %s, %d card tender(s), %d)",
@@ -181,16 +183,19 @@ class Reversals:
                 result = await before_intent(self.store.begin_refund(payload))
                 _refused(result, request)
                 refund_id = uuid.UUID(result["refund_id"])
-                await self.finish(refund_id)
+                completed = await self.finish(refund_id)
         except LeaseLost:
             raise OutcomePending(
                 "another process took this checkout over; ask again", details={"checkout_id": str(order_id)}
             ) from None
-        return await self._load(order_id), refund_id
+        c = await self._load(order_id)
+        if completed:  # refunded, or partially refunded: the order says which
+            self.executor.events.finished(order_id, str(c.order.status))
+        return c, refund_id
 
-    async def finish(self, refund_id: uuid.UUID, *, send_pending: bool = True) -> None:
+    async def finish(self, refund_id: uuid.UUID, *, send_pending: bool = True) -> bool:
         """Send (or inquire about) a pending refund's Return and record how it ended; the caller
-        holds the order's lease.
+        holds the order's lease. True when this call completed the refund.
 
         A Return is card-present (the customer taps again), so recovery (`send_pending=False`)
         never sends one that was interrupted before it left: it fails that refund instead.
@@ -198,12 +203,11 @@ class Reversals:
         ex = self.executor
         found = await after_intent(lambda: self.store.unresolved_refunds(refund_id=refund_id))
         if not found:
-            return
+            return False
         tx = found[0]
         owner = ex.owner
         if tx.tender_type == "cash":
-            await self._finished(tx, True, "")
-            return
+            return await self._finished(tx, True, "")
         lane = ex.lanes.for_followup(tx.terminal_id)
         if lane is None:
             raise NotAllowed("the terminal that took this payment is no longer configured")
@@ -212,7 +216,7 @@ class Reversals:
             await after_intent(
                 lambda: self.store.fail_unsent_refund(refund_id, "interrupted before it was sent", owner)
             )
-            return
+            return False
         timeout_s = ex.lanes.timeout_s(tx.terminal_id or "")
         marked = None
 
@@ -243,14 +247,14 @@ class Reversals:
                 raise OutcomePending(
                     "the terminal has not finished the refund yet", details={"refund_id": str(refund_id)}
                 )
-        await self._apply(tx, outcome)
+        return await self._apply(tx, outcome)
 
-    async def _apply(self, tx: Tender, outcome: Outcome) -> None:
+    async def _apply(self, tx: Tender, outcome: Outcome) -> bool:
         ex = self.executor
         sent = tx.status != TenderStatus.PENDING
         if isinstance(outcome, Approved):
             await ex.record(tx, TenderStatus.APPROVED, outcome=outcome)
-            await self._finished(tx, True, "")
+            return await self._finished(tx, True, "")
         elif isinstance(outcome, Declined | Voided | TermNotFound) or (
             isinstance(outcome, Offline | Misconfigured | Busy) and not sent
         ):
@@ -258,15 +262,15 @@ class Reversals:
             reason = getattr(outcome, "message", "") or type(outcome).__name__
             status = TenderStatus.DECLINED if isinstance(outcome, Declined) else TenderStatus.FAILED
             await ex.record(tx, status, outcome=outcome, last_error=reason)
-            await self._finished(tx, False, reason)
-        else:
-            await ex.record(tx, TenderStatus.UNKNOWN, last_error=f"refund outcome unknown: {type(outcome).__name__}")
-            raise OutcomePending(
-                "the refund's outcome is not known yet; recovery will finish it",
-                details={"refund_id": str(tx.refund_id)},
-            )
+            return await self._finished(tx, False, reason)
+        await ex.record(tx, TenderStatus.UNKNOWN, last_error=f"refund outcome unknown: {type(outcome).__name__}")
+        raise OutcomePending(
+            "the refund's outcome is not known yet; recovery will finish it",
+            details={"refund_id": str(tx.refund_id)},
+        )
 
-    async def _finished(self, tx: Tender, ok: bool, reason: str) -> None:
+    async def _finished(self, tx: Tender, ok: bool, reason: str) -> bool:
+        """Record how the refund ended; True when it completed it now (not already)."""
         assert tx.refund_id is not None
         refund_id = tx.refund_id
         result = await after_intent(lambda: self.store.finish_refund(refund_id, ok, reason, self.executor.owner))
@@ -287,6 +291,8 @@ class Reversals:
                 tx.terminal_id or "cash",
                 f": {reason}" if reason else "",
             )
+            return ok
+        return False
 
 
 def _voided(c: Checkout) -> Checkout:

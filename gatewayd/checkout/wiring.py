@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatewayd.checkout.coordinator import Coordinator
-from gatewayd.checkout.executor import CheckoutMetrics, Executor, Lanes
+from gatewayd.checkout.executor import CheckoutEvents, CheckoutMetrics, Executor, Lanes
 from gatewayd.checkout.operations import Operations
 from gatewayd.checkout.recovery import Recovery
 from gatewayd.checkout.reversals import Reversals
@@ -42,14 +42,16 @@ def wire(
     owner: str,
     lease_s: float,
     metrics: CheckoutMetrics | None = None,
+    events: CheckoutEvents | None = None,
     terminals: Mapping[str, Any] | None = None,
     executor_type: type[Executor] = Executor,
     recovery_type: type[Recovery] = Recovery,
 ) -> Checkouts:
     """Build the checkout's parts over `store`, `maintenance` and `lanes`. `terminals`: the lanes by
     id for the operator's reconcile and settle (the fleet); `*_type`: a subclass that observes
-    (the simulation counts what ran), never one that changes behaviour."""
-    executor = executor_type(store, lanes, policy, owner=owner, lease_s=lease_s, metrics=metrics)
+    (the simulation counts what ran), never one that changes behaviour; `events`: the live event
+    stream's hooks (none: nothing is told)."""
+    executor = executor_type(store, lanes, policy, owner=owner, lease_s=lease_s, metrics=metrics, events=events)
     reversals = Reversals(executor, policy.max_amount)
     return Checkouts(
         executor=executor,

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ResultHook = Callable[[str, str, str, float], None]  # terminal, operation, outcome, seconds
 EventHook = Callable[[str, str], None]  # terminal, "unknown" | "inquiry"
+StateHook = Callable[[str, str, str | None], None]  # terminal, new state, last health error
 
 
 class Fleet(Mapping[str, Lane]):
@@ -31,9 +32,11 @@ class Fleet(Mapping[str, Lane]):
         write_health: Write | None = None,
         on_result: ResultHook | None = None,
         on_event: EventHook | None = None,
+        on_state: StateHook | None = None,
     ) -> None:
         self._on_result = on_result
         self._on_event = on_event
+        self._on_state = on_state
         self.configs: dict[str, TerminalConfig] = {}
         self._lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -121,6 +124,7 @@ class Fleet(Mapping[str, Lane]):
                 queue_depth=config.queue_depth,
                 on_result=functools.partial(self._on_result, config.id) if self._on_result else None,
                 on_event=functools.partial(self._on_event, config.id) if self._on_event else None,
+                on_state=functools.partial(self._on_state, config.id) if self._on_state else None,
             )
             self._tasks[config.id] = asyncio.create_task(lane.run(), name=f"lane-{config.id}")
         self.configs[config.id] = config

@@ -69,6 +69,11 @@ Result = Outcome | SettleResult | list[BatchEntry] | Health
 # Asked with no await between it and the request leaving: False withdraws it unsent (the caller's
 # right to send, such as its lease, has lapsed meanwhile).
 MaySend = Callable[[], bool]
+# Told what the lane does about the caller's operation on its own: "unknown" (the answer was
+# lost or unclear), then "inquiring" (it asks the terminal what became of it).
+OnProgress = Callable[[Any], None]
+# Told when the terminal's state changes: (new state, last health error).
+OnState = Callable[[HealthState, str | None], None]
 
 
 @dataclass(slots=True)
@@ -78,6 +83,7 @@ class _Job:
     key: tuple[str, str] | None
     before_send: BeforeSend | None = None
     may_send: MaySend | None = None
+    on_progress: OnProgress | None = None
 
 
 def _key(op: Op) -> tuple[str, str] | None:
@@ -119,6 +125,7 @@ class Lane:
         rand: Callable[[], float] = random.random,
         on_result: OnResult | None = None,
         on_event: Callable[[str], None] | None = None,
+        on_state: OnState | None = None,
     ) -> None:
         self.terminal_id = terminal_id
         self.driver = driver
@@ -132,13 +139,14 @@ class Lane:
         self._rand = rand
         self._on_result = on_result
         self._on_event = on_event
+        self._on_state = on_state
         self._pending: dict[tuple[str, str], _Job] = {}
         self._pending_by_ref: dict[str, _Job] = {}
         self._replay: OrderedDict[tuple[str, str], tuple[Op, Outcome]] = OrderedDict()
         self._known: OrderedDict[str, Outcome] = OrderedDict()
         self._current: _Job | None = None
         self._closed = False
-        self.state: HealthState = "unknown"
+        self._state: HealthState = "unknown"
         self.last_health_check: datetime | None = None
         self.last_health_error: str | None = None
 
@@ -152,6 +160,22 @@ class Lane:
         self.driver = driver
 
     # ------------------------------------------------------------ observation
+
+    @property
+    def state(self) -> HealthState:
+        """online, offline, busy or unknown: from health checks and transactions' own outcomes."""
+        return self._state
+
+    @state.setter
+    def state(self, new: HealthState) -> None:
+        if new == self._state:
+            return
+        self._state = new
+        if self._on_state is not None:
+            try:
+                self._on_state(new, self.last_health_error)
+            except Exception:
+                log.exception("terminal %s: on_state hook failed", self.terminal_id)
 
     @property
     def queue_depth(self) -> int:
@@ -170,9 +194,9 @@ class Lane:
 
     def record_health(self, state: HealthState, checked_at: datetime, error: str | None) -> None:
         """Set the state decided by the health monitor."""
-        self.state = state
         self.last_health_check = checked_at
         self.last_health_error = error
+        self.state = state
 
     def _observe(self, outcome: Outcome) -> None:
         if isinstance(outcome, Approved | Voided | Declined | NotFound):
@@ -193,28 +217,54 @@ class Lane:
 
     @overload
     async def execute(
-        self, op: Settle, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+        self,
+        op: Settle,
+        *,
+        before_send: BeforeSend | None = None,
+        may_send: MaySend | None = None,
+        on_progress: OnProgress | None = None,
     ) -> SettleResult: ...
     @overload
     async def execute(
-        self, op: Batch, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+        self,
+        op: Batch,
+        *,
+        before_send: BeforeSend | None = None,
+        may_send: MaySend | None = None,
+        on_progress: OnProgress | None = None,
     ) -> list[BatchEntry]: ...
     @overload
     async def execute(
-        self, op: HealthCheck, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+        self,
+        op: HealthCheck,
+        *,
+        before_send: BeforeSend | None = None,
+        may_send: MaySend | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Health: ...
     @overload
     async def execute(
-        self, op: MoneyOp | Inquire, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+        self,
+        op: MoneyOp | Inquire,
+        *,
+        before_send: BeforeSend | None = None,
+        may_send: MaySend | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Outcome: ...
 
     async def execute(
-        self, op: Op, *, before_send: BeforeSend | None = None, may_send: MaySend | None = None
+        self,
+        op: Op,
+        *,
+        before_send: BeforeSend | None = None,
+        may_send: MaySend | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Result:
         """Run `op` on the terminal (or join the same operation already queued or running).
 
         `before_send` runs in the owner task just before the request leaves (after any queue
         wait): the caller records its intent there, stamped with the real send time.
+        `on_progress` hears when the lane resolves an unclear answer on its own.
         """
         if self._closed:
             raise TerminalError("lane is stopped", terminal_id=self.terminal_id)
@@ -228,6 +278,7 @@ class Lane:
             key=_key(op),
             before_send=before_send,
             may_send=may_send,
+            on_progress=on_progress,
         )
         job.future.add_done_callback(_consume)
         try:
@@ -382,6 +433,7 @@ class Lane:
                 continue
             if self._ambiguous(outcome, sent_at):
                 self._emit("unknown")
+                self._progress("unknown")
                 log.info(
                     "terminal %s: %s %s outcome unknown (%s), inquiring",
                     self.terminal_id,
@@ -405,12 +457,22 @@ class Lane:
         if self._on_event is not None:
             self._on_event(event)
 
+    def _progress(self, phase: str) -> None:
+        """Tell the caller of the operation in flight what the lane does about it."""
+        hook = self._current.on_progress if self._current is not None else None
+        if hook is not None:
+            try:
+                hook(phase)
+            except Exception:
+                log.exception("terminal %s: on_progress hook failed", self.terminal_id)
+
     async def _resolve(self, op: MoneyOp, sent_at: float) -> Outcome:
         # "Not found" is believed only once the request cannot still be on its way (one rule for
         # the whole daemon: gatewayd.retry), measured on this lane's own clock from its own send.
         margin_s = self.driver.transaction_timeout_s - self.driver.timeout_s
         deadline = sent_at + not_found_wait_s(self.driver.timeout_s, margin_s)
         self.state = "unknown"
+        self._progress("inquiring")
         attempt = 0
         while True:
             self._emit("inquiry")
