@@ -18,7 +18,6 @@ from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store import migrate as migrations
 from gatewayd.store import roles
 from gatewayd.store.connect import resolve_dsn
-from gatewayd.store.migrate import Migration
 from gatewayd.store.roles import AppRole
 
 APP_PASSWORD_ENV = "GATEWAYD_APP_PASSWORD"
@@ -105,14 +104,11 @@ def app_password(args: argparse.Namespace, environ: Mapping[str, str]) -> str | 
     return password
 
 
-async def _migrate(dsn: str, app_role: str | None, password: str | None) -> tuple[list[Migration], AppRole | None]:
-    """Apply the migrations, then (as the same owner) create or update the app role."""
-    applied = await migrations.apply_dsn(dsn)
-    if app_role is None:
-        return applied, None
+async def _app_role(dsn: str, name: str, password: str | None) -> AppRole:
+    """Create or update the app role, connected as the owner who just migrated."""
     conn = await asyncpg.connect(dsn, timeout=15.0, statement_cache_size=0)
     try:
-        return applied, await roles.ensure_app_role(conn, app_role, password)
+        return await roles.ensure_app_role(conn, name, password)
     finally:
         await conn.close()
 
@@ -131,7 +127,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             dsn = args.dsn
         else:
             dsn = asyncio.run(resolve_dsn(load(args.config, resolve_secrets=False)))
-        applied, role = asyncio.run(_migrate(dsn, args.app_role, password))
+        applied = asyncio.run(migrations.apply_dsn(dsn))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -144,10 +140,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"applied {m.version:03d}_{m.name}")
     else:
         print("database is up to date")
-    if role is not None:
-        print(describe_app_role(role))
-        for warning in role.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+    if args.app_role is None:
+        return 0
+    try:
+        role = asyncio.run(_app_role(dsn, args.app_role, password))
+    except (StoreError, OSError, asyncpg.PostgresError) as exc:
+        message = exc.message if isinstance(exc, StoreError) else str(exc)
+        print(
+            f"error: --app-role {args.app_role}: {message.removeprefix(f'--app-role {args.app_role}: ')}"
+            " (the migrations stand)",
+            file=sys.stderr,
+        )
+        return 1
+    print(describe_app_role(role))
+    for warning in role.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

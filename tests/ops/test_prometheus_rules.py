@@ -43,6 +43,7 @@ GAUGES_AND_COUNTERS = {
     "gatewayd_database_pool_in_use",
     "gatewayd_database_pool_size",
     "gatewayd_database_errors_total",
+    "gatewayd_database_role_privileged",
 }
 HISTOGRAMS = {
     "gatewayd_terminal_request_duration_seconds",
