@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gatewayd import __version__
 from gatewayd.api.app import ApiContext, build_app
+from gatewayd.api.events import EventHub
 from gatewayd.api.listen import ServerTls, TlsFileError, check_tcp_transport, systemd_sockets, tcp_socket, unix_socket
 from gatewayd.api.wire import SettleView, TerminalView
 from gatewayd.checkout.coordinator import Coordinator
@@ -120,6 +121,7 @@ class Daemon:
     runner: web.AppRunner | None = None
     metrics_runner: web.AppRunner | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    events: EventHub | None = None
     maintenance: MaintenanceStore | None = None
     passed_sockets: dict[str, socket.socket] = field(default_factory=dict)
     api_tls: ServerTls | None = None  # the TCP listener's TLS; a reload replaces its certificate
@@ -139,11 +141,16 @@ class Daemon:
         await self._check_migrations()
         terminals = TerminalStore(self.db, config.store_id)
         await terminals.sync([(t.id, t.display_name, t.driver, t.is_live) for t in config.terminals])
+        api = config.api
+        self.events = events = EventHub(
+            buffer=api.events_buffer, queue=api.events_queue, heartbeat_s=api.events_heartbeat_s, metrics=self.metrics
+        )
         self.fleet = Fleet(
             config.health,
             write_health=terminals.write_health,
             on_result=self.metrics.lane_result,
             on_event=self.metrics.lane_event,
+            on_state=events.terminal_status,
         )
         self.fleet.start(config.terminals)
         self.maintenance = maintenance = MaintenanceStore(self.db, config.store_id)
@@ -155,6 +162,7 @@ class Daemon:
             owner=instance_id(config),
             lease_s=config.recovery.lease_s,
             metrics=self.metrics,
+            events=events,
             terminals=self.fleet,
         )
         self.executor, self.coordinator = parts.executor, parts.coordinator
@@ -268,6 +276,7 @@ class Daemon:
             operations=self.operations,
             checkout_wait_s=api.checkout_wait_s,
             tcp_token=token,
+            events=self.events,
         )
         app = build_app(ctx, max_body_bytes=api.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -420,6 +429,8 @@ class Daemon:
             left = await self.coordinator.drain(DRAIN_DEADLINE_S)
             if left:
                 log.warning("%d checkout(s) still running at shutdown: left to recovery", left)
+        if self.events is not None:
+            self.events.close()  # open streams end, so that the listeners close at once
         for task in (self.startup_recovery, self.lease_heartbeat):
             if task is not None and not task.done():
                 task.cancel()

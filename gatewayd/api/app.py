@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from gatewayd import __version__
+from gatewayd.api import events as live
 from gatewayd.api import openapi
 from gatewayd.api.errors import FAILED_CHECKOUT_STATUS, http_status, retry_hint
 from gatewayd.api.wire import (
@@ -32,7 +33,7 @@ from gatewayd.api.wire import (
     TerminalView,
 )
 from gatewayd.checkout.coordinator import Coordinator
-from gatewayd.checkout.errors import CheckoutError, InvalidRequest, NotFound
+from gatewayd.checkout.errors import CheckoutError, InvalidRequest, NotFound, ShuttingDown
 from gatewayd.checkout.model import CheckoutRequest, CheckoutView, RefundRequest
 from gatewayd.store.db import Database
 
@@ -67,6 +68,7 @@ class ApiContext:
     operations: Operations | None = None
     checkout_wait_s: float = 90.0
     tcp_token: str | None = None
+    events: live.EventHub | None = None
 
 
 CONTEXT = web.AppKey("context", ApiContext)
@@ -317,6 +319,29 @@ async def report(request: web.Request) -> web.Response:
     return json_response(ReportView(sections=[msgspec.convert(s, ReportSection) for s in sections]))
 
 
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events: the live event stream (text/event-stream), filtered by ?types= and
+    ?checkout=, resumed from Last-Event-ID (or ?last_event_id=, for clients that cannot set it)."""
+    hub = request.app[CONTEXT].events
+    if hub is None:
+        raise NotFound("the event stream is not enabled")
+    types = live.parse_types(request.query.get("types"))
+    if types is None:
+        raise InvalidRequest("types", f"a comma-separated list of: {', '.join(sorted(live.TYPES))}")
+    checkout = request.query.get("checkout") or None
+    if checkout is not None:
+        try:
+            checkout = str(uuid.UUID(checkout))
+        except ValueError:
+            raise InvalidRequest("checkout", "a checkout id (a UUID)") from None
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or None
+    try:
+        sub = hub.subscribe(types=types, checkout=checkout, last_event_id=last)
+    except live.EventsClosed:
+        raise ShuttingDown("the daemon is shutting down; reconnect once it is back") from None
+    return await live.stream(request, hub, sub)
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=openapi.document_bytes(), content_type="application/json")
 
@@ -340,5 +365,6 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_post("/v1/reconcile", reconcile)
     app.router.add_post("/v1/maintenance/cleanup", cleanup)
     app.router.add_get("/v1/report", report)
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/openapi.json", openapi_document)
     return app

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from gatewayd import __version__
+from gatewayd.api.events import TYPES, StreamEvent
 from gatewayd.api.wire import (
     CheckoutWithError,
     CleanupRequest,
@@ -73,6 +74,47 @@ def _op(
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 
+def _events() -> dict[str, Any]:
+    """GET /v1/events: Server-Sent Events; each `data:` is a StreamEvent (docs/api.md, Live events)."""
+
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+    return {
+        "summary": "Live events (Server-Sent Events): terminal status, checkout progress, finished checkouts",
+        "parameters": [
+            query(
+                "types",
+                f"comma-separated event types to send (default all): {', '.join(sorted(TYPES))}",
+                {"type": "string"},
+            ),
+            query("checkout", "only this checkout's events", {"type": "string", "format": "uuid"}),
+            query("last_event_id", "as the Last-Event-ID header, for clients that cannot set it", {"type": "string"}),
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "resume after this event id (`<run>-<n>`); one the daemon cannot resume from starts"
+                " the stream with a stream.reset event",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "text/event-stream: `id: <run>-<n>`, `event: <type>`, `data: <StreamEvent JSON>`,"
+                " and a `: heartbeat` comment when nothing else was sent for a while",
+                "content": {"text/event-stream": {"schema": _ref_name("StreamEvent")}},
+            },
+            "400": _json(ErrorBody, _ERRORS["400"]),
+            "503": _json(ErrorBody, "shutting_down: the daemon is stopping; reconnect once it is back"),
+        },
+    }
+
+
+def _ref_name(name: str) -> dict[str, Any]:
+    return {"$ref": _REF.format(name=name)}
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
     structs = [
@@ -91,7 +133,9 @@ def document() -> dict[str, Any]:
         ReportView,
         CatalogView,
     ]
-    _, components = msgspec.json.schema_components(structs, ref_template=_REF)
+    (*_, stream_event), components = msgspec.json.schema_components([*structs, StreamEvent], ref_template=_REF)
+    # The `data:` of every event of GET /v1/events, one Struct per `event:` type (`type` repeats it).
+    components["StreamEvent"] = stream_event
     all_errors = ("400", "404", "409", "413", "422", "503", "504", "500")
     paths: dict[str, Any] = {
         "/v1/health": {"get": _op("Daemon, database and terminal health", HealthView, errors=("500",))},
@@ -171,6 +215,7 @@ def document() -> dict[str, Any]:
             }
         },
         "/v1/maintenance/cleanup": {"post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)},
+        "/v1/events": {"get": _events()},
         "/v1/report": {
             "get": _op(
                 "The deployment guide's hourly, daily and weekly reports",

@@ -46,6 +46,12 @@ class ApiConfig(_Section, frozen=True):
     socket_group: str | None = None
     max_body_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     checkout_wait_s: PositiveSeconds = 90.0
+    # The live event stream (GET /v1/events): how many recent events are kept for a client that
+    # reconnects with Last-Event-ID, how many may wait for one slow reader before it is dropped,
+    # and the seconds between heartbeat comments.
+    events_buffer: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
+    events_queue: Annotated[int, Meta(ge=1, le=100_000)] = 256
+    events_heartbeat_s: PositiveSeconds = 15.0
     tcp_listen: str | None = None
     tcp_token: Secret | None = None
     tcp_token_env: str | None = None

@@ -147,6 +147,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.event_subscribers = Gauge(
+            "gatewayd_event_subscribers", "Open live event streams (GET /v1/events and the status page)", registry=r
+        )
+        self.event_subscribers_dropped = Counter(
+            "gatewayd_event_subscribers_dropped",
+            "Live event streams ended because their reader fell a whole queue behind",
+            registry=r,
+        )
         for outcome in ("completed", "payment_failed"):
             self.checkouts.labels(outcome)
         for what in ("void", "capture"):
@@ -186,6 +194,13 @@ class Metrics:
 
     def recovery_action(self, action: str) -> None:
         self.recovery.labels(action).inc()
+
+    # event hub hooks
+    def event_subscribers_changed(self, count: int) -> None:
+        self.event_subscribers.set(count)
+
+    def event_subscriber_dropped(self) -> None:
+        self.event_subscribers_dropped.inc()
 
     # lane hooks
     def lane_result(self, terminal_id: str, operation: str, outcome: str, seconds: float) -> None:
