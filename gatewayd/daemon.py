@@ -315,6 +315,7 @@ class Daemon:
             recent_checkouts=self._recent_checkouts,
             ready=self._is_ready,
             store_id=self.config.store_id,
+            events=self.events,
         )
         self.metrics_runner = web.AppRunner(
             build_metrics_app(self.metrics, source), access_log=None, handle_signals=False
