@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from gatewayd.api.client import Answer, GatewayClient
+from gatewayd.api.events import SseEvent, read_events
 from gatewayd.cli.output import api_error_text, emit_json, table
 from gatewayd.errors import ConfigError
 
@@ -102,6 +104,12 @@ def unreachable(choice: SocketChoice, exc: BaseException, fallback: str | None =
 def register(sub: Any) -> None:
     p = sub.add_parser("status", help="daemon health and terminals, from the running daemon")
     add_socket_args(p)
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="then print a line per terminal status change and finished checkout as they happen"
+        " (the live event stream), until Ctrl-C; with --json, one JSON object a line",
+    )
     p.set_defaults(handler=cmd_status)
     p = sub.add_parser("terminals", help="the terminals and their state")
     add_socket_args(p)
@@ -150,7 +158,18 @@ def terminal_rows(terminals: list[dict[str, Any]]) -> list[list[Any]]:
 TERMINAL_HEADERS = ["ID", "NAME", "STATUS", "QUEUE", "BUSY", "LAST CHECK (UTC)", "LAST ERROR"]
 
 
+def status_text(health: dict[str, Any], terminals: list[dict[str, Any]]) -> str:
+    h = health
+    return (
+        f"gatewayd {h['version']}: {h['status']}  database {h['database']}  "
+        f"terminals {h['terminals']['online']}/{h['terminals']['total']} online  "
+        f"checkouts in flight {h.get('checkouts_in_flight', 0)}\n\n" + table(TERMINAL_HEADERS, terminal_rows(terminals))
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return cmd_watch(args)
     answers = run_requests(args, ("GET", "/v1/health", None), ("GET", "/v1/terminals", None))
     if isinstance(answers, int):
         return answers
@@ -162,15 +181,107 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"health": health.body, "terminals": terminals.body.get("terminals", [])})
         return 0 if health.body.get("status") == "ok" else 1  # docs/operations.md: 1 unhealthy with --json
-    h = health.body
-    print(
-        f"gatewayd {h['version']}: {h['status']}  database {h['database']}  "
-        f"terminals {h['terminals']['online']}/{h['terminals']['total']} online  "
-        f"checkouts in flight {h.get('checkouts_in_flight', 0)}"
-    )
-    print()
-    print(table(TERMINAL_HEADERS, terminal_rows(terminals.body["terminals"])))
-    return 0 if h["status"] == "ok" else 3
+    print(status_text(health.body, terminals.body["terminals"]))
+    return 0 if health.body["status"] == "ok" else 3
+
+
+# ---------------------------------------------------------------- status --watch
+
+WATCH_TYPES = "terminal.status,checkout.finished"
+RECONNECT_S = 2.0
+
+
+def event_line(event: SseEvent) -> str:
+    """One line for a terminal.status or checkout.finished event, as `status --watch` prints it."""
+    d = event.data
+    at = str(d.get("at", ""))[11:19]
+    if event.event == "terminal.status":
+        status = str(d.get("status", ""))
+        error = f" ({d['last_error']})" if d.get("last_error") else ""
+        return f"{at}  terminal {d.get('terminal_id')} {status if status == 'online' else status.upper()}{error}"
+    if event.event == "checkout.finished":
+        return f"{at}  checkout {d.get('checkout_id')} {d.get('status')}"
+    return f"{at}  {event.event} {msgspec.json.encode(d).decode()}"
+
+
+class _Watch:
+    """The status, then the events, over one connection at a time; resumes after a drop."""
+
+    def __init__(self, choice: SocketChoice, as_json: bool) -> None:
+        self.choice = choice
+        self.as_json = as_json
+        self.last_id: str | None = None
+        self.connected = False  # once: from then on, a lost daemon is waited for
+
+    def say(self, text: str, value: Any) -> None:
+        if self.as_json:
+            sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    async def show_status(self, session: aiohttp.ClientSession) -> None:
+        async with session.get("http://gatewayd/v1/health") as h, session.get("http://gatewayd/v1/terminals") as t:
+            health, terminals = await h.json(), await t.json()
+        listed = terminals.get("terminals", []) if isinstance(terminals, dict) else []
+        self.say(status_text(health, listed) + "\n", {"health": health, "terminals": listed})
+
+    async def follow(self, session: aiohttp.ClientSession) -> int | None:
+        """One connection: subscribe first, then the status (nothing is missed in between), then
+        each event. None when the stream ended (reconnect); an exit code when it cannot go on."""
+        headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+        async with session.get(f"http://gatewayd/v1/events?types={WATCH_TYPES}", headers=headers) as resp:
+            if resp.status != 200:
+                body = await resp.json(content_type=None)
+                print(f"error: {api_error_text(resp.status, body)}", file=sys.stderr)
+                return None if resp.status == 503 else 1
+            self.connected = True
+            if self.last_id is None:
+                await self.show_status(session)
+            async for event in read_events(resp):
+                self.last_id = event.id or self.last_id
+                if event.event == "stream.reset":  # events were missed (the daemon restarted): re-read
+                    self.say("-- events were missed (the daemon restarted?): the status now --", _raw(event))
+                    await self.show_status(session)
+                else:
+                    self.say(event_line(event), _raw(event))
+        return None
+
+    async def run(self) -> int:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        while True:
+            connector = aiohttp.UnixConnector(path=self.choice.path)
+            try:
+                async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                    code = await self.follow(session)
+                    if code is not None:
+                        return code
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if not self.connected:
+                    print(f"error: {unreachable(self.choice, exc)}", file=sys.stderr)
+                    return 1
+                print(
+                    f"lost the daemon at {self.choice.path} ({exc or type(exc).__name__}); reconnecting",
+                    file=sys.stderr,
+                )
+            await asyncio.sleep(RECONNECT_S)
+
+
+def _raw(event: SseEvent) -> dict[str, Any]:
+    return {"id": event.id, "event": event.event, "data": event.data}
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """`gatewayd status --watch`: the status, then a line per event, until Ctrl-C (exit 0)."""
+    try:
+        choice = find_socket(args)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_Watch(choice, args.json).run())
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_terminals(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -327,3 +329,44 @@ async def test_events_over_tcp_need_the_token(dsn: str, tmp_path: Path) -> None:
                 answer = await gw.checkout(cash(450))
                 stream = Stream(response)
                 assert (await stream.next()).data["checkout_id"] == answer.body["id"]
+
+
+async def test_status_watch_prints_a_terminal_going_offline(gw: Gateway) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gatewayd",
+        "status",
+        "--watch",
+        "--socket",
+        gw.daemon.config.api.socket,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+
+    async def line_with(*words: str) -> str:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                raw = await proc.stdout.readline()  # type: ignore[union-attr]
+                assert raw, f"gatewayd status --watch ended: {lines}"
+                lines.append(raw.decode().rstrip())
+                if all(w in lines[-1] for w in words):
+                    return lines[-1]
+
+    try:
+        await line_with("lane-3", "online")  # the status table: subscribed by then
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/offline")
+        await gw.daemon.fleet.monitor.check_now("lane-3")  # type: ignore[union-attr]
+        line = await line_with("terminal lane-3", "OFFLINE")
+        answer = await gw.checkout(card(1700, "lane-1"))
+        done = await line_with("checkout", answer.body["id"], "completed")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), WAIT_S)
+        await gw.simulator_post(f"/_sim/terminals/{gw.tpns['lane-3']}/online")
+    assert code == 0, lines
+    assert line.split()[1:3] == ["terminal", "lane-3"], line
+    assert done.endswith(" completed")
