@@ -33,9 +33,9 @@ from gatewayd.observe import logs
 from gatewayd.observe.http import StatusSource, build_metrics_app
 from gatewayd.observe.metrics import Metrics
 from gatewayd.observe.systemd import Notifier, watchdog_interval_s
-from gatewayd.store import migrate
+from gatewayd.store import migrate, roles
 from gatewayd.store.checkouts import CheckoutStore
-from gatewayd.store.connect import database_for, resolve_dsn
+from gatewayd.store.connect import database_for, embedded_for, resolve_dsn
 from gatewayd.store.db import Database
 from gatewayd.store.maintenance import MaintenanceStore
 from gatewayd.store.terminals import TerminalStore
@@ -139,6 +139,7 @@ class Daemon:
         self.db = database_for(config, dsn)
         await self.db.open()
         await self._check_migrations()
+        await self._check_role()
         terminals = TerminalStore(self.db, config.store_id)
         await terminals.sync([(t.id, t.display_name, t.driver, t.is_live) for t in config.terminals])
         api = config.api
@@ -263,6 +264,28 @@ class Daemon:
         if missing:
             names = ", ".join(f"{m.version:03d}_{m.name}" for m in missing)
             raise ConfigError(f"the database lacks migrations {names}: {how}")
+
+    async def _check_role(self) -> None:
+        """Say loudly when the daemon runs as a superuser or as its tables' owner (a metric too).
+
+        Not on its own embedded server (no [database] dsn: the daemon started or reused it
+        itself, as the demo and a single-store install do): that server has no other role.
+        """
+        assert self.db is not None
+        if embedded_for(self.config) is not None:
+            self.metrics.database_role(privileged=False)
+            return
+        async with self.db.connection() as conn:
+            who = await roles.identity(conn)
+        self.metrics.database_role(privileged=who.privileged)
+        if who.privileged:
+            log.warning(
+                "the daemon connects as the database role %s, which %s: far more than it needs (DDL, every row"
+                " past row-level security). Give it its own role: `gatewayd migrate --dsn OWNER_DSN --app-role NAME`,"
+                " then name NAME in [database] dsn (docs/operations.md, Least privilege and the public roles)",
+                who.role,
+                who.describe(),
+            )
 
     async def _serve_api(self) -> None:
         assert self.db is not None and self.fleet is not None and self.coordinator is not None

@@ -163,6 +163,12 @@ class Metrics:
             self.refused.labels(step)
         for action in ("completed", "rolled_back", "voided", "inquired", "captured", "cleaned_up"):
             self.recovery.labels(action)
+        self.role_privileged = Gauge(
+            "gatewayd_database_role_privileged",
+            "1 when the daemon's database role is a superuser or owns gatewayd's tables (give it its own:"
+            " gatewayd migrate --app-role)",
+            registry=r,
+        )
         self.snapshot = Snapshot()
         if process:
             ProcessCollector(registry=r)
@@ -170,6 +176,10 @@ class Metrics:
     def watch(self, lanes: Callable[[], Mapping[str, LaneView]], db: Any, in_flight: Callable[[], int]) -> None:
         """Register the scrape-time collector of terminal, database and checkout state."""
         self.registry.register(StateCollector(lanes, db, in_flight, self.snapshot))
+
+    def database_role(self, *, privileged: bool) -> None:
+        """What the start-up check found about the daemon's database role."""
+        self.role_privileged.set(1 if privileged else 0)
 
     # coordinator hooks
     def checkout_finished(self, outcome: str, seconds: float) -> None:

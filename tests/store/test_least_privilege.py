@@ -14,6 +14,7 @@ whatever the migrations create, so a later migration cannot regress it silently.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +24,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gatewayd.store import roles
+from gatewayd.config import parse
+from gatewayd.daemon import Daemon
+from gatewayd.store import migrate, roles
+from gatewayd.store.db import Database
 from gatewayd.store.embedded import EmbeddedPostgres
 from tests.harness import Gateway, card, cash, running_gateway
 from tests.procs import run_cli
@@ -62,6 +66,7 @@ class Supabase:
     app: str
     migrate_output: str
     store_id: str
+    privileged_metric: float | None
 
     def dsn(self, user: str = "postgres", database: str | None = None) -> str:
         return self.base.replace("postgres@", f"{user}@", 1) + "/" + (database or self.name)
@@ -146,10 +151,11 @@ async def supa(pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFac
             env=cli_env(),
         )
         assert code == 0, out
-        db = Supabase(base, name, owner, app, out, "")
+        db = Supabase(base, name, owner, app, out, "", None)
         async with running_gateway(db.dsn(app), tmp, terminals=2) as gw:
             await write_orders(gw)
             db.store_id = gw.store_id
+            db.privileged_metric = gw.daemon.metrics.registry.get_sample_value("gatewayd_database_role_privileged")
             await gw.check_invariants()
         yield db
     finally:
@@ -214,19 +220,26 @@ async def test_the_rule_holds_on_a_supabase_database(supa: Supabase) -> None:
         await conn.close()
 
 
-async def test_the_rule_holds_on_the_test_database(dsn: str) -> None:
-    """The session's database, migrated by the superuser with no Supabase roles around."""
-    conn = await _connect(dsn)
+@pytest.fixture
+async def migrated_dsn(empty_dsn: str) -> str:
+    """A fresh database migrated by the superuser, as the other tests' database is."""
+    await migrate.apply_dsn(empty_dsn)
+    return empty_dsn
+
+
+async def test_the_rule_holds_on_a_plain_database(migrated_dsn: str) -> None:
+    """Migrated by the superuser with no Supabase roles around (the tests', the demo's)."""
+    conn = await _connect(migrated_dsn)
     try:
         assert await rule_violations(conn) == []
     finally:
         await conn.close()
 
 
-async def test_the_rule_catches_a_regression(dsn: str) -> None:
+async def test_the_rule_catches_a_regression(migrated_dsn: str) -> None:
     """What a careless later migration would do: a table without RLS, a replaced function that
     lost its search_path, a grant to PUBLIC. Each is named."""
-    conn = await _connect(dsn)
+    conn = await _connect(migrated_dsn)
     tx = conn.transaction()
     await tx.start()
     try:
@@ -421,6 +434,7 @@ async def test_app_role_made_by_migrate(supa: Supabase) -> None:
         assert setting == ["search_path=public, pg_temp"]
     finally:
         await conn.close()
+    assert supa.privileged_metric == 0
 
 
 async def test_app_role_has_no_ddl_and_no_deletes(supa: Supabase) -> None:
@@ -516,6 +530,55 @@ async def test_scram_verifier_is_what_postgresql_stores(dsn: str, password: str)
         await conn.close()
     iterations, salt = stored.split("$")[1].split(":")
     assert roles.scram_verifier(password, salt=base64.b64decode(salt), iterations=int(iterations)) == stored
+
+
+# ---------------------------------------------------------------------------- the start-up warning
+
+
+def _privileged(gw: Gateway) -> float | None:
+    return gw.daemon.metrics.registry.get_sample_value("gatewayd_database_role_privileged")
+
+
+async def test_daemon_as_superuser_or_owner_says_so(
+    supa: Supabase, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for user, why in (("postgres", "which is a superuser"), (supa.owner, "which owns gatewayd's tables")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gatewayd"):
+            async with running_gateway(supa.dsn(user), tmp_path, terminals=1) as gw:
+                assert _privileged(gw) == 1
+                assert (await gw.checkout(card(700))).status == 200
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        said = [w for w in warnings if f"database role {user}," in w]
+        assert len(said) == 1, warnings
+        assert why in said[0] and "gatewayd migrate --dsn OWNER_DSN --app-role NAME" in said[0]
+
+
+async def test_daemon_as_app_role_says_nothing(
+    supa: Supabase, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gatewayd"):
+        async with running_gateway(supa.dsn(supa.app), tmp_path, terminals=1) as gw:
+            assert _privileged(gw) == 0
+    assert not [r for r in caplog.records if "--app-role" in r.getMessage()]
+
+
+async def test_own_embedded_database_is_not_warned_about(
+    pg_server: EmbeddedPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No [database] dsn: the daemon started (or reused) its embedded server itself, whose only
+    role is the superuser. The same server named by a DSN is warned about (above)."""
+    config = parse(f'store_id = "s"\nstate_dir = "{tmp_path}"\n', str(tmp_path / "g.toml"))
+    daemon = Daemon(config)
+    daemon.db = Database(pg_server.dsn, pool_min=1, pool_max=1)
+    await daemon.db.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="gatewayd"):
+            await daemon._check_role()
+    finally:
+        await daemon.db.close()
+    assert daemon.metrics.registry.get_sample_value("gatewayd_database_role_privileged") == 0
+    assert not caplog.records
 
 
 # ---------------------------------------------------------------------------- a schema of its own
