@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from gatewayd.terminals.outcomes import BatchEntry, Health, Outcome, SettleResult
+from gatewayd.terminals.outcomes import BatchEntry, Health, Outcome, PaymentType, SettleResult
 
 
 @runtime_checkable
@@ -32,27 +32,30 @@ class TerminalDriver(Protocol):
         """How long after sending a transaction is certainly over (terminal timeout + margin)."""
         ...
 
-    async def sale(self, ref: str, amount: int) -> Outcome:
+    async def sale(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Charge `amount` cents under reference id `ref`."""
         ...
 
-    async def auth(self, ref: str, amount: int) -> Outcome:
+    async def auth(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Authorize (hold) `amount` cents under reference id `ref`."""
         ...
 
-    async def capture(self, ref: str, amount: int) -> Outcome:
+    async def capture(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Capture `amount` cents of the earlier authorization `ref`."""
         ...
 
-    async def void(self, ref: str, amount: int | None = None) -> Outcome:
-        """Void the transaction `ref` in the open batch; `Voided` when done."""
+    async def void(self, ref: str, amount: int | None = None, *, payment_type: PaymentType = "credit") -> Outcome:
+        """Void the transaction `ref` in the open batch (with the sale's payment type); `Voided` when done."""
         ...
 
-    async def refund(self, ref: str, amount: int) -> Outcome:
-        """Refund `amount` cents as a new transaction with the NEW reference id `ref`."""
+    async def refund(
+        self, ref: str, amount: int, *, payment_type: PaymentType = "credit", sale_ref: str | None = None
+    ) -> Outcome:
+        """Refund `amount` cents as a new transaction with the NEW reference id `ref` (with the
+        sale's payment type; `sale_ref`: the sale it returns)."""
         ...
 
-    async def status(self, ref: str) -> Outcome:
+    async def status(self, ref: str, *, payment_type: PaymentType = "credit") -> Outcome:
         """Inquire about `ref`: Approved / Voided / Declined / NotFound / Busy / Offline / Unknown."""
         ...
 

@@ -388,17 +388,19 @@ class Lane:
     async def _perform(self, op: Op) -> Result:
         d = self.driver
         if isinstance(op, Sale):
-            return await self._transact(op, lambda: d.sale(op.ref, op.amount))
+            return await self._transact(op, lambda: d.sale(op.ref, op.amount, payment_type=op.payment_type))
         if isinstance(op, Auth):
-            return await self._transact(op, lambda: d.auth(op.ref, op.amount))
+            return await self._transact(op, lambda: d.auth(op.ref, op.amount, payment_type=op.payment_type))
         if isinstance(op, Capture):
-            return await self._transact(op, lambda: d.capture(op.ref, op.amount))
+            return await self._transact(op, lambda: d.capture(op.ref, op.amount, payment_type=op.payment_type))
         if isinstance(op, Void):
-            return await self._transact(op, lambda: d.void(op.ref, op.amount))
+            return await self._transact(op, lambda: d.void(op.ref, op.amount, payment_type=op.payment_type))
         if isinstance(op, Refund):
-            return await self._transact(op, lambda: d.refund(op.ref, op.amount))
+            return await self._transact(
+                op, lambda: d.refund(op.ref, op.amount, payment_type=op.payment_type, sale_ref=op.sale_ref)
+            )
         if isinstance(op, Inquire):
-            outcome = await d.status(op.ref)
+            outcome = await d.status(op.ref, payment_type=op.payment_type)
             self._observe(outcome)
             return outcome
         if isinstance(op, Settle):
@@ -476,7 +478,7 @@ class Lane:
         attempt = 0
         while True:
             self._emit("inquiry")
-            answer = await self.driver.status(op.ref)
+            answer = await self.driver.status(op.ref, payment_type=op.payment_type)
             self._observe(answer)
             now = self._clock()
             verdict = _verdict(op, answer, now >= deadline)

@@ -1,8 +1,14 @@
-"""Operations a lane runs on its terminal: small frozen Structs, compared by value."""
+"""Operations a lane runs on its terminal: small frozen Structs, compared by value.
+
+Every card operation names its payment type (`credit` unless said): a void, a capture, a return
+and an inquiry carry the type the sale used.
+"""
 
 from __future__ import annotations
 
 import msgspec
+
+from gatewayd.terminals.outcomes import PaymentType
 
 
 class Sale(msgspec.Struct, frozen=True):
@@ -10,6 +16,7 @@ class Sale(msgspec.Struct, frozen=True):
 
     ref: str
     amount: int
+    payment_type: PaymentType = "credit"
 
 
 class Auth(msgspec.Struct, frozen=True):
@@ -17,6 +24,7 @@ class Auth(msgspec.Struct, frozen=True):
 
     ref: str
     amount: int
+    payment_type: PaymentType = "credit"
 
 
 class Capture(msgspec.Struct, frozen=True):
@@ -24,6 +32,7 @@ class Capture(msgspec.Struct, frozen=True):
 
     ref: str
     amount: int
+    payment_type: PaymentType = "credit"
 
 
 class Void(msgspec.Struct, frozen=True):
@@ -31,13 +40,17 @@ class Void(msgspec.Struct, frozen=True):
 
     ref: str
     amount: int | None = None
+    payment_type: PaymentType = "credit"
 
 
 class Refund(msgspec.Struct, frozen=True):
-    """Refund `amount` cents as a new transaction with the NEW reference id `ref`."""
+    """Refund `amount` cents as a new transaction with the NEW reference id `ref`; `sale_ref`: the
+    reference id of the sale it returns (sent as the Return's invoice number)."""
 
     ref: str
     amount: int
+    payment_type: PaymentType = "credit"
+    sale_ref: str | None = None
 
 
 class Inquire(msgspec.Struct, frozen=True):
@@ -48,6 +61,7 @@ class Inquire(msgspec.Struct, frozen=True):
 
     ref: str
     fresh: bool = False
+    payment_type: PaymentType = "credit"
 
 
 class Settle(msgspec.Struct, frozen=True):

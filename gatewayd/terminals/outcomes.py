@@ -11,6 +11,31 @@ from typing import Literal
 
 import msgspec
 
+# The card's payment type (SPIn `PaymentType`): `card` lets the customer choose on the terminal.
+PaymentType = Literal["credit", "debit", "card", "ebt_food", "ebt_cash", "gift"]
+PAYMENT_TYPES: tuple[PaymentType, ...] = ("credit", "debit", "card", "ebt_food", "ebt_cash", "gift")
+# How the card was read, as a receipt prints it.
+EntryMethod = Literal["chip", "contactless", "swipe", "manual"]
+# Why the terminal said no, as far as its answer tells (the state machine adds the rest).
+DeclineReason = Literal["declined", "cancelled_by_customer", "no_card_presented"]
+
+
+class CardReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What a receipt needs of an approved card, and nothing else of the card: no BIN, no first
+    digits, no cardholder name, no expiry (the codec drops them unread, and takes them out of the
+    terminal's own receipt text).
+
+    `host_reference`: the processor's retrieval reference (SPIn `RRN`, else `PNReferenceId`);
+    `customer_copy`/`merchant_copy`: the terminal's own receipt text (SPIn `Receipts`), as sent,
+    in its tag format (`<C>centred</C>`, `<L>left</L>` ...), scrubbed."""
+
+    entry_method: EntryMethod | None = None
+    application_label: str = ""
+    aid: str = ""
+    host_reference: str = ""
+    customer_copy: str = ""
+    merchant_copy: str = ""
+
 
 class Approved(msgspec.Struct, frozen=True, kw_only=True, tag="approved"):
     """The terminal approved; `amount` is what it approved (less than asked on a partial approval)."""
@@ -25,6 +50,9 @@ class Approved(msgspec.Struct, frozen=True, kw_only=True, tag="approved"):
     transaction_number: str = ""
     status_code: str = "0000"
     transaction_type: str = ""  # sale | auth | capture | return | void, as the terminal reports it
+    # The type the terminal ran it as (for `card`: the one the customer chose); None if not said.
+    payment_type: PaymentType | None = None
+    receipt: CardReceipt = CardReceipt()
 
     @property
     def partial(self) -> bool:
@@ -48,12 +76,19 @@ class Declined(msgspec.Struct, frozen=True, kw_only=True, tag="declined"):
 
     `cancelled`: the terminal reports the card flow cancelled (by the customer, or by the proxy
     when its own timeout ran out, in which case the authorization may still have gone through).
+    `reason`: what the terminal's answer says about why (information for the cashier; what the
+    decline means for money is the state machine's ANSWERS table alone); `host_code` and
+    `host_message`: the processor's own response code and words (SPIn `HostResponseCode`,
+    `HostResponseMessage`), when it gave them.
     """
 
     reference_id: str
     status_code: str
     message: str = ""
     cancelled: bool = False
+    reason: DeclineReason = "declined"
+    host_code: str = ""
+    host_message: str = ""
 
 
 class Busy(msgspec.Struct, frozen=True, kw_only=True, tag="busy"):

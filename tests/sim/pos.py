@@ -145,7 +145,8 @@ class Client:
 
     def _record(self, tag: str, request: CheckoutRequest, kind: str, view: CheckoutView | None = None) -> None:
         w = self.world
-        digest = request_hash(request)
+        # hashed as the daemon hashes it: a request without a currency names the store's (USD)
+        digest = request_hash(request if request.currency else msgspec.structs.replace(request, currency="USD"))
         w.answers.items.append(
             Answer(
                 w.now(),

@@ -347,7 +347,7 @@ class FakeTerminal:
         except TimeoutError:
             return Unknown(reason="TimeoutError: the HTTP request timed out")
 
-    async def status(self, ref: str) -> Outcome:
+    async def status(self, ref: str, **_: Any) -> Outcome:
         self.calls["status"] += 1
         await asyncio.sleep(self.rng.uniform(0.01, 0.3))
         if self.offline():
@@ -451,25 +451,25 @@ class FakeDriver:
     def transaction_timeout_s(self) -> float:
         return self.terminal.timeout_s + HTTP_MARGIN_S
 
-    async def sale(self, ref: str, amount: int) -> Outcome:
+    async def sale(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._money("sale", ref, amount)
 
-    async def auth(self, ref: str, amount: int) -> Outcome:
+    async def auth(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._money("auth", ref, amount)
 
-    async def capture(self, ref: str, amount: int) -> Outcome:
+    async def capture(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._money("capture", ref, amount)
 
-    async def void(self, ref: str, amount: int | None = None) -> Outcome:
+    async def void(self, ref: str, amount: int | None = None, **_: Any) -> Outcome:
         outcome = await self._money("void", ref, amount or 0)
         if isinstance(outcome, Approved):  # as the SPIn codec does: an approval of a Void is Voided
             return Voided(reference_id=ref, amount=outcome.amount, status_code=outcome.status_code)
         return outcome
 
-    async def refund(self, ref: str, amount: int) -> Outcome:
+    async def refund(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._money("return", ref, amount)
 
-    async def status(self, ref: str) -> Outcome:
+    async def status(self, ref: str, **_: Any) -> Outcome:
         if self.thawed is not None:
             await self.thawed()
         refused = self.terminal.refuses(self.key)

@@ -84,22 +84,22 @@ class ScriptedDriver:
         answer = script.pop(0) if len(script) > 1 else script[0]
         return answer() if callable(answer) else answer
 
-    async def sale(self, ref: str, amount: int) -> Outcome:
+    async def sale(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._answer("sale", ref)  # type: ignore[no-any-return]
 
-    async def auth(self, ref: str, amount: int) -> Outcome:
+    async def auth(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._answer("auth", ref)  # type: ignore[no-any-return]
 
-    async def capture(self, ref: str, amount: int) -> Outcome:
+    async def capture(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._answer("capture", ref)  # type: ignore[no-any-return]
 
-    async def void(self, ref: str, amount: int | None = None) -> Outcome:
+    async def void(self, ref: str, amount: int | None = None, **_: Any) -> Outcome:
         return await self._answer("void", ref)  # type: ignore[no-any-return]
 
-    async def refund(self, ref: str, amount: int) -> Outcome:
+    async def refund(self, ref: str, amount: int, **_: Any) -> Outcome:
         return await self._answer("refund", ref)  # type: ignore[no-any-return]
 
-    async def status(self, ref: str) -> Outcome:
+    async def status(self, ref: str, **_: Any) -> Outcome:
         return await self._answer("status", ref)  # type: ignore[no-any-return]
 
     async def health(self) -> Health:

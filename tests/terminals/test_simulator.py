@@ -49,7 +49,8 @@ async def test_raw_sale_status_void_and_ledger(simulator: Simulator, http: aioht
     status, answer = await post(http, f"{simulator.url}/v2/Payment/Sale", body(tpn, ref, 12.3))
     assert status == 200 and code(answer) == "0000" and answer["GeneralResponse"]["ResultCode"] == "0"
     assert answer["Amounts"]["Amount"] == 12.3 and answer["ReferenceId"] == ref
-    assert set(answer["CardData"]) == {"CardType", "EntryType", "Last4"}
+    # everything a real terminal reads of the card (gatewayd keeps brand and last four only)
+    assert set(answer["CardData"]) == {"CardType", "EntryType", "Last4", "First4", "BIN", "Name", "ExpirationDate"}
     _, again = await post(http, f"{simulator.url}/v2/Payment/Sale", body(tpn, ref))
     assert code(again) == "1011"
     _, found = await post(http, f"{simulator.url}/v2/Payment/Status", body(tpn, ref, None))
@@ -73,6 +74,8 @@ async def test_raw_sale_status_void_and_ledger(simulator: Simulator, http: aioht
                 "batch": 1,
                 "status_code": "0000",
                 "auth_code": answer["AuthCode"],
+                "payment_type": "credit",
+                "entry_method": "chip",
             }
         ],
         "max_concurrency": {tpn: 1},
@@ -193,6 +196,8 @@ async def test_keypad_void_then_status_shows_voided(simulator: Simulator, http: 
         "batch": 1,
         "status_code": "0000",
         "auth_code": sale["AuthCode"],
+        "payment_type": "credit",
+        "entry_method": "chip",
     }
     _, found = await post(http, f"{simulator.url}/v2/Payment/Status", body(tpn, ref, None))
     assert code(found) == "0000" and found["Voided"] is True and found["AuthCode"] == sale["AuthCode"]

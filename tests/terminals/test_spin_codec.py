@@ -12,6 +12,7 @@ from gatewayd.errors import ProtocolError
 from gatewayd.terminals.outcomes import (
     Approved,
     Busy,
+    CardReceipt,
     Declined,
     Misconfigured,
     NotFound,
@@ -157,6 +158,8 @@ def test_documented_approved_sample() -> None:
         transaction_number="1",
         status_code="0000",
         transaction_type="sale",
+        payment_type="credit",
+        receipt=CardReceipt(entry_method="contactless"),
     )
     # Only brand and last four survive: no BIN, first digits or name anywhere.
     assert "541333" not in repr(outcome) and "5413" not in repr(outcome) and "DOE" not in repr(outcome)

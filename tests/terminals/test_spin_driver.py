@@ -45,6 +45,8 @@ async def test_plain_approval(simulator: Simulator, make_driver: MakeDriver) -> 
             "batch": 1,
             "status_code": "0000",
             "auth_code": outcome.auth_code,
+            "payment_type": "credit",
+            "entry_method": "contactless",  # cents ..34: tapped
         }
     ]
     assert await driver.status(ref) == outcome
@@ -53,7 +55,9 @@ async def test_plain_approval(simulator: Simulator, make_driver: MakeDriver) -> 
 async def test_51_declined(simulator: Simulator, make_driver: MakeDriver) -> None:
     driver, ref = make_driver(), new_ref()
     outcome = await driver.sale(ref, 1051)
-    assert outcome == Declined(reference_id=ref, status_code="1015", message="Declined")
+    assert outcome == Declined(
+        reference_id=ref, status_code="1015", message="Declined", host_code="05", host_message="DO NOT HONOR"
+    )
     assert [r["status"] for r in ledger_rows(simulator, ref)] == ["declined"]
     assert isinstance(await driver.status(ref), Declined)
 

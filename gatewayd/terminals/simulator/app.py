@@ -6,14 +6,23 @@ answered busy (2008); Status, StatusList and TerminalStatus are answered by the
 "proxy" and never count as transactions. Every request must carry the auth key bound to its
 Tpn (see `Ledger.admit`); any other key is refused with 2002 and nothing is recorded.
 
-Control endpoints under `/_sim/` act like the terminal or its clerk: offline/online, a void
-on the keypad, a settlement on its own (also every `auto_settle_s` seconds), key rotation.
+Control endpoints under `/_sim/` act like the terminal or its clerk: offline/online, busy/free
+(every transaction answered 2008 until freed), a void on the keypad, a settlement on its own (also
+every `auto_settle_s` seconds), key rotation.
+
+Answers carry what a real terminal sends of the card and the receipt: `CardData` (brand, last
+four, first digits, BIN, cardholder name, expiry: gatewayd must keep only the first two),
+`EMVData` for a chip or a tap, `RRN`, the processor's `HostResponseCode`/`HostResponseMessage`,
+and `Receipts` (customer and merchant copies in Dejavoo's tag format) when `GetReceipt` asked.
+Every card operation names a `PaymentType`; a Void, Capture, Return (of a known sale) or Status
+naming another type than the sale ran as is refused with 1016 "payment type mismatch".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,8 +32,8 @@ import msgspec
 from aiohttp import web
 
 from gatewayd.errors import ProtocolError
-from gatewayd.terminals.simulator.ledger import Ledger, Terminal, Txn
-from gatewayd.terminals.spin.codec import to_cents, to_dollars
+from gatewayd.terminals.simulator.ledger import Ledger, Terminal, Txn, application
+from gatewayd.terminals.spin.codec import SPIN_PAYMENT_TYPES, payment_type_of, to_cents, to_dollars
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
@@ -40,6 +49,7 @@ _MESSAGES = {
     "1012": "Canceled",
     "1013": "Bad request",
     "1015": "Declined",
+    "1016": "Payment type mismatch",
     "1020": "No open batch",
     "2001": "Terminal not connected to SPIn Proxy server",
     "2002": "Active AuthKey not found",
@@ -87,13 +97,56 @@ def _error(code: str, ref: str = "", delay: int | None = None, status: int = 200
     return _json(payload, status)
 
 
+_ENTRY_TYPES = {"chip": "Chip", "contactless": "ChipContactless", "swipe": "Swipe", "manual": "Manual"}
+_ENTRY_WORDS = {"chip": "CHIP", "contactless": "CONTACTLESS", "swipe": "SWIPED", "manual": "KEYED"}
+_HOST = {"0000": ("00", "APPROVAL"), "0001": ("10", "PARTIAL APPROVAL"), "1015": ("05", "DO NOT HONOR")}
+
+
+_SPIN_NAMES: dict[str, str] = {str(k): v for k, v in SPIN_PAYMENT_TYPES.items()}
+
+
+def _spin_type(payment_type: str) -> str:
+    return _SPIN_NAMES.get(payment_type, "Credit")
+
+
+def _receipt(txn: Txn, kind: str, copy: str) -> str:
+    """One receipt copy as the terminal prints it, in Dejavoo's tag format."""
+    card = txn.card
+    assert card is not None
+    approved = txn.status != "declined"
+    lines = ["<C><B>SIMULATED TERMINAL</B></C>", f"<C>TPN {txn.tpn}</C>", "<BR>"]
+    lines.append(f"<L>{_TYPE_NAMES.get(kind, 'Sale').upper()} {_spin_type(txn.payment_type).upper()}</L>")
+    lines.append(f"<L>{card.brand} ************{card.last4}</L>")
+    lines.append(f"<L>ENTRY: {_ENTRY_WORDS.get(txn.entry_method, 'CHIP')}</L>")
+    if txn.entry_method in ("chip", "contactless"):
+        label, aid = application(card.brand, txn.payment_type)
+        lines += [f"<L>APP: {label}</L>", f"<L>AID: {aid}</L>"]
+    if copy == "Merchant":
+        first, _, last = card.name.partition("/")[::-1]
+        lines.append(f"<L>CARDHOLDER: {first} {last}</L>")
+    lines.append(f"<L>REF: {txn.reference_id}</L>")
+    if approved:
+        lines += [f"<L>AUTH: {txn.auth_code}</L>", f"<L>RRN: {txn.rrn}</L>"]
+    lines.append(f"<L>BATCH: {txn.batch} TXN: {txn.number}</L>")
+    lines.append(f"<L>AMOUNT: ${to_dollars(txn.amount)}</L>")
+    lines.append(f"<C><B>{'APPROVED' if approved else 'DECLINED'}</B></C>")
+    lines.append(f"<C>{copy.upper()} COPY</C>")
+    return "".join(lines)
+
+
 def answer_of(txn: Txn, kind: str | None = None) -> dict[str, Any]:
     """The SPIn payment answer for a recorded transaction (what Status returns)."""
     dollars = to_dollars(txn.amount)
-    return {
-        "GeneralResponse": _general(txn.status_code),
-        "PaymentType": "Credit",
-        "TransactionType": _TYPE_NAMES.get(kind or txn.type, "Sale"),
+    kind = kind or txn.type
+    general = _general(txn.status_code)
+    host = _HOST.get(txn.status_code)
+    if host is not None:
+        general["HostResponseCode"] = host[0]
+        general["HostResponseMessage"] = f"{host[1]} {txn.auth_code}".strip() if txn.auth_code else host[1]
+    answer: dict[str, Any] = {
+        "GeneralResponse": general,
+        "PaymentType": _spin_type(txn.payment_type),
+        "TransactionType": _TYPE_NAMES.get(kind, "Sale"),
         "ReferenceId": txn.reference_id,
         "InvoiceNumber": txn.reference_id[:50],
         "AuthCode": txn.auth_code,
@@ -101,8 +154,40 @@ def answer_of(txn: Txn, kind: str | None = None) -> dict[str, Any]:
         "TransactionNumber": str(txn.number),
         "Voided": txn.voided,
         "Amounts": {"TotalAmount": dollars, "Amount": dollars, "TipAmount": None, "FeeAmount": None},
-        "CardData": {"CardType": txn.card_brand, "EntryType": "Chip", "Last4": txn.last4},
     }
+    card = txn.card
+    if card is not None:
+        answer["CardData"] = {
+            "CardType": card.brand,
+            "EntryType": _ENTRY_TYPES.get(txn.entry_method, "Chip"),
+            "Last4": card.last4,
+            "First4": card.bin[:4],
+            "BIN": card.bin,
+            "Name": card.name,
+            "ExpirationDate": card.expiry,
+        }
+        if txn.entry_method in ("chip", "contactless"):
+            label, aid = application(card.brand, txn.payment_type)
+            answer["EMVData"] = {"ApplicationName": label, "AID": aid, "TVR": "0000008000", "TSI": "E800"}
+        if txn.rrn:
+            answer["RRN"] = txn.rrn
+            answer["PNReferenceId"] = txn.rrn[-10:]
+        copies = {"Both": ("Customer", "Merchant"), "Customer": ("Customer",), "Merchant": ("Merchant",)}
+        wanted = copies.get(txn.receipts, ())
+        if wanted:
+            answer["Receipts"] = {copy: _receipt(txn, kind, copy) for copy in wanted}
+    return answer
+
+
+def _payment_type(body: dict[str, Any]) -> str | None:
+    """The request's payment type, as gatewayd names them; credit when not given; None if unknown."""
+    if body.get("PaymentType") in (None, ""):
+        return "credit"
+    return payment_type_of(body.get("PaymentType"))
+
+
+def _mismatch(ref: str) -> web.Response:
+    return _error("1016", ref)
 
 
 async def _hold() -> web.Response:
@@ -122,15 +207,35 @@ def _proxy_timeout_s(body: dict[str, Any]) -> float:
 
 
 async def _card_op(
-    request: web.Request, term: Terminal, op: str, ref: str, amount: int, proxy_timeout_s: float = 120.0
+    request: web.Request,
+    term: Terminal,
+    op: str,
+    ref: str,
+    amount: int,
+    proxy_timeout_s: float = 120.0,
+    body: dict[str, Any] | None = None,
 ) -> web.Response:
     """One card transaction. Like the real proxy, its outcome is decided by SPInProxyTimeout:
     a terminal slower than that is answered 2007 with the transaction recorded as it ended."""
     config = request.app[CONFIG_KEY]
+    body = body or {}
     kind = op.lower()
     cents = amount % 100
     if ref in term.open:
         return _error("1011", ref)
+    payment_type = _payment_type(body)
+    if payment_type is None:
+        return _error("1013", ref)
+    receipts = str(body.get("GetReceipt") or "No")
+    sale = term.find(str(body.get("InvoiceNumber") or "")) if kind == "return" else None
+    if sale is not None and sale.type in ("sale", "capture") and sale.payment_type != payment_type:
+        # a Return of a known sale, with another type than the sale ran as
+        return _json(
+            answer_of(
+                term.record(ref, kind, amount, amount, "declined", "1016", payment_type=payment_type, receipts=receipts)
+            )
+        )
+    record = functools.partial(term.record, payment_type=payment_type, receipts=receipts, sale=sale)
     if cents == 54 and ref not in term.busy_seen:
         term.busy_seen.add(ref)
         return _error("2008", ref, delay=1)
@@ -143,10 +248,10 @@ async def _card_op(
     approved_status = "returned" if kind == "return" else "approved"
     if cents in (51, 59):
         code = "1015" if cents == 51 else "1012"
-        return _json(answer_of(term.record(ref, kind, amount, amount, "declined", code)))
+        return _json(answer_of(record(ref, kind, amount, amount, "declined", code)))
     if cents == 56 and kind != "return":
-        return _json(answer_of(term.record(ref, kind, amount // 2, amount, approved_status, "0001")))
-    txn = term.record(ref, kind, amount, amount, approved_status, "0000")
+        return _json(answer_of(record(ref, kind, amount // 2, amount, approved_status, "0001")))
+    txn = record(ref, kind, amount, amount, approved_status, "0000")
     if cents == 52:
         return await _hold()
     if cents == 53:
@@ -158,10 +263,12 @@ async def _card_op(
     return _json(answer_of(txn))
 
 
-def _capture(term: Terminal, ref: str, amount: int) -> web.Response:
+def _capture(term: Terminal, ref: str, amount: int, payment_type: str | None) -> web.Response:
     txn = term.open.get(ref)
     if txn is None or txn.voided or txn.type not in ("auth", "capture") or txn.status == "declined":
         return _error("1001", ref)
+    if payment_type != txn.payment_type:
+        return _mismatch(ref)
     if txn.type == "auth":
         if amount > txn.amount or amount <= 0:
             return _error("1013", ref)
@@ -169,8 +276,10 @@ def _capture(term: Terminal, ref: str, amount: int) -> web.Response:
     return _json(answer_of(txn))
 
 
-def _void(term: Terminal, ref: str) -> web.Response:
+def _void(term: Terminal, ref: str, payment_type: str | None) -> web.Response:
     txn = term.open.get(ref)
+    if txn is not None and txn.status != "declined" and payment_type != txn.payment_type:
+        return _mismatch(ref)  # a void must name the type the sale ran as
     if txn is None or not txn.void():
         return _error("1001", ref)
     return _json(answer_of(txn))
@@ -202,13 +311,13 @@ async def _transaction(request: web.Request, term: Terminal, op: str, body: dict
     if not ref or len(ref) > 50:
         return _error("2201", ref, status=400)
     if op == "Void":
-        return _void(term, ref)
+        return _void(term, ref, _payment_type(body))
     amount = _amount(body)
     if amount is None or amount <= 0:
         return _error("1013", ref)
     if op == "Capture":
-        return _capture(term, ref, amount)
-    return await _card_op(request, term, op, ref, amount, _proxy_timeout_s(body))
+        return _capture(term, ref, amount, _payment_type(body))
+    return await _card_op(request, term, op, ref, amount, _proxy_timeout_s(body), body)
 
 
 def _inquiry(term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
@@ -217,7 +326,11 @@ def _inquiry(term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
         return _json({"GeneralResponse": _general("0000"), "Transactions": transactions})
     ref = str(body.get("ReferenceId") or "")
     txn = term.open.get(ref)
-    return _json(answer_of(txn)) if txn is not None else _error("1001", ref)
+    if txn is None:
+        return _error("1001", ref)
+    if _payment_type(body) not in txn.card_types:
+        return _mismatch(ref)  # a Status names the type the sale was sent with, or ran as
+    return _json(answer_of(txn))
 
 
 async def payment(request: web.Request) -> web.Response:
@@ -241,6 +354,8 @@ async def payment(request: web.Request) -> web.Response:
         return _inquiry(term, op, body)
     if op not in _TRANSACTIONS:
         return _error("1002")
+    if term.busy_delay_s is not None and op != "Settle":
+        return _error("2008", str(body.get("ReferenceId") or ""), delay=term.busy_delay_s)
     term.active += 1
     term.max_active = max(term.max_active, term.active)
     transport = request.transport
@@ -281,6 +396,27 @@ async def set_state(request: web.Request) -> web.Response:
     if not request.app[LEDGER_KEY].set_offline(tpn, state == "offline"):
         return _json({"error": "unknown tpn", "tpn": tpn}, 404)
     return _json({"tpn": tpn, "state": state})
+
+
+async def set_busy(request: web.Request) -> web.Response:
+    """`POST /_sim/terminals/{tpn}/busy` (optional `{"delay_s": N}`, default 300) and `/free`: a
+    busy terminal answers every transaction 2008 with DelayBeforeNextRequest N, until freed."""
+    tpn, state = request.match_info["tpn"], request.match_info["state"]
+    term = request.app[LEDGER_KEY].terminal(tpn)
+    if term is None:
+        return _not_found("unknown tpn", tpn=tpn)
+    delay_s = 300
+    if state == "busy" and request.can_read_body:
+        try:
+            body = _decoder.decode(await request.read())
+        except (msgspec.DecodeError, ValueError):
+            body = None
+        given = body.get("delay_s") if isinstance(body, dict) else None
+        if not isinstance(given, int) or isinstance(given, bool) or not 0 <= given <= 3600:
+            return _json({"error": 'expected a JSON body {"delay_s": 0..3600} or none', "tpn": tpn}, 400)
+        delay_s = given
+    term.busy_delay_s = delay_s if state == "busy" else None
+    return _json({"tpn": tpn, "state": state, **({"delay_s": delay_s} if state == "busy" else {})})
 
 
 def _not_found(what: str, **about: str) -> web.Response:
@@ -367,6 +503,7 @@ def make_app(ledger_: Ledger, config: SimulatorConfig) -> web.Application:
     app.router.add_post("/v2/Payment/{op}", payment)
     app.router.add_get("/v2/Common/TerminalStatus", terminal_status)
     app.router.add_post("/_sim/terminals/{tpn}/{state:offline|online}", set_state)
+    app.router.add_post("/_sim/terminals/{tpn}/{state:busy|free}", set_busy)
     app.router.add_post("/_sim/terminals/{tpn}/void/{ref}", keypad_void)
     app.router.add_post("/_sim/terminals/{tpn}/settle", terminal_settle)
     app.router.add_post("/_sim/terminals/{tpn}/authkey", rebind)

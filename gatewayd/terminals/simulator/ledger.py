@@ -6,6 +6,12 @@ capture turns the row into type `capture`, status `captured`, amount the capture
 amount; a return is `returned`/`declined`/`voided`. A void never adds a row: it
 marks the original `voided`. Money that moved = approved sales + captured
 captures − returned returns.
+
+Each transaction has a card, made up from its reference id (brand, last four, BIN, cardholder
+name, expiry) and read the way the cents of its amount say (`entry_method`), and the payment
+type it ran as (`payment_type`; for a `card` sale the customer chooses: debit when the whole
+dollars are odd, credit when even). A Return naming a known sale (its InvoiceNumber) is paid
+back to the same card.
 """
 
 from __future__ import annotations
@@ -18,6 +24,62 @@ from typing import Any
 
 _BRANDS = ("VISA", "MASTERCARD", "AMEX", "DISCOVER")
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+# Each brand's first digits, its EMV application (label, AID) as credit and as debit.
+_BINS = {"VISA": "4", "MASTERCARD": "5", "AMEX": "37", "DISCOVER": "6011"}
+_APPS = {
+    ("VISA", "credit"): ("VISA CREDIT", "A0000000031010"),
+    ("VISA", "debit"): ("US DEBIT", "A0000000980840"),
+    ("MASTERCARD", "credit"): ("MASTERCARD", "A0000000041010"),
+    ("MASTERCARD", "debit"): ("DEBIT MASTERCARD", "A0000000042203"),
+    ("AMEX", "credit"): ("AMERICAN EXPRESS", "A000000025010801"),
+    ("DISCOVER", "credit"): ("DISCOVER", "A0000001523010"),
+    ("DISCOVER", "debit"): ("US COMMON DEBIT", "A0000001524010"),
+}
+_NAMES = ("DOE/JANE", "SMITH/ALEX", "GARCIA/MARIA", "NGUYEN/MINH", "OKAFOR/CHIDI", "MULLER/ANNA")
+
+
+def application(brand: str, payment_type: str) -> tuple[str, str]:
+    """The EMV application a chip or tap selects: its label and AID."""
+    return _APPS.get((brand, payment_type)) or _APPS[(brand, "credit")]
+
+
+def entry_method_of(amount: int) -> str:
+    """How the simulated card is read, by the last digit of the amount's cents: 0-3 chip,
+    4-6 contactless, 7-8 swipe, 9 keyed in by hand."""
+    digit = amount % 10
+    return "chip" if digit <= 3 else "contactless" if digit <= 6 else "swipe" if digit <= 8 else "manual"
+
+
+def effective_type(payment_type: str, amount: int) -> str:
+    """The type a sale runs as: `card` lets the simulated customer choose (debit on odd whole
+    dollars, credit on even ones); any other type as asked."""
+    if payment_type != "card":
+        return payment_type
+    return "debit" if (amount // 100) % 2 else "credit"
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """The simulated card of a transaction: everything a terminal reads of it."""
+
+    brand: str
+    last4: str
+    bin: str
+    name: str
+    expiry: str  # MMYY
+
+    @staticmethod
+    def from_digest(digest: bytes) -> Card:
+        brand = _BRANDS[digest[0] % len(_BRANDS)]
+        prefix = _BINS[brand]
+        middle = str(int.from_bytes(digest[3:9], "big")).zfill(12)
+        return Card(
+            brand=brand,
+            last4=f"{int.from_bytes(digest[1:3], 'big') % 10000:04d}",
+            bin=(prefix + middle)[:6],
+            name=_NAMES[digest[9] % len(_NAMES)],
+            expiry=f"{digest[10] % 12 + 1:02d}{27 + digest[11] % 5:02d}",
+        )
 
 
 @dataclass(slots=True)
@@ -37,6 +99,17 @@ class Txn:
     card_brand: str = ""
     last4: str = ""
     voided: bool = False
+    card: Card | None = None
+    entry_method: str = "chip"
+    payment_type: str = "credit"  # what it ran as (for a `card` sale: the customer's choice)
+    asked_type: str = "credit"  # what the request asked for
+    receipts: str = "No"  # the copies the request asked back (SPIn GetReceipt)
+    rrn: str = ""
+
+    @property
+    def card_types(self) -> frozenset[str]:
+        """The payment types a Status of it may name: the one it was sent with, the one it ran as."""
+        return frozenset({self.payment_type, self.asked_type})
 
     def row(self) -> dict[str, Any]:
         """The public ledger row."""
@@ -49,6 +122,8 @@ class Txn:
             "batch": self.batch,
             "status_code": self.status_code,
             "auth_code": self.auth_code,
+            "payment_type": self.payment_type,
+            "entry_method": self.entry_method,
         }
 
     def void(self) -> bool:
@@ -88,12 +163,28 @@ class Terminal:
     counter: int = 0
     busy_seen: set[str] = field(default_factory=set)
     transports: set[asyncio.Transport] = field(default_factory=set)
+    # Set by /_sim/terminals/{tpn}/busy: every transaction is answered 2008 with this delay.
+    busy_delay_s: int | None = None
 
-    def record(self, ref: str, kind: str, amount: int, requested: int, status: str, code: str) -> Txn:
-        """Add a transaction to the open batch, with fake card data derived from the reference id."""
+    def record(
+        self,
+        ref: str,
+        kind: str,
+        amount: int,
+        requested: int,
+        status: str,
+        code: str,
+        *,
+        payment_type: str = "credit",
+        receipts: str = "No",
+        sale: Txn | None = None,
+    ) -> Txn:
+        """Add a transaction to the open batch, with a made-up card derived from the reference id
+        (a Return of a known `sale`: that sale's card)."""
         self.counter += 1
         digest = hashlib.sha256(f"{self.tpn}:{ref}".encode()).digest()
         approved = status != "declined"
+        card = sale.card if sale is not None and sale.card is not None else Card.from_digest(digest)
         txn = Txn(
             tpn=self.tpn,
             reference_id=ref,
@@ -105,11 +196,21 @@ class Terminal:
             batch=self.batch,
             number=len(self.open) + 1,
             auth_code=_auth_code(digest, self.counter) if approved else "",
-            card_brand=_BRANDS[digest[0] % len(_BRANDS)],
-            last4=f"{int.from_bytes(digest[1:3], 'big') % 10000:04d}",
+            card_brand=card.brand,
+            last4=card.last4,
+            card=card,
+            entry_method=entry_method_of(requested),
+            payment_type=effective_type(payment_type, requested),
+            asked_type=payment_type,
+            receipts=receipts,
+            rrn=f"{int.from_bytes(digest[12:18], 'big') % 10**12:012d}" if approved else "",
         )
         self.open[ref] = txn
         return txn
+
+    def find(self, ref: str) -> Txn | None:
+        """A transaction of this terminal by reference id, in the open batch or a settled one."""
+        return self.open.get(ref) or next((t for t in reversed(self.settled) if t.reference_id == ref), None)
 
     def settle(self) -> Settlement | None:
         """Close the open batch (a SPIn Settle, or the terminal on its own); None if it is empty."""

@@ -90,9 +90,15 @@ The cents of a Sale, Auth or Return amount choose what happens ("magic cents"):
   .54 busy once         .55 slow (--slow-s)               .56 partial approval
   .57 card never read   .58 approved, proxy timeout 2007  .59 cancelled by the customer
   anything else: approved after --latency-ms
+The last digit of the cents says how the card is read: 0-3 chip, 4-6 contactless, 7-8 swipe,
+9 keyed. Answers carry CardData, EMVData (chip, contactless), RRN and, when GetReceipt asks,
+Receipts. A `Card` sale lets the customer choose: debit on odd whole dollars, credit on even.
+A Void, Capture, Status or Return (of a sale named by its InvoiceNumber) with another
+PaymentType than the sale ran as is refused: 1016.
 
 Control endpoints (what the clerk or the terminal does behind the POS's back): GET /_sim/ledger,
-POST /_sim/reset, POST /_sim/terminals/TPN/offline|online|settle|authkey|void/REF.
+POST /_sim/reset, POST /_sim/terminals/TPN/offline|online|busy|free|settle|authkey|void/REF
+(busy: every transaction answered 2008, DelayBeforeNextRequest {"delay_s": N} or 300, until free).
 More: README.md ("The SPIn simulator"); the gatewayd API that drives these terminals: docs/api.md.
 """
 

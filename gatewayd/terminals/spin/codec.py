@@ -4,12 +4,16 @@ Request bodies live in `spin.requests` (re-exported here). Answers are parsed
 loosely (both `ResultCode` spellings, `DelayBeforeNextRequest` as number, string
 or null) into the typed outcomes. Anything that cannot be understood raises
 `ProtocolError`; the driver turns that into `Unknown` for money ops. Card data is
-reduced to brand and last four digits at once.
+reduced at once to what a receipt needs (`CardReceipt`: brand, last four, entry method,
+application label, AID, the host's reference, the terminal's receipt copies): the BIN, first
+digits, cardholder name and expiry are never kept, and are taken out of the receipt text.
+Receipt details are read leniently: an odd one is dropped, never a reason to doubt an approval.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
@@ -18,21 +22,27 @@ import msgspec
 
 from gatewayd.errors import ProtocolError
 from gatewayd.terminals.outcomes import (
+    PAYMENT_TYPES,
     Approved,
     BatchEntry,
     Busy,
+    CardReceipt,
     Declined,
+    DeclineReason,
+    EntryMethod,
     Health,
     Misconfigured,
     NotFound,
     Offline,
     Outcome,
+    PaymentType,
     SettleResult,
     Unknown,
     Voided,
 )
 from gatewayd.terminals.spin.requests import (
     MAX_DOLLARS,
+    SPIN_PAYMENT_TYPES,
     Credentials,
     auth_body,
     capture_body,
@@ -50,6 +60,7 @@ from gatewayd.terminals.spin.requests import (
 __all__ = [
     "MAX_ANSWER_BYTES",
     "MAX_DOLLARS",
+    "SPIN_PAYMENT_TYPES",
     "CodeClass",
     "Credentials",
     "General",
@@ -128,6 +139,8 @@ class General(msgspec.Struct, frozen=True, kw_only=True):
     status_code: str
     message: str = ""
     delay_s: float | None = None
+    host_code: str = ""  # HostResponseCode: the processor's own code ("00", "05" ...)
+    host_message: str = ""  # HostResponseMessage: the processor's words ("DO NOT HONOR")
 
 
 _RESULT_CODES = {
@@ -208,7 +221,14 @@ def parse_general(answer: dict[str, Any]) -> General:
     message = _text(general.get("Message"), "Message")[:200]
     detail = _text(general.get("DetailedMessage"), "DetailedMessage")[:200]
     text = f"{message}: {detail}" if message and detail and detail != message else (message or detail)
-    return General(result=result, status_code=code, message=text, delay_s=_delay(general.get("DelayBeforeNextRequest")))
+    return General(
+        result=result,
+        status_code=code,
+        message=text,
+        delay_s=_delay(general.get("DelayBeforeNextRequest")),
+        host_code=_loose(general.get("HostResponseCode"), 10),
+        host_message=_loose(general.get("HostResponseMessage"), 200),
+    )
 
 
 # ---------------------------------------------------------------- answers: payments
@@ -227,6 +247,19 @@ def _amounts(answer: dict[str, Any]) -> list[int]:
     return [to_cents(amounts[k]) for k in ("Amount", "TotalAmount") if amounts.get(k) is not None]
 
 
+def _loose(value: object, limit: int) -> str:
+    """A printable text field, or "" when it is missing or of another type (never an error)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return ""
+    return "".join(ch for ch in value.strip() if ch.isprintable())[:limit].strip()
+
+
+def _loose_obj(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _card(answer: dict[str, Any]) -> tuple[str, str]:
     """Brand and last four digits only; the rest of CardData is dropped unread."""
     card = answer.get("CardData")
@@ -237,6 +270,97 @@ def _card(answer: dict[str, Any]) -> tuple[str, str]:
     brand_s = brand.strip()[:20] if isinstance(brand, str) else ""
     last4_s = last4.strip() if isinstance(last4, str) else ""
     return brand_s, (last4_s if len(last4_s) == 4 and last4_s.isdigit() else "")
+
+
+_ENTRY: dict[str, EntryMethod] = {
+    "chip": "chip",
+    "emv": "chip",
+    "chipcontactless": "contactless",
+    "contactless": "contactless",
+    "contactlesschip": "contactless",
+    "nfc": "contactless",
+    "swipe": "swipe",
+    "magstripe": "swipe",
+    "fallbackswipe": "swipe",
+    "manual": "manual",
+    "keyed": "manual",
+}
+_AID = re.compile(r"^[0-9A-F]{10,32}$")
+_PAN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")  # 13 to 19 digits: a card number
+_EXPIRY = re.compile(r"(?i)\b(exp[a-z.]*\s*(?:date)?\s*:?\s*)[0-9]{2}\s*/?\s*[0-9]{2,4}")
+MAX_RECEIPT_CHARS = 8000
+
+
+def payment_type_of(value: object) -> PaymentType | None:
+    """A SPIn PaymentType ("Credit", "EBT_Food" ...) as gatewayd names it; None if not one of ours."""
+    text = _loose(value, 20).lower().replace(" ", "_")
+    for name in PAYMENT_TYPES:
+        if text == name:
+            return name
+    return None
+
+
+def _secrets(card: dict[str, Any]) -> list[str]:
+    """The card's values that must never be kept, however a receipt text prints them."""
+    found: list[str] = []
+    name = _loose(card.get("Name"), 100)
+    if len(name) >= 3:
+        found.append(name)
+        if "/" in name:  # track data order LAST/FIRST: receipts print it either way
+            last, _, first = name.partition("/")
+            found += [f"{first.strip()} {last.strip()}".strip(), last.strip(), first.strip()]
+    for key, shortest in (("BIN", 6), ("First4", 4), ("ExpirationDate", 4)):
+        value = re.sub(r"[^0-9]", "", _loose(card.get(key), 20))
+        if len(value) >= shortest:
+            found.append(value)
+    expiry = re.sub(r"[^0-9]", "", _loose(card.get("ExpirationDate"), 20))
+    if len(expiry) == 4:
+        found += [f"{expiry[:2]}/{expiry[2:]}", f"{expiry[2:]}/{expiry[:2]}"]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def scrub_receipt(text: str, card: dict[str, Any]) -> str:
+    """A terminal's receipt text with nothing of the card left but what a receipt may show: the
+    cardholder's name, the expiry, the BIN and first digits taken out, any full card number
+    masked to its last four."""
+    clean = text[:MAX_RECEIPT_CHARS]
+    for secret in _secrets(card):
+        clean = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", clean, flags=re.IGNORECASE)
+    clean = _PAN.sub(lambda m: "*" * (len(re.sub(r"[^0-9]", "", m.group(0))) - 4) + m.group(0)[-4:], clean)
+    return _EXPIRY.sub(lambda m: m.group(1) + "**/**", clean)
+
+
+def card_receipt(answer: dict[str, Any]) -> CardReceipt:
+    """What a receipt needs from CardData, EMVData, RRN and Receipts; nothing else of the card."""
+    card, emv, receipts = (_loose_obj(answer.get(k)) for k in ("CardData", "EMVData", "Receipts"))
+    entry = _loose(card.get("EntryType"), 30).lower().replace(" ", "").replace("_", "")
+    aid = _loose(emv.get("AID"), 40).upper()
+    reference = _loose(answer.get("RRN"), 50) or _loose(answer.get("PNReferenceId"), 50)
+
+    def copy(key: str) -> str:
+        value = receipts.get(key)
+        return scrub_receipt(value, card).strip() if isinstance(value, str) else ""
+
+    return CardReceipt(
+        entry_method=_ENTRY.get(entry),
+        application_label=_loose(emv.get("ApplicationName"), 32),
+        aid=aid if _AID.match(aid) else "",
+        host_reference=re.sub(r"[^A-Za-z0-9-]", "", reference)[:50],
+        customer_copy=copy("Customer"),
+        merchant_copy=copy("Merchant"),
+    )
+
+
+_TIMED_OUT = re.compile(r"(?i)time\s*d?\s*out|timeout|no card|card not (?:presented|read|inserted)")
+
+
+def decline_reason(code_class: CodeClass, general: General) -> DeclineReason:
+    """Why the terminal said no, as its answer tells: a cancel that says it timed out waiting for
+    the card is `no_card_presented`, any other cancel the customer's; everything else declined."""
+    if code_class is not CodeClass.CANCELLED:
+        return "declined"
+    said = f"{general.message} {general.host_message}"
+    return "no_card_presented" if _TIMED_OUT.search(said) else "cancelled_by_customer"
 
 
 def _approved(answer: dict[str, Any], general: General, ref: str, requested: int | None, partial: bool) -> Approved:
@@ -266,6 +390,8 @@ def _approved(answer: dict[str, Any], general: General, ref: str, requested: int
         transaction_number=_text(answer.get("TransactionNumber"), "TransactionNumber")[:20],
         status_code=general.status_code,
         transaction_type=_text(answer.get("TransactionType"), "TransactionType").lower()[:20],
+        payment_type=payment_type_of(answer.get("PaymentType")),
+        receipt=card_receipt(answer),
     )
 
 
@@ -289,7 +415,13 @@ def outcome_of(answer: dict[str, Any], *, op: str, ref: str, requested: int | No
         return outcome
     if cls in (CodeClass.DECLINED, CodeClass.CANCELLED):
         return Declined(
-            reference_id=ref, status_code=code, message=general.message, cancelled=cls is CodeClass.CANCELLED
+            reference_id=ref,
+            status_code=code,
+            message=general.message,
+            cancelled=cls is CodeClass.CANCELLED,
+            reason=decline_reason(cls, general),
+            host_code=general.host_code,
+            host_message=general.host_message,
         )
     if cls is CodeClass.BUSY:
         delay = general.delay_s if general.delay_s is not None else DEFAULT_BUSY_DELAY_S

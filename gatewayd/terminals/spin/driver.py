@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 
 from gatewayd.errors import ProtocolError, TerminalError
-from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, SettleResult, Unknown
+from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, PaymentType, SettleResult, Unknown
 from gatewayd.terminals.spin import codec
 
 log = logging.getLogger("gatewayd.terminals.spin")
@@ -140,29 +140,34 @@ class SpinDriver:
         log.debug("terminal %s: %s ref=%s -> %s", self._terminal_id, op, ref, _tag(outcome))
         return outcome
 
-    async def sale(self, ref: str, amount: int) -> Outcome:
+    async def sale(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Charge `amount` cents under reference id `ref`."""
-        body = codec.sale_body(self._cred, ref, amount, self._proxy_timeout_s)
+        body = codec.sale_body(self._cred, ref, amount, self._proxy_timeout_s, payment_type=payment_type)
         return await self._money("Sale", body, ref, amount)
 
-    async def auth(self, ref: str, amount: int) -> Outcome:
+    async def auth(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Authorize `amount` cents under reference id `ref`."""
-        body = codec.auth_body(self._cred, ref, amount, self._proxy_timeout_s)
+        body = codec.auth_body(self._cred, ref, amount, self._proxy_timeout_s, payment_type=payment_type)
         return await self._money("Auth", body, ref, amount)
 
-    async def capture(self, ref: str, amount: int) -> Outcome:
+    async def capture(self, ref: str, amount: int, *, payment_type: PaymentType = "credit") -> Outcome:
         """Capture `amount` cents of the authorization `ref`."""
-        body = codec.capture_body(self._cred, ref, amount, self._proxy_timeout_s)
+        body = codec.capture_body(self._cred, ref, amount, self._proxy_timeout_s, payment_type)
         return await self._money("Capture", body, ref, amount)
 
-    async def void(self, ref: str, amount: int | None = None) -> Outcome:
-        """Void transaction `ref` (open batch only)."""
-        body = codec.void_body(self._cred, ref, self._proxy_timeout_s, amount)
+    async def void(self, ref: str, amount: int | None = None, *, payment_type: PaymentType = "credit") -> Outcome:
+        """Void transaction `ref` (open batch only), with the payment type the sale used."""
+        body = codec.void_body(self._cred, ref, self._proxy_timeout_s, amount, payment_type)
         return await self._money("Void", body, ref, amount)
 
-    async def refund(self, ref: str, amount: int) -> Outcome:
-        """SPIn Return of `amount` cents under the new reference id `ref`."""
-        body = codec.return_body(self._cred, ref, amount, self._proxy_timeout_s)
+    async def refund(
+        self, ref: str, amount: int, *, payment_type: PaymentType = "credit", sale_ref: str | None = None
+    ) -> Outcome:
+        """SPIn Return of `amount` cents under the new reference id `ref`, with the sale's payment
+        type; `sale_ref` goes as its invoice number."""
+        body = codec.return_body(
+            self._cred, ref, amount, self._proxy_timeout_s, invoice=sale_ref, payment_type=payment_type
+        )
         return await self._money("Return", body, ref, amount)
 
     # ------------------------------------------------------------ inquiries and batch
@@ -170,9 +175,9 @@ class SpinDriver:
     def _short_proxy_timeout_s(self) -> float:
         return max(1.0, math.floor(self._status_timeout_s / 2))
 
-    async def status(self, ref: str) -> Outcome:
-        """Inquire about `ref` with a short timeout."""
-        body = codec.status_body(self._cred, ref, self._short_proxy_timeout_s())
+    async def status(self, ref: str, *, payment_type: PaymentType = "credit") -> Outcome:
+        """Inquire about `ref` with a short timeout, with the payment type it was sent with."""
+        body = codec.status_body(self._cred, ref, self._short_proxy_timeout_s(), payment_type)
         try:
             outcome = codec.parse_status(await self._post("Status", body, self._status_timeout_s), ref)
         except _NOT_SENT as exc:

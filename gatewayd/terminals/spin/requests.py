@@ -14,8 +14,20 @@ from typing import Any
 import msgspec
 
 from gatewayd.errors import ProtocolError
+from gatewayd.terminals.outcomes import PaymentType
 
 MAX_DOLLARS = Decimal(10) ** 9
+
+# gatewayd's payment types as SPIn spells `PaymentType`; `Card` lets the customer choose on the
+# terminal (credit or debit), and the answer's PaymentType says which was run.
+SPIN_PAYMENT_TYPES: dict[PaymentType, str] = {
+    "credit": "Credit",
+    "debit": "Debit",
+    "card": "Card",
+    "ebt_food": "EBT_Food",
+    "ebt_cash": "EBT_Cash",
+    "gift": "Gift",
+}
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
 
@@ -72,48 +84,81 @@ def _body(cred: Credentials, timeout_s: float, fields: dict[str, Any]) -> bytes:
     return _encoder.encode(payload)
 
 
-def _money_fields(ref: str, amount: int, invoice: str | None) -> dict[str, Any]:
+def spin_type(payment_type: PaymentType) -> str:
+    """SPIn's spelling of a payment type."""
+    return SPIN_PAYMENT_TYPES[payment_type]
+
+
+def _money_fields(
+    ref: str, amount: int, invoice: str | None, payment_type: PaymentType, receipts: str = "No"
+) -> dict[str, Any]:
     return {
         "Amount": to_dollars(amount),
-        "PaymentType": "Credit",
+        "PaymentType": spin_type(payment_type),
         "ReferenceId": ref,
         "InvoiceNumber": invoice or ref[:50],
         "PrintReceipt": "No",
-        "GetReceipt": "No",
+        "GetReceipt": receipts,
     }
 
 
-def sale_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
-    """Body of `POST /v2/Payment/Sale`."""
-    return _body(cred, timeout_s, {**_money_fields(ref, amount, invoice), "TipAmount": 0})
+def sale_body(
+    cred: Credentials,
+    ref: str,
+    amount: int,
+    timeout_s: float,
+    invoice: str | None = None,
+    payment_type: PaymentType = "credit",
+) -> bytes:
+    """Body of `POST /v2/Payment/Sale` (both receipt copies asked for, none printed)."""
+    return _body(cred, timeout_s, {**_money_fields(ref, amount, invoice, payment_type, "Both"), "TipAmount": 0})
 
 
-def auth_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
+def auth_body(
+    cred: Credentials,
+    ref: str,
+    amount: int,
+    timeout_s: float,
+    invoice: str | None = None,
+    payment_type: PaymentType = "credit",
+) -> bytes:
     """Body of `POST /v2/Payment/Auth` (no tip: SPIn refuses tips in an Auth)."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
+    return _body(cred, timeout_s, _money_fields(ref, amount, invoice, payment_type, "Both"))
 
 
-def capture_body(cred: Credentials, ref: str, amount: int, timeout_s: float) -> bytes:
+def capture_body(
+    cred: Credentials, ref: str, amount: int, timeout_s: float, payment_type: PaymentType = "credit"
+) -> bytes:
     """Body of `POST /v2/Payment/Capture` for the Auth with reference id `ref`."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, None))
+    return _body(cred, timeout_s, _money_fields(ref, amount, None, payment_type))
 
 
-def return_body(cred: Credentials, ref: str, amount: int, timeout_s: float, invoice: str | None = None) -> bytes:
-    """Body of `POST /v2/Payment/Return`; `ref` must be a new reference id."""
-    return _body(cred, timeout_s, _money_fields(ref, amount, invoice))
+def return_body(
+    cred: Credentials,
+    ref: str,
+    amount: int,
+    timeout_s: float,
+    invoice: str | None = None,
+    payment_type: PaymentType = "credit",
+) -> bytes:
+    """Body of `POST /v2/Payment/Return`; `ref` must be a new reference id. `invoice`: the sale's
+    reference id, so that the terminal's reports tie the Return to it."""
+    return _body(cred, timeout_s, _money_fields(ref, amount, invoice, payment_type, "Both"))
 
 
-def void_body(cred: Credentials, ref: str, timeout_s: float, amount: int | None = None) -> bytes:
-    """Body of `POST /v2/Payment/Void` naming the original reference id."""
-    fields: dict[str, Any] = {"PaymentType": "Credit", "ReferenceId": ref, "PrintReceipt": "No"}
+def void_body(
+    cred: Credentials, ref: str, timeout_s: float, amount: int | None = None, payment_type: PaymentType = "credit"
+) -> bytes:
+    """Body of `POST /v2/Payment/Void` naming the original reference id, with its payment type."""
+    fields: dict[str, Any] = {"PaymentType": spin_type(payment_type), "ReferenceId": ref, "PrintReceipt": "No"}
     if amount is not None:
         fields["Amount"] = to_dollars(amount)
     return _body(cred, timeout_s, fields)
 
 
-def status_body(cred: Credentials, ref: str, timeout_s: float) -> bytes:
-    """Body of `POST /v2/Payment/Status` (inquiry by reference id)."""
-    return _body(cred, timeout_s, {"PaymentType": "Credit", "ReferenceId": ref})
+def status_body(cred: Credentials, ref: str, timeout_s: float, payment_type: PaymentType = "credit") -> bytes:
+    """Body of `POST /v2/Payment/Status` (inquiry by reference id, with the sale's payment type)."""
+    return _body(cred, timeout_s, {"PaymentType": spin_type(payment_type), "ReferenceId": ref})
 
 
 def status_list_body(cred: Credentials, timeout_s: float, first: int = 1, last: int = 5000) -> bytes:
