@@ -198,7 +198,10 @@ def _checkout_response(view: CheckoutView) -> web.Response:
         failure = view.failure.code if view.failure else ""
         code = failure if failure in FAILED_CHECKOUT_STATUS else "card_declined"
         message = view.failure.message if view.failure else "payment failed"
-        return _with_error(view, code, message, {"failure": failure} if failure != code else None)
+        details: dict[str, Any] = {"failure": failure} if failure != code else {}
+        if view.failure is not None and view.failure.reason is not None:
+            details["reason"] = view.failure.reason  # why, for the POS to branch on (docs/api.md)
+        return _with_error(view, code, message, details or None)
     if status == "cancelled":
         message = view.failure.message if view.failure else "cancelled before any card was charged"
         return _with_error(view, "checkout_cancelled", message + "; nothing is owed: start a new checkout")

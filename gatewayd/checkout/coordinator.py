@@ -102,6 +102,7 @@ def _prepared(intent: dict[str, Any], order_number: str) -> Checkout:
             tendered=t.get("tendered"),
             payment_processor_id=t.get("terminal_id"),
             timeout_s=t.get("timeout_s"),
+            payment_type=t.get("payment_type"),
         )
         for i, t in enumerate(intent["tenders"])
     )
@@ -352,6 +353,8 @@ class Coordinator:
                     operation=op,
                     terminal_id=tender.terminal_id,
                     timeout_s=self.executor.lanes.timeout_s(tender.terminal_id),
+                    # the tender's own, else its terminal's ([[terminals]] payment_type)
+                    payment_type=tender.payment_type or self.executor.lanes.payment_type(tender.terminal_id),
                 )
             tenders.append(row)
         return {

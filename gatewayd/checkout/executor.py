@@ -48,7 +48,18 @@ from gatewayd.retry import (
 )
 from gatewayd.store.checkouts import CheckoutStore, Written
 from gatewayd.terminals import ops
-from gatewayd.terminals.outcomes import Approved, Busy, Misconfigured, NotFound, Offline, Outcome, Unknown, Voided
+from gatewayd.terminals.outcomes import (
+    Approved,
+    Busy,
+    Declined,
+    Misconfigured,
+    NotFound,
+    Offline,
+    Outcome,
+    PaymentType,
+    Unknown,
+    Voided,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,10 @@ class Lanes(Protocol):
 
     def timeout_s(self, terminal_id: str) -> int:
         """The terminal's own transaction timeout."""
+        ...
+
+    def payment_type(self, terminal_id: str) -> PaymentType:
+        """The payment type a card tender on this terminal runs as unless it says otherwise."""
         ...
 
 
@@ -176,6 +191,7 @@ class TransitionRefused(CheckoutError):
 
 def _fields(outcome: Outcome | None) -> dict[str, Any]:
     if isinstance(outcome, Approved):
+        receipt = outcome.receipt
         return {
             "approved_amount": outcome.amount,
             "auth_code": outcome.auth_code or None,
@@ -184,17 +200,34 @@ def _fields(outcome: Outcome | None) -> dict[str, Any]:
             "batch_number": outcome.batch_number or None,
             "transaction_number": outcome.transaction_number or None,
             "status_code": outcome.status_code or None,
+            # what the terminal ran it as (`card`: the customer's choice); None keeps what was sent
+            "payment_type": outcome.payment_type if outcome.payment_type != "card" else None,
+            "entry_method": receipt.entry_method,
+            "application_label": receipt.application_label or None,
+            "aid": receipt.aid or None,
+            "host_reference": receipt.host_reference or None,
+            "receipt_customer": receipt.customer_copy or None,
+            "receipt_merchant": receipt.merchant_copy or None,
         }
     code: str = getattr(outcome, "status_code", "") or ""
-    return {"status_code": code} if code else {}
+    fields: dict[str, Any] = {"status_code": code} if code else {}
+    if isinstance(outcome, Declined):
+        fields.update(host_code=outcome.host_code or None, host_message=outcome.host_message or None)
+    return fields
 
 
 def _message(outcome: Outcome) -> str:
+    if isinstance(outcome, Declined):  # the terminal's words, then the host's ("Declined: DO NOT HONOR")
+        said = outcome.message or "declined"
+        host = outcome.host_message
+        return f"{said}: {host}" if host and host.lower() not in said.lower() else said
     text: str = getattr(outcome, "message", "") or getattr(outcome, "reason", "") or ""
     return text or type(outcome).__name__.lower()
 
 
-_CARRIED = ("approved_amount", "auth_code", "card_brand", "last4", "status_code")
+_CARRIED = ("approved_amount", "auth_code", "card_brand", "last4", "status_code", "payment_type")
+# Kept out of raw_response: the receipt copies have columns of their own (sql/009).
+_NOT_RAW = ("receipt_customer", "receipt_merchant")
 
 
 class Executor:
@@ -413,11 +446,13 @@ class Executor:
                 t,
                 TenderStatus.FAILED,
                 failure_code="unknown_terminal",
+                reason=machine.Reason.NOT_CHARGED,
                 last_error="terminal no longer configured: not charged",
                 from_=(TenderStatus.PENDING,),
             )
             return failed
-        op: ops.Op = ops.Auth(t.reference_id, t.amount) if t.operation == "auth" else ops.Sale(t.reference_id, t.amount)
+        kind = ops.Auth if t.operation == "auth" else ops.Sale
+        op: ops.Op = kind(t.reference_id, t.amount, t.card_type)
         marked: Written | None = None
         on_the_wire: asyncio.Task[None] | None = None
 
@@ -444,6 +479,7 @@ class Executor:
                 t,
                 TenderStatus.FAILED,
                 failure_code="terminal_busy",
+                reason=machine.Reason.TERMINAL_BUSY,
                 last_error="terminal queue full: not sent, nothing charged",
                 from_=(TenderStatus.PENDING,),
             )
@@ -491,7 +527,7 @@ class Executor:
             if t.status not in machine.IN_DOUBT:
                 return await self._reload(c)
             try:
-                outcome: Outcome = await lane.execute(ops.Inquire(t.reference_id))
+                outcome: Outcome = await lane.execute(ops.Inquire(t.reference_id, payment_type=t.card_type))
             except TerminalBusy:
                 outcome = Busy(retry_after_s=1.0)
             late = not_found_late(t, now)
@@ -526,15 +562,19 @@ class Executor:
                 c, t, TenderStatus.UNKNOWN, outcome=outcome, last_error=f"outcome unknown: {_message(outcome)}"
             )
         failure_code = None
+        reason = None
         last_error = None
         if decided in machine.NOT_CHARGED:
             answer = answer_of(outcome, t, late=late)
             failure_code = machine.FAILURE_CODES.get(answer, "card_not_charged")
+            reason = machine.reason_of(answer, outcome)  # for the cashier; the money is decided above
             last_error = _message(outcome)
             if isinstance(outcome, NotFound):
                 last_error = "the terminal has no record of the charge: not charged"
         self.metrics.tender_finished("card", decided.value)
-        return await self._record(c, t, decided, outcome=outcome, failure_code=failure_code, last_error=last_error)
+        return await self._record(
+            c, t, decided, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error
+        )
 
     async def _record(
         self,
@@ -544,15 +584,23 @@ class Executor:
         *,
         outcome: Outcome | None = None,
         failure_code: str | None = None,
+        reason: machine.Reason | None = None,
         last_error: str | None = None,
         from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
     ) -> Checkout | None:
         if await self.record(
-            t, status, outcome=outcome, failure_code=failure_code, last_error=last_error, from_=from_
+            t, status, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error, from_=from_
         ) and (phase := _PHASES.get(status)):
             self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
         fields = {k: v for k, v in _fields(outcome).items() if k in _CARRIED}
-        changed = msgspec.structs.replace(t, status=status, failure_code=failure_code, last_error=last_error, **fields)
+        changed = msgspec.structs.replace(
+            t,
+            status=status,
+            failure_code=failure_code,
+            decline_reason=None if reason is None else str(reason),
+            last_error=last_error,
+            **fields,
+        )
         return c.with_tender(changed)
 
     async def record(
@@ -562,12 +610,16 @@ class Executor:
         *,
         outcome: Outcome | None = None,
         failure_code: str | None = None,
+        reason: machine.Reason | None = None,
         last_error: str | None = None,
         from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
     ) -> bool:
-        """Store an answer for a transaction (a tender or a refund's Return), fenced by its order's lease."""
+        """Store an answer for a transaction (a tender or a refund's Return), fenced by its order's lease;
+        `reason`: why it did not charge (machine.REASONS), stored beside `failure_code`."""
         fields = _fields(outcome)
-        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower(), **fields}
+        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower()}
+        if raw is not None:
+            raw.update((k, v) for k, v in fields.items() if k not in _NOT_RAW)
         audit = {"reference_id": t.reference_id, **({"error": last_error} if last_error else {})}
         written = await after_intent(
             lambda: self.store.record_tender(
@@ -578,6 +630,7 @@ class Executor:
                 raw=raw,
                 last_error=last_error,
                 failure_code=failure_code,
+                decline_reason=None if reason is None else str(reason),
                 audit=audit,
                 **fields,
             )
@@ -598,7 +651,9 @@ class Executor:
         for attempt in range(VOID_ATTEMPTS):
             await failpoints.hit("during_void")
             try:
-                outcome: Outcome = await lane.execute(ops.Void(t.reference_id, t.approved_amount or t.amount))
+                outcome: Outcome = await lane.execute(
+                    ops.Void(t.reference_id, t.approved_amount or t.amount, t.card_type)
+                )
             except TerminalBusy:
                 outcome = Busy(retry_after_s=1.0)
             if isinstance(outcome, NotFound):
@@ -614,7 +669,19 @@ class Executor:
             if decided == TenderStatus.VOIDED:
                 from_ = (TenderStatus.APPROVED, TenderStatus.PROCESSING, TenderStatus.UNKNOWN)
                 reason = "the hold lapsed with its batch" if isinstance(outcome, NotFound) else None
-                await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_, last_error=reason)
+                if t.partial:  # the tender fails on its own account: approved for less than asked
+                    reason = f"partial approval ({t.approved_amount} of {t.amount}) reversed: not charged"
+                    await self.record(
+                        t,
+                        TenderStatus.VOIDED,
+                        outcome=outcome,
+                        from_=from_,
+                        last_error=reason,
+                        failure_code=machine.FAILURE_CODES[machine.Answer.PARTIAL],
+                        reason=machine.Reason.PARTIAL_APPROVAL_REVERSED,
+                    )
+                else:
+                    await self.record(t, TenderStatus.VOIDED, outcome=outcome, from_=from_, last_error=reason)
                 self.metrics.tender_finished("card", "voided")
                 self.events.progress(t.order_id, key, "voided", t)
                 return True
@@ -632,7 +699,7 @@ class Executor:
         captured already (an earlier answer was lost), or else out of reach with its closed batch
         (still approved in the terminal's log, or not there at all): the "not found" stands."""
         try:
-            status: Outcome = await lane.execute(ops.Inquire(t.reference_id, fresh=True))
+            status: Outcome = await lane.execute(ops.Inquire(t.reference_id, fresh=True, payment_type=t.card_type))
         except TerminalBusy:
             return Busy(retry_after_s=1.0)
         if isinstance(status, Voided) or (isinstance(status, Approved) and status.transaction_type == "capture"):
@@ -723,7 +790,9 @@ class Executor:
         if t.void_requested_at is not None:
             return False  # a void of it went out: until that is settled, a capture could take voided money
         try:
-            outcome: Outcome = await lane.execute(ops.Capture(t.reference_id, t.approved_amount or t.amount))
+            outcome: Outcome = await lane.execute(
+                ops.Capture(t.reference_id, t.approved_amount or t.amount, t.card_type)
+            )
         except TerminalBusy:
             return False
         if isinstance(outcome, NotFound):

@@ -4,7 +4,8 @@ An order's life is decided here and nowhere else:
 
 * the statuses of orders and tenders (enums that match the SQL `CHECK`s),
 * the typed rows the store hands up (`Order`, `Tender`, `Refund`, `Checkout`),
-* what a terminal's answer makes of a tender (`ANSWERS`, one row per question and answer),
+* what a terminal's answer makes of a tender (`ANSWERS`, one row per question and answer), and
+  why a tender that did not charge did not, for the cashier (`REASONS`: information only),
 * the next step of an order from its stored state (`decide`): charge the next tender, inquire,
   void a charge, commit, fail, or leave it for later.
 
@@ -30,10 +31,12 @@ from gatewayd.terminals.outcomes import (
     Approved,
     Busy,
     Declined,
+    EntryMethod,
     Misconfigured,
     NotFound,
     Offline,
     Outcome,
+    PaymentType,
     Unknown,
     Voided,
 )
@@ -154,10 +157,32 @@ class Tender(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     void_requested_at: datetime | None = None
     settled_at: datetime | None = None
+    # sql/009: the card's type, what a receipt needs, why it did not charge (see REASONS)
+    payment_type: PaymentType | None = None
+    batch_number: str | None = None
+    transaction_number: str | None = None
+    entry_method: EntryMethod | None = None
+    application_label: str | None = None
+    aid: str | None = None
+    host_reference: str | None = None
+    receipt_customer: str | None = None
+    receipt_merchant: str | None = None
+    decline_reason: str | None = None
+    host_code: str | None = None
+    host_message: str | None = None
+    created_at: datetime | None = None
+    # A refund's Return, as unresolved_refunds reads it: the reference id of the sale it returns.
+    sale_reference: str | None = None
 
     @property
     def terminal_id(self) -> str | None:
         return self.payment_processor_id
+
+    @property
+    def card_type(self) -> PaymentType:
+        """The payment type its follow-ups (inquiry, void, capture, return) name: the one the
+        sale ran as, or was sent with; credit for a row from before sql/009 (all ran as credit)."""
+        return self.payment_type or "credit"
 
     @property
     def is_card_payment(self) -> bool:
@@ -201,6 +226,8 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None = None
     lease_until: datetime | None = None
     completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 class Refund(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,6 +239,8 @@ class Refund(msgspec.Struct, frozen=True, kw_only=True):
     status: RefundStatus
     restock: bool = False
     failure_reason: str | None = None
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
 
 
 class Checkout(msgspec.Struct, frozen=True, kw_only=True):
@@ -396,6 +425,68 @@ FAILURE_CODES = {
 }
 
 
+class Reason(enum.StrEnum):
+    """Why a card tender did not charge, in words the POS can branch on (`tenders[i].failure.reason`
+    and the checkout's `failure.reason`). Information for the cashier only: what an answer means
+    for money is ANSWERS alone; a reason never decides a tender."""
+
+    DECLINED = "declined"  # the card's issuer said no: ask for another card
+    CANCELLED_BY_CUSTOMER = "cancelled_by_customer"  # the customer pressed cancel
+    NO_CARD_PRESENTED = "no_card_presented"  # timed out waiting for a card; nothing charged
+    PARTIAL_APPROVAL_REVERSED = "partial_approval_reversed"  # approved for less, and that voided
+    TERMINAL_OFFLINE = "terminal_offline"
+    TERMINAL_BUSY = "terminal_busy"
+    TERMINAL_MISCONFIGURED = "terminal_misconfigured"  # the terminal refused gatewayd's credentials
+    VOIDED_AT_TERMINAL = "voided_at_terminal"  # voided at the terminal (keypad, host reversal)
+    NOT_CHARGED = "not_charged"  # anything else that certainly did not charge
+
+
+# The reason each way a charge ends without charging stands for. A decline is refined by what the
+# terminal said (`Declined.reason`: a cancel by the customer, or one that timed out waiting for
+# the card); "not found" past the terminal's own deadline means the card flow never completed:
+# most often no card was presented (the simulator's ..57), or the request never got there.
+REASONS: dict[Answer, Reason] = {
+    Answer.DECLINED: Reason.DECLINED,
+    Answer.NOT_FOUND_LATE: Reason.NO_CARD_PRESENTED,
+    Answer.BUSY: Reason.TERMINAL_BUSY,
+    Answer.OFFLINE: Reason.TERMINAL_OFFLINE,
+    Answer.MISCONFIGURED: Reason.TERMINAL_MISCONFIGURED,
+    Answer.VOIDED: Reason.VOIDED_AT_TERMINAL,
+    Answer.PARTIAL: Reason.PARTIAL_APPROVAL_REVERSED,
+}
+
+# Failure codes stored without an answer behind them (the lane's queue full, a terminal gone, a
+# partial approval voided), and rows from before sql/009: their reason.
+REASON_OF_CODE: dict[str, Reason] = {
+    "card_declined": Reason.DECLINED,
+    "card_not_charged": Reason.NO_CARD_PRESENTED,
+    "terminal_busy": Reason.TERMINAL_BUSY,
+    "terminal_offline": Reason.TERMINAL_OFFLINE,
+    "terminal_misconfigured": Reason.TERMINAL_MISCONFIGURED,
+    "card_voided": Reason.VOIDED_AT_TERMINAL,
+    "partial_approval": Reason.PARTIAL_APPROVAL_REVERSED,
+}
+
+
+def reason_of(answer: Answer, outcome: Outcome | None = None) -> Reason:
+    """Why a charge that ended with `answer` did not charge."""
+    if answer is Answer.DECLINED and isinstance(outcome, Declined):
+        return Reason(outcome.reason)
+    return REASONS.get(answer, Reason.NOT_CHARGED)
+
+
+def tender_reason(tender: Tender) -> Reason | None:
+    """The stored reason of a card tender that did not charge on its own account; None for one
+    that charged, or that was voided only because another tender of its order failed."""
+    if tender.decline_reason is not None:
+        return Reason(tender.decline_reason)
+    if tender.failure_code is not None:
+        return REASON_OF_CODE.get(tender.failure_code, Reason.NOT_CHARGED)
+    if tender.status == TenderStatus.DECLINED:
+        return Reason.DECLINED
+    return None
+
+
 # Failures that mean the terminal was never reached, so nothing was charged: a retry with the
 # same idempotency key is a new attempt (sql/007's gw_retire_key checks the same, atomically).
 UNREACHED = frozenset({"terminal_offline", "terminal_busy"})
@@ -490,7 +581,7 @@ def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
     for t in cards:
         if t.partial and voidable(t):
             return VoidCharge(t)
-    failed = next((t for t in cards if t.status in NOT_CHARGED), None)
+    failed = failed_tender(cards)
     pending = next((t for t in cards if t.status == TenderStatus.PENDING), None)
     stuck_partial = next((t for t in cards if t.partial), None)
     if failed is not None or stuck_partial is not None or (pending is not None and not charge_pending):
@@ -505,6 +596,13 @@ def decide(checkout: Checkout, *, charge_pending: bool) -> Step:
     if pending is not None:
         return Charge(pending)
     return Commit()
+
+
+def failed_tender(cards: Iterable[Tender]) -> Tender | None:
+    """The card tender an order fails for: the first that did not charge on its own account (a
+    decline, a terminal out of reach ...), before one voided only because another failed."""
+    not_charged = [t for t in cards if t.status in NOT_CHARGED]
+    return next((t for t in not_charged if t.failure_code is not None), None) or next(iter(not_charged), None)
 
 
 def decide_void(checkout: Checkout) -> ReversalStep:

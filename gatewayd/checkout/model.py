@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from gatewayd.terminals.outcomes import EntryMethod, PaymentType
+
 Money = Annotated[int, Meta(ge=0, le=2**53)]
 PositiveMoney = Annotated[int, Meta(gt=0, le=2**53)]
 Key = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
@@ -50,11 +52,16 @@ class CashTender(_In, frozen=True, tag="cash", tag_field="type"):
     tendered: Money | None = None
 
 
-class CardTender(_In, frozen=True, tag="card", tag_field="type"):
-    """A card charge on one of the store's terminals."""
+# omit_defaults: a request without payment_type encodes (and so hashes) as it did before the
+# field existed, so a retry with the same key of a checkout made before it still matches.
+class CardTender(_In, frozen=True, tag="card", tag_field="type", omit_defaults=True):
+    """A card charge on one of the store's terminals; `payment_type` (left out: the terminal's
+    `[[terminals]] payment_type`, credit unless configured) is what the terminal runs it as:
+    `card` lets the customer choose on the terminal."""
 
     amount: PositiveMoney
     terminal_id: ShortId
+    payment_type: PaymentType | None = None
 
 
 Tender = CashTender | CardTender
@@ -110,8 +117,39 @@ class _Out(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     pass
 
 
+FailureReason = Literal[
+    "declined",
+    "cancelled_by_customer",
+    "no_card_presented",
+    "partial_approval_reversed",
+    "terminal_offline",
+    "terminal_busy",
+    "terminal_misconfigured",
+    "voided_at_terminal",
+    "not_charged",
+]
+
+
+class TenderFailure(_Out, frozen=True):
+    """Why a card tender did not charge: `reason` to branch on (docs/api.md, "Why a card did not
+    charge"), the words for the cashier (the host's when it gave some), the host's own code."""
+
+    reason: FailureReason
+    message: str = ""
+    host_code: str | None = None
+
+
+class TerminalReceipt(_Out, frozen=True):
+    """The terminal's own receipt text (SPIn `Receipts`), per copy, in Dejavoo's tag format
+    (`<C>centred</C><L>left</L>` ...); nothing of the card in it but brand and last four."""
+
+    customer: str | None = None
+    merchant: str | None = None
+
+
 class TenderView(_Out, frozen=True):
-    """One tender of a checkout, as the POS sees it."""
+    """One tender of a checkout, as the POS sees it. A card carries what a receipt needs once
+    the terminal said it; nothing else of the card is kept (no BIN, no name, no expiry)."""
 
     type: Literal["cash", "card"]
     amount: int
@@ -127,10 +165,20 @@ class TenderView(_Out, frozen=True):
     message: str | None = None
     # The charge stands in a closed batch: it can no longer be voided, only refunded.
     settled: bool = False
+    # What the card ran as: as asked, or for `card` the customer's choice, as the terminal said.
+    payment_type: PaymentType | None = None
+    entry_method: EntryMethod | None = None
+    application_label: str | None = None
+    aid: str | None = None
+    host_reference: str | None = None  # the processor's retrieval reference (RRN)
+    batch_number: str | None = None
+    transaction_number: str | None = None
+    terminal_receipt: TerminalReceipt | None = None
+    failure: TenderFailure | None = None
 
 
 class RefundView(_Out, frozen=True):
-    """One refund of a checkout."""
+    """One refund of a checkout: the tender it went back on, and for a card what its receipt needs."""
 
     id: str
     amount: int
@@ -138,13 +186,27 @@ class RefundView(_Out, frozen=True):
     restock: bool = False
     reference_id: str | None = None
     message: str | None = None
+    tender_index: int | None = None
+    type: Literal["cash", "card"] | None = None
+    terminal_id: str | None = None
+    payment_type: PaymentType | None = None
+    card_brand: str | None = None
+    last4: str | None = None
+    entry_method: EntryMethod | None = None
+    auth_code: str | None = None
+    host_reference: str | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
 
 
 class Failure(_Out, frozen=True):
-    """Why a checkout did not complete."""
+    """Why a checkout did not complete: `code` as it always was (card_declined, card_not_charged,
+    partial_approval, card_voided, terminal_offline ...), and for a card that did not charge the
+    `reason` the POS branches on (the failing tender's `failure.reason`)."""
 
     code: str
     message: str = ""
+    reason: FailureReason | None = None
 
 
 class CheckoutView(_Out, frozen=True):

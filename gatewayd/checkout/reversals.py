@@ -219,16 +219,18 @@ class Reversals:
             return False
         timeout_s = ex.lanes.timeout_s(tx.terminal_id or "")
         marked = None
+        # The Return goes as the sale went (its payment type), naming the sale as its invoice.
+        payment_type = tx.card_type
 
         async def before_send() -> bool:
             nonlocal marked
-            marked = await after_intent(lambda: self.store.mark_refund_sent(tx.id, timeout_s, owner))
+            marked = await after_intent(lambda: self.store.mark_refund_sent(tx.id, timeout_s, owner, payment_type))
             return marked == "ok"
 
         op: ops.Op = (
-            ops.Refund(tx.reference_id, tx.amount)
+            ops.Refund(tx.reference_id, tx.amount, payment_type, tx.sale_reference)
             if tx.status == TenderStatus.PENDING
-            else ops.Inquire(tx.reference_id)
+            else ops.Inquire(tx.reference_id, payment_type=payment_type)
         )
         try:
             if isinstance(op, ops.Refund):

@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from gatewayd.config.secret import Secret
+from gatewayd.terminals.outcomes import PaymentType
 
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
 
@@ -138,6 +139,9 @@ class TerminalConfig(_Section, frozen=True):
     http_margin_s: Annotated[float, Meta(ge=0.5, le=120)] = 10.0  # the HTTP timeout is timeout_s plus this
     queue_depth: Annotated[int, Meta(ge=1, le=10_000)] = 32
     is_live: bool = True
+    # What a card tender runs as unless it names its own: credit, debit, card (the customer
+    # chooses on the terminal), ebt_food, ebt_cash, gift (SPIn PaymentType).
+    payment_type: PaymentType = "credit"
 
     @property
     def display_name(self) -> str:

@@ -175,10 +175,22 @@ class CheckoutStore:
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
+        payment_type: str | None = None,
+        entry_method: str | None = None,
+        application_label: str | None = None,
+        aid: str | None = None,
+        host_reference: str | None = None,
+        receipt_customer: str | None = None,
+        receipt_merchant: str | None = None,
+        decline_reason: str | None = None,
+        host_code: str | None = None,
+        host_message: str | None = None,
     ) -> Written:
         """Store a terminal's answer for a tender (only from the given statuses); one audit event.
 
-        Fenced by the order's lease: a daemon that lost it is refused and stops driving the order.
+        What a receipt needs (sql/009) is kept once known; `decline_reason` is written with
+        `failure_code` (a tender that charges after all has neither). Fenced by the order's lease:
+        a daemon that lost it is refused and stops driving the order.
         """
         value = await self.db.run(
             lambda c: c.fetchval(
@@ -193,6 +205,13 @@ class CheckoutStore:
                           transaction_number = coalesce($11, transaction_number),
                           status_code = coalesce($12, status_code), raw_response = coalesce($13, raw_response),
                           last_error = $14, failure_code = $16,
+                          payment_type = coalesce($17, payment_type), entry_method = coalesce($18, entry_method),
+                          application_label = coalesce($19, application_label), aid = coalesce($20, aid),
+                          host_reference = coalesce($21, host_reference),
+                          receipt_customer = coalesce($22, receipt_customer),
+                          receipt_merchant = coalesce($23, receipt_merchant),
+                          decline_reason = $24, host_code = coalesce($25, host_code),
+                          host_message = coalesce($26, host_message),
                           capture_status = CASE WHEN $4 IN ('voided', 'failed') THEN NULL ELSE capture_status END,
                           resolved_at = CASE WHEN $4 IN ('processing', 'unknown') THEN NULL ELSE now() END,
                           updated_at = now()
@@ -218,6 +237,16 @@ class CheckoutStore:
                 last_error,
                 audit or {},
                 failure_code,
+                payment_type,
+                entry_method,
+                application_label,
+                aid,
+                host_reference,
+                receipt_customer,
+                receipt_merchant,
+                decline_reason,
+                host_code,
+                host_message,
             ),
             what="record tender",
         )
@@ -259,7 +288,7 @@ class CheckoutStore:
                 lambda c: c.fetchval(
                     """WITH t AS (
                        UPDATE payment_transactions
-                          SET status = 'approved', approved_amount = $3, failure_code = NULL,
+                          SET status = 'approved', approved_amount = $3, failure_code = NULL, decline_reason = NULL,
                               last_error = 'approved after all: the terminal answered a late charge',
                               resolved_at = now(), updated_at = now()
                         WHERE store_id = $1 AND id = $2 AND status = 'failed' AND failure_code = 'card_not_charged'
@@ -531,11 +560,17 @@ class CheckoutStore:
         return result or {"outcome": "not_found"}
 
     async def unresolved_refunds(self, older_than_s: float = 0.0, refund_id: uuid.UUID | None = None) -> list[Tender]:
-        """Refund transactions whose terminal answer was never stored (untouched for `older_than_s`)."""
+        """Refund transactions whose terminal answer was never stored (untouched for `older_than_s`),
+        each with the sale it goes back on: its reference id (`sale_reference`) and, until the
+        Return has been sent with one, its payment type (a Return goes as the sale went)."""
         rows = await self.db.run(
             lambda c: c.fetch(
-                """SELECT t FROM payment_transactions t JOIN refunds r
-                 ON r.store_id = t.store_id AND r.id = t.refund_id
+                """SELECT t, s.reference_id AS sale_reference, s.payment_type AS sale_type
+                 FROM payment_transactions t JOIN refunds r
+                   ON r.store_id = t.store_id AND r.id = t.refund_id
+                 LEFT JOIN payment_transactions s
+                   ON s.store_id = t.store_id AND s.order_id = t.order_id AND s.kind = 'payment'
+                  AND s.tender_index = t.tender_index
                 WHERE t.store_id = $1 AND t.kind = 'refund' AND r.status = 'pending'
                   AND t.updated_at <= now() - make_interval(secs => $2)
                   AND ($3::uuid IS NULL OR r.id = $3)""",
@@ -545,11 +580,24 @@ class CheckoutStore:
             ),
             what="unresolved refunds",
         )
-        return [row(Tender, r["t"]) for r in rows]
+        return [
+            row(
+                Tender,
+                {
+                    **dict(r["t"]),
+                    "sale_reference": r["sale_reference"],
+                    "payment_type": r["t"]["payment_type"] or r["sale_type"],
+                },
+            )
+            for r in rows
+        ]
 
-    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
-        """Just before a Return leaves (or leaves again): stamped with the real send time and the
-        terminal's own timeout. "stale" when the transaction is no longer pending or in progress."""
+    async def mark_refund_sent(
+        self, transaction_id: uuid.UUID, timeout_s: int, owner: str, payment_type: str | None = None
+    ) -> Written:
+        """Just before a Return leaves (or leaves again): stamped with the real send time, the
+        terminal's own timeout and the payment type it goes as (the sale's). "stale" when the
+        transaction is no longer pending or in progress."""
         value = await self.db.run(
             lambda c: c.fetchval(
                 _fenced(
@@ -557,7 +605,7 @@ class CheckoutStore:
                     """
                t AS (
                    UPDATE payment_transactions SET status = 'processing', sent_at = now(), timeout_s = $4,
-                          attempts = attempts + 1, updated_at = now()
+                          payment_type = coalesce($5, payment_type), attempts = attempts + 1, updated_at = now()
                     WHERE store_id = $1 AND id = $2 AND status IN ('pending', 'processing') AND (SELECT held FROM l)
                    RETURNING true)""",
                 ),
@@ -565,6 +613,7 @@ class CheckoutStore:
                 transaction_id,
                 owner,
                 timeout_s,
+                payment_type,
             ),
             what="mark refund sent",
         )

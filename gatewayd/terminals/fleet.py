@@ -12,6 +12,7 @@ import aiohttp
 from gatewayd.config import HealthConfig, TerminalConfig
 from gatewayd.terminals.health import HealthMonitor, Write
 from gatewayd.terminals.lane import Lane
+from gatewayd.terminals.outcomes import PaymentType
 from gatewayd.terminals.spin.driver import SpinDriver
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class Fleet(Mapping[str, Lane]):
     def timeout_s(self, terminal_id: str) -> int:
         config = self.configs.get(terminal_id) or self._retired_configs.get(terminal_id)
         return config.timeout_s if config is not None else 120
+
+    def payment_type(self, terminal_id: str) -> PaymentType:
+        """The payment type a card tender on this terminal runs as unless it names its own."""
+        config = self.configs.get(terminal_id) or self._retired_configs.get(terminal_id)
+        return config.payment_type if config is not None else "credit"
 
     def for_charge(self, terminal_id: str | None) -> Lane | None:
         """A configured terminal's lane: the only place a new charge goes."""

@@ -118,6 +118,9 @@ class SimLanes:
         lane = self.for_followup(terminal_id)
         return int(lane.driver.timeout_s) if lane is not None else 120  # type: ignore[attr-defined]
 
+    def payment_type(self, terminal_id: str) -> str:
+        return "credit"
+
     def remove(self, terminal_id: str) -> None:
         lane = self.active.pop(terminal_id, None)
         if lane is not None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 READS = frozenset(
     {
         "find_key",
+        "catalog",
         "load",
         "tender",
         "claim_uncaptured",

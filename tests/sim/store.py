@@ -55,6 +55,26 @@ class SimCheckoutStore:
         )
         return result
 
+    async def catalog(self) -> list[dict[str, Any]]:
+        def rows(now: datetime) -> list[dict[str, Any]]:
+            return [
+                {"sku": sku, "name": v.get("name"), "on_hand": v["on_hand"], "reserved": v["reserved"]}
+                for sku, v in sorted(self.t.inventory.items())
+            ]
+
+        found: list[dict[str, Any]] = await self.db.run(lambda c: c.call("catalog", rows), what="catalog")
+        return found
+
+    async def retire_key(self, order_id: uuid.UUID, request_hash: str) -> str:
+        answer: str = await self._write(
+            "retire_key",
+            "retire key",
+            lambda now: self.t.retire_key(now, order_id, request_hash),
+            order_id,
+            request_hash,
+        )
+        return answer
+
     async def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         return await self.db.run(lambda c: c.call("find_key", lambda now: self.t.find_key(key), key), what="find key")
 
@@ -108,6 +128,16 @@ class SimCheckoutStore:
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
+        payment_type: str | None = None,
+        entry_method: str | None = None,
+        application_label: str | None = None,
+        aid: str | None = None,
+        host_reference: str | None = None,
+        receipt_customer: str | None = None,
+        receipt_merchant: str | None = None,
+        decline_reason: str | None = None,
+        host_code: str | None = None,
+        host_message: str | None = None,
     ) -> Written:
         # Plain strings, in a stable order: the history is replayed and the run must not depend
         # on the hash seed (a frozenset's order does).
@@ -124,6 +154,16 @@ class SimCheckoutStore:
             "raw": raw,
             "last_error": last_error,
             "audit": audit,
+            "payment_type": payment_type,
+            "entry_method": entry_method,
+            "application_label": application_label,
+            "aid": aid,
+            "host_reference": host_reference,
+            "receipt_customer": receipt_customer,
+            "receipt_merchant": receipt_merchant,
+            "decline_reason": decline_reason,
+            "host_code": host_code,
+            "host_message": host_message,
         }
         text = str(status)
         written: Written = await self._write(
@@ -324,14 +364,17 @@ class SimCheckoutStore:
         )
         return found
 
-    async def mark_refund_sent(self, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
+    async def mark_refund_sent(
+        self, transaction_id: uuid.UUID, timeout_s: int, owner: str, payment_type: str | None = None
+    ) -> Written:
         written: Written = await self._write(
             "mark_refund_sent",
             "mark refund sent",
-            lambda now: self.t.mark_refund_sent(now, transaction_id, timeout_s, owner),
+            lambda now: self.t.mark_refund_sent(now, transaction_id, timeout_s, owner, payment_type),
             transaction_id,
             timeout_s,
             owner,
+            payment_type,
         )
         return written
 

@@ -129,6 +129,16 @@ class Tables:
             "updated_at": now,
             "void_requested_at": None,
             "settled_at": None,
+            "payment_type": None,
+            "entry_method": None,
+            "application_label": None,
+            "aid": None,
+            "host_reference": None,
+            "receipt_customer": None,
+            "receipt_merchant": None,
+            "decline_reason": None,
+            "host_code": None,
+            "host_message": None,
         }
         row.update(cols)
         return row
@@ -278,10 +288,41 @@ class Tables:
                     reference_id=t["reference_id"],
                     payment_processor_id=t.get("terminal_id"),
                     timeout_s=t.get("timeout_s"),
+                    payment_type=t.get("payment_type"),
                 )
             )
         self._audit(now, "checkout.prepared", order_id, detail={"idempotency_key": p["idempotency_key"]})
         return {"outcome": "created", "id": str(order_id), "order_number": number}
+
+    def retire_key(self, now: datetime, order_id: uuid.UUID, request_hash: str) -> str:
+        """gw_retire_key (sql/007): a checkout that failed only because its terminal could not be
+        reached gives its key back ('retired'); else 'gone', 'conflict' or 'final'."""
+        o = self.orders.get(order_id)
+        if o is None or o.get("retired_key") is not None:
+            return "gone"
+        if o["request_hash"] != request_hash:
+            return "conflict"
+        unreached = ("terminal_offline", "terminal_busy")
+        if (
+            o["status"] != "payment_failed"
+            or o["failure_code"] not in unreached
+            or any(
+                t["tender_type"] == "card"
+                and (
+                    t["kind"] != "payment"
+                    or t["status"] != "failed"
+                    or (t["sent_at"] is not None and t["failure_code"] not in unreached)
+                )
+                for t in self.tenders_of(order_id)
+            )
+        ):
+            return "final"
+        key = o["idempotency_key"]
+        o.update(retired_key=key, idempotency_key=f"retired {order_id}", updated_at=now)
+        del self.by_key[key]
+        self.by_key[o["idempotency_key"]] = order_id
+        self._audit(now, "checkout.key_retired", order_id, detail={"idempotency_key": key})
+        return "retired"
 
     def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         order_id = self.by_key.get(key)
@@ -321,6 +362,8 @@ class Tables:
         raw: dict[str, Any] | None = None,
         last_error: str | None = None,
         audit: dict[str, Any] | None = None,
+        decline_reason: str | None = None,
+        **receipt: str | None,
     ) -> Written:
         if not self._held_via_tender(now, tender_id, owner):
             return "lease_lost"
@@ -345,6 +388,8 @@ class Tables:
             raw_response=keep(raw, tx["raw_response"]),
             last_error=last_error,
             failure_code=failure_code,
+            decline_reason=decline_reason,
+            **{k: keep(v, tx[k]) for k, v in receipt.items()},
             capture_status=None if status in ("voided", "failed") else tx["capture_status"],
             resolved_at=None if status in IN_DOUBT else now,
             updated_at=now,
@@ -370,6 +415,7 @@ class Tables:
             status="approved",
             approved_amount=approved_amount,
             failure_code=None,
+            decline_reason=None,
             last_error="approved after all: the terminal answered a late charge",
             resolved_at=now,
             updated_at=now,
@@ -742,21 +788,35 @@ class Tables:
                 and r["status"] in ("pending", "processing", "unknown", "approved")
             )
 
+        # sql/007: what each tender can still refund; the one named (tender_index), else a card
+        # with enough left first, else the cash; a refusal lists them all.
+        money = sorted(
+            (
+                t
+                for t in txs
+                if t["kind"] == "payment"
+                and t["status"] == "approved"
+                and _money(t)
+                and (not orphan or (t["tender_type"] == "card" and t["settled_at"] is not None))
+            ),
+            key=lambda t: t["tender_index"],
+        )
+        named_index = p.get("tender_index")
         candidates = [
-            t
-            for t in txs
-            if t["kind"] == "payment"
-            and t["status"] == "approved"
-            and _money(t)
-            and (not orphan or (t["tender_type"] == "card" and t["settled_at"] is not None))
-            and left(t) >= amount
+            t for t in money if left(t) >= amount and (named_index is None or t["tender_index"] == int(named_index))
         ]
         candidates.sort(key=lambda t: (t["tender_type"] != "card", t["tender_index"]))
         if not candidates:
             return {
                 "outcome": "over_limit",
                 "refundable": limit - taken,
-                "reason": "no single tender has that much left to refund",
+                "tenders": [
+                    {"tender_index": t["tender_index"], "type": t["tender_type"], "refundable": max(left(t), 0)}
+                    for t in money
+                ],
+                "reason": "no single tender has that much left to refund"
+                if named_index is None
+                else f"tender {named_index} has not that much left to refund",
             }
         _check(amount > 0, "refunds amount > 0")
         tender = candidates[0]
@@ -867,8 +927,23 @@ class Tables:
         return {"outcome": "completed"}
 
     def unresolved_refunds(self, now: datetime, older_than_s: float, refund_id: uuid.UUID | None) -> list[Row]:
+        def with_sale(t: Row) -> Row:
+            sale = next(
+                (
+                    s
+                    for s in self.tenders_of(t["order_id"])
+                    if s["kind"] == "payment" and s["tender_index"] == t["tender_index"]
+                ),
+                None,
+            )
+            return {
+                **t,
+                "sale_reference": sale["reference_id"] if sale else None,
+                "payment_type": t["payment_type"] or (sale["payment_type"] if sale else None),
+            }
+
         return [
-            dict(t)
+            with_sale(t)
             for t in self.txs.values()
             if t["kind"] == "refund"
             and self.refunds[t["refund_id"]]["status"] == "pending"
@@ -876,13 +951,22 @@ class Tables:
             and (refund_id is None or t["refund_id"] == refund_id)
         ]
 
-    def mark_refund_sent(self, now: datetime, transaction_id: uuid.UUID, timeout_s: int, owner: str) -> Written:
+    def mark_refund_sent(
+        self, now: datetime, transaction_id: uuid.UUID, timeout_s: int, owner: str, payment_type: str | None = None
+    ) -> Written:
         if not self._held_via_tender(now, transaction_id, owner):
             return "lease_lost"
         t = self.txs[transaction_id]
         if t["status"] not in ("pending", "processing"):
             return "stale"
-        t.update(status="processing", sent_at=now, timeout_s=timeout_s, attempts=t["attempts"] + 1, updated_at=now)
+        t.update(
+            status="processing",
+            sent_at=now,
+            timeout_s=timeout_s,
+            payment_type=payment_type or t["payment_type"],
+            attempts=t["attempts"] + 1,
+            updated_at=now,
+        )
         return "ok"
 
     def fail_unsent_refund(self, now: datetime, refund_id: uuid.UUID, reason: str, owner: str) -> bool:
