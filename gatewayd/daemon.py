@@ -25,6 +25,7 @@ from gatewayd.api.wire import SettleView, TerminalView
 from gatewayd.checkout.coordinator import Coordinator
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.operations import Operations
+from gatewayd.checkout.receipt import Header
 from gatewayd.checkout.recovery import Recovery
 from gatewayd.checkout.wiring import wire
 from gatewayd.config import Config, load
@@ -300,6 +301,7 @@ class Daemon:
             checkout_wait_s=api.checkout_wait_s,
             tcp_token=token,
             events=self.events,
+            receipt=self._receipt_header,
         )
         app = build_app(ctx, max_body_bytes=api.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -371,6 +373,13 @@ class Daemon:
             except StoreError:
                 pass
             await asyncio.sleep(interval_s)
+
+    def _receipt_header(self) -> tuple[Header, int]:
+        """The receipt's header from [receipt] as configured now (a reload applies), and its width."""
+        r = self.config.receipt
+        return Header(
+            name=r.store_name or self.config.store_id, address=r.address, phone=r.phone, footer=r.footer
+        ), r.width
 
     def status_line(self) -> str:
         fleet = self.fleet

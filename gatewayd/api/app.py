@@ -32,8 +32,9 @@ from gatewayd.api.wire import (
     TerminalList,
     TerminalView,
 )
+from gatewayd.checkout import receipt as receipts
 from gatewayd.checkout.coordinator import Coordinator
-from gatewayd.checkout.errors import CheckoutError, InvalidRequest, NotFound, ShuttingDown
+from gatewayd.checkout.errors import CheckoutError, InvalidRequest, NotAllowed, NotFound, ShuttingDown
 from gatewayd.checkout.model import CheckoutRequest, CheckoutView, RefundRequest
 from gatewayd.store.db import Database
 
@@ -69,6 +70,8 @@ class ApiContext:
     checkout_wait_s: float = 90.0
     tcp_token: str | None = None
     events: live.EventHub | None = None
+    # The store's receipt header and default width ([receipt]; read at each request: a reload applies)
+    receipt: Callable[[], tuple[receipts.Header, int]] | None = None
 
 
 CONTEXT = web.AppKey("context", ApiContext)
@@ -280,6 +283,55 @@ async def find_checkout(request: web.Request) -> web.Response:
     return json_response(await request.app[CONTEXT].coordinator.get(key=key))
 
 
+def _prefers_html(accept: str) -> bool:
+    """Whether an Accept header asks for HTML before plain text (q-values honoured)."""
+    best: dict[str, float] = {}
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best[kind.lower()] = max(q, best.get(kind.lower(), 0.0))
+    html_q = max(best.get("text/html", 0.0), best.get("application/xhtml+xml", 0.0))
+    text_q = max(best.get("text/plain", 0.0), best.get("text/*", 0.0), best.get("*/*", 0.0) * 0.99)
+    return html_q > 0 and html_q >= text_q
+
+
+async def checkout_receipt(request: web.Request) -> web.Response:
+    """GET /v1/checkouts/{id}/receipt[?width=40|48][&copy=customer|merchant]: the receipt as
+    plain text (default) or HTML (Accept: text/html)."""
+    ctx = request.app[CONTEXT]
+    header, default_width = ctx.receipt() if ctx.receipt is not None else (receipts.Header(name="gatewayd"), 48)
+    width_text = request.query.get("width")
+    if width_text is not None and width_text not in ("40", "48"):
+        raise InvalidRequest("width", "40 or 48 columns (left out: the store's [receipt] width)")
+    copy = request.query.get("copy", "customer")
+    if copy not in ("customer", "merchant"):
+        raise InvalidRequest("copy", "customer or merchant")
+    view, lines, voided_at = await ctx.coordinator.receipt(_uuid(request))
+    if not view.final:
+        raise NotAllowed(
+            f"checkout {view.id} is {view.status.replace('_', ' ')}: its receipt is printed once it is final",
+            details={"checkout_id": view.id, "status": view.status},
+        )
+    data = receipts.Receipt(
+        checkout=view,
+        lines=tuple(receipts.Line(x["sku"], x["quantity"], x["unit_price"], x.get("name")) for x in lines),
+        header=header,
+        voided_at=None if voided_at is None else voided_at.isoformat(),
+    )
+    which: receipts.Copy = "merchant" if copy == "merchant" else "customer"
+    if _prefers_html(request.headers.get("Accept", "")):
+        return web.Response(text=receipts.render_html(data, which), content_type="text/html", charset="utf-8")
+    width = int(width_text) if width_text is not None else default_width
+    return web.Response(text=receipts.render_text(data, width, which), content_type="text/plain", charset="utf-8")
+
+
 async def void_checkout(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     return json_response(await ctx.coordinator.void(_uuid(request), ctx.checkout_wait_s))
@@ -362,6 +414,7 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_post("/v1/checkouts", create_checkout)
     app.router.add_get("/v1/checkouts", find_checkout)
     app.router.add_get("/v1/checkouts/{id}", get_checkout)
+    app.router.add_get("/v1/checkouts/{id}/receipt", checkout_receipt)
     app.router.add_post("/v1/checkouts/{id}/void", void_checkout)
     app.router.add_post("/v1/checkouts/{id}/refunds", refund_checkout)
     app.router.add_get("/v1/orphans", orphans)

@@ -136,6 +136,23 @@ class GatewayClient:
     async def find_checkout(self, idempotency_key: str) -> Answer:
         return await self.request("GET", "/v1/checkouts", params={"idempotency_key": idempotency_key})
 
+    async def receipt(
+        self, checkout_id: str, *, width: int | None = None, copy: str | None = None, html: bool = False
+    ) -> Answer:
+        """The checkout's receipt: plain text (`width` 40 or 48 columns) or, with `html`, an HTML
+        page; the body is the text itself (an error answer is decoded JSON as usual)."""
+        if self._session is None:
+            await self.__aenter__()
+        assert self._session is not None
+        params = {k: str(v) for k, v in (("width", width), ("copy", copy)) if v is not None}
+        headers = {"Accept": "text/html" if html else "text/plain"}
+        url = f"{self._base}/v1/checkouts/{checkout_id}/receipt"
+        async with self._session.get(url, params=params, headers=headers) as resp:
+            payload = await resp.read()
+            if resp.content_type == "application/json":
+                return Answer(resp.status, msgspec.json.decode(payload) if payload else None)
+            return Answer(resp.status, payload.decode("utf-8"))
+
     async def void(self, checkout_id: str) -> Answer:
         return await self.request("POST", f"/v1/checkouts/{checkout_id}/void")
 

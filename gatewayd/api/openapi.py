@@ -111,6 +111,41 @@ def _events() -> dict[str, Any]:
     }
 
 
+def _receipt() -> dict[str, Any]:
+    """GET /v1/checkouts/{id}/receipt: plain text for a thermal printer, or HTML (Accept)."""
+    text = {"type": "string"}
+    return {
+        "summary": "The checkout's receipt: the sale, a void and each refund as slips of their own",
+        "parameters": [
+            *_ID,
+            {
+                "name": "width",
+                "in": "query",
+                "required": False,
+                "description": "columns of the plain-text receipt (default: [receipt] width, 48)",
+                "schema": {"type": "integer", "enum": [40, 48]},
+            },
+            {
+                "name": "copy",
+                "in": "query",
+                "required": False,
+                "description": "whose copy: the terminal's own receipt text of that copy follows each card",
+                "schema": {"type": "string", "enum": ["customer", "merchant"], "default": "customer"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "text/plain (every line at most `width` columns) unless Accept prefers text/html",
+                "content": {"text/plain": {"schema": text}, "text/html": {"schema": text}},
+            },
+            "400": _json(ErrorBody, "validation_error: width or copy"),
+            "404": _json(ErrorBody, _ERRORS["404"]),
+            "409": _json(ErrorBody, "invalid_state: the checkout is not final yet"),
+            "503": _json(ErrorBody, "database_unavailable"),
+        },
+    }
+
+
 def _ref_name(name: str) -> dict[str, Any]:
     return {"$ref": _REF.format(name=name)}
 
@@ -176,6 +211,7 @@ def document() -> dict[str, Any]:
             ),
         },
         "/v1/checkouts/{id}": {"get": _op("A checkout in whatever state it is", CheckoutView, params=_ID)},
+        "/v1/checkouts/{id}/receipt": {"get": _receipt()},
         "/v1/checkouts/{id}/void": {
             "post": _op(
                 "Void every card tender and cancel the order",

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -156,6 +157,13 @@ class Coordinator:
         if c is None:
             raise NotFound("no such checkout")
         return checkout_view(c)
+
+    async def receipt(self, order_id: uuid.UUID) -> tuple[CheckoutView, list[dict[str, Any]], datetime | None]:
+        """What the checkout's receipt shows: the checkout as stored now, its lines (with the
+        store's names for its SKUs) and when it was voided."""
+        view = await self.get(order_id)
+        lines, voided_at = await before_intent(self.store.receipt_lines(order_id))
+        return view, lines, voided_at
 
     async def catalog(self) -> CatalogView:
         """What the POS may sell, with what is available now."""

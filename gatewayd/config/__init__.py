@@ -9,6 +9,7 @@ from gatewayd.config.model import (
     HealthConfig,
     LogConfig,
     MetricsConfig,
+    ReceiptConfig,
     RecoveryConfig,
     TerminalConfig,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "HealthConfig",
     "LogConfig",
     "MetricsConfig",
+    "ReceiptConfig",
     "RecoveryConfig",
     "Secret",
     "TerminalConfig",

@@ -123,6 +123,19 @@ class LogConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+ReceiptText = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class ReceiptConfig(_Section, frozen=True):
+    """The receipt's header and footer (GET /v1/checkouts/{id}/receipt) and its default width."""
+
+    store_name: ReceiptText = ""  # empty: the store_id
+    address: tuple[ReceiptText, ...] = ()  # lines under the name
+    phone: ReceiptText = ""
+    footer: tuple[ReceiptText, ...] = ("Thank you!",)
+    width: Literal[40, 48] = 48  # columns of the plain-text receipt unless ?width= says
+
+
 class TerminalConfig(_Section, frozen=True):
     """One card terminal. The auth key comes from exactly one of the authkey* keys."""
 
@@ -160,6 +173,7 @@ class Config(_Section, frozen=True):
     checkout: CheckoutConfig = CheckoutConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     log: LogConfig = LogConfig()
+    receipt: ReceiptConfig = ReceiptConfig()
     terminals: list[TerminalConfig] = []
 
     def terminal(self, terminal_id: str) -> TerminalConfig | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -82,6 +83,27 @@ class CheckoutStore:
             what="retire key",
         )
         return answer
+
+    async def receipt_lines(self, order_id: uuid.UUID) -> tuple[list[dict[str, Any]], datetime | None]:
+        """An order's lines for its receipt (sku, quantity, unit price, the name the store gives
+        the SKU, if it stocks it) and when it was voided (None if never), in one round trip."""
+        found = await self.db.run(
+            lambda c: c.fetchrow(
+                """SELECT coalesce((SELECT array_agg(json_build_object(
+                                       'sku', i.sku, 'quantity', i.quantity, 'unit_price', i.unit_price,
+                                       'name', inv.name) ORDER BY i.line_no)
+                                      FROM order_items i LEFT JOIN inventory inv
+                                        ON inv.store_id = i.store_id AND inv.sku = i.sku
+                                     WHERE i.store_id = $1 AND i.order_id = $2), '{}') AS lines,
+                          (SELECT max(at) FROM audit_events
+                            WHERE store_id = $1 AND order_id = $2 AND kind = 'checkout.voided') AS voided_at""",
+                self.store_id,
+                order_id,
+            ),
+            what="receipt lines",
+        )
+        lines = [json.loads(line) if isinstance(line, str) else dict(line) for line in found["lines"]]
+        return lines, found["voided_at"]
 
     async def find_key(self, key: str) -> tuple[uuid.UUID, str] | None:
         """(order id, request hash) of the checkout with this idempotency key, if any."""

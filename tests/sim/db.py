@@ -35,6 +35,7 @@ READS = frozenset(
     {
         "find_key",
         "catalog",
+        "receipt_lines",
         "load",
         "tender",
         "claim_uncaptured",

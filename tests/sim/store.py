@@ -65,6 +65,27 @@ class SimCheckoutStore:
         found: list[dict[str, Any]] = await self.db.run(lambda c: c.call("catalog", rows), what="catalog")
         return found
 
+    async def receipt_lines(self, order_id: uuid.UUID) -> tuple[list[dict[str, Any]], datetime | None]:
+        def apply(now: datetime) -> tuple[list[dict[str, Any]], datetime | None]:
+            lines = [
+                {
+                    "sku": line["sku"],
+                    "quantity": line["quantity"],
+                    "unit_price": line["unit_price"],
+                    "name": self.t.inventory.get(line["sku"], {}).get("name"),
+                }
+                for line in self.t.items.get(order_id, [])
+            ]
+            voided = [
+                e["at"] for e in self.t.audit_events if e["order_id"] == order_id and e["kind"] == "checkout.voided"
+            ]
+            return lines, max(voided, default=None)
+
+        found: tuple[list[dict[str, Any]], datetime | None] = await self.db.run(
+            lambda c: c.call("receipt_lines", apply, order_id), what="receipt lines"
+        )
+        return found
+
     async def retire_key(self, order_id: uuid.UUID, request_hash: str) -> str:
         answer: str = await self._write(
             "retire_key",

@@ -73,6 +73,12 @@ def test_nothing_else_of_the_card_survives_not_even_in_the_receipt_text() -> Non
         assert secret not in text, secret
     merchant = outcome.receipt.merchant_copy  # type: ignore[union-attr]
     assert "************0119" in merchant and "RRN 412345678901" in merchant  # 12 digits: not a card number
+    assert "APP: US DEBIT" in outcome.receipt.customer_copy  # type: ignore[union-attr]
+
+
+def test_an_aid_in_the_receipt_text_is_not_taken_for_a_card_number() -> None:
+    text = codec.scrub_receipt("<L>AID: A0000000031010</L><L>4111 1111 1111 1111</L>", {})
+    assert text == "<L>AID: A0000000031010</L><L>************1111</L>"
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,8 @@ _ENTRY: dict[str, EntryMethod] = {
     "keyed": "manual",
 }
 _AID = re.compile(r"^[0-9A-F]{10,32}$")
-_PAN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")  # 13 to 19 digits: a card number
+# 13 to 19 digits standing alone: a card number (an AID, "A000...", or a longer code is not one)
+_PAN = re.compile(r"(?<![0-9A-Za-z])[0-9](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z])")
 _EXPIRY = re.compile(r"(?i)\b(exp[a-z.]*\s*(?:date)?\s*:?\s*)[0-9]{2}\s*/?\s*[0-9]{2,4}")
 MAX_RECEIPT_CHARS = 8000
 
