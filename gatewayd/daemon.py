@@ -22,6 +22,7 @@ from gatewayd.api.app import ApiContext, build_app
 from gatewayd.api.events import EventHub
 from gatewayd.api.listen import ServerTls, TlsFileError, check_tcp_transport, systemd_sockets, tcp_socket, unix_socket
 from gatewayd.api.wire import SettleView, TerminalView
+from gatewayd.checkout import targets
 from gatewayd.checkout.coordinator import Coordinator
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.operations import Operations
@@ -362,16 +363,22 @@ class Daemon:
     async def _is_ready(self) -> bool:
         return self.ready and self.db is not None and await self.db.ping()
 
-    async def _refresh_snapshot(self, interval_s: float = 5.0) -> None:
-        """Database-derived gauges, refreshed off the scrape path."""
+    async def _refresh_snapshot(self, interval_s: float = 5.0, targets_every: int = 12) -> None:
+        """Database-derived gauges, refreshed off the scrape path (the guide's targets every
+        `targets_every` rounds: a minute)."""
         assert self.maintenance is not None
+        rounds = 0
         while True:
             try:
                 count, age = await self.maintenance.unresolved_summary()
                 self.metrics.snapshot.unresolved, self.metrics.snapshot.oldest_unresolved_age_s = count, age
                 self.metrics.snapshot.orphans = len(await self.maintenance.orphans())
+                if rounds % targets_every == 0:
+                    row = await self.maintenance.targets(targets.WEEK_DAYS, targets.MONTH_DAYS, targets.HEALTH_STALE_S)
+                    self.metrics.snapshot.targets = targets.samples(targets.figures_of(row))
             except StoreError:
                 pass
+            rounds += 1
             await asyncio.sleep(interval_s)
 
     def _receipt_header(self) -> tuple[Header, int]:

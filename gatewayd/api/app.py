@@ -59,6 +59,7 @@ class Operations(Protocol):
     async def reconcile(self, terminal_id: str | None) -> Any: ...
     async def cleanup(self, older_than_minutes: int) -> int: ...
     async def report(self, period: str | None = None) -> list[dict[str, Any]]: ...
+    async def targets(self) -> Any: ...
 
 
 @dataclass
@@ -374,6 +375,11 @@ async def report(request: web.Request) -> web.Response:
     return json_response(ReportView(sections=[msgspec.convert(s, ReportSection) for s in sections]))
 
 
+async def report_targets(request: web.Request) -> web.Response:
+    """GET /v1/report/targets: the guide's success metrics against its targets."""
+    return json_response(await _operations(request).targets())
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: the live event stream (text/event-stream), filtered by ?types= and
     ?checkout=, resumed from Last-Event-ID (or ?last_event_id=, for clients that cannot set it)."""
@@ -421,6 +427,7 @@ def build_app(ctx: ApiContext, *, max_body_bytes: int = 64 * 1024) -> web.Applic
     app.router.add_post("/v1/reconcile", reconcile)
     app.router.add_post("/v1/maintenance/cleanup", cleanup)
     app.router.add_get("/v1/report", report)
+    app.router.add_get("/v1/report/targets", report_targets)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/openapi.json", openapi_document)
     return app

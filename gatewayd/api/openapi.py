@@ -22,6 +22,7 @@ from gatewayd.api.wire import (
     TerminalView,
 )
 from gatewayd.checkout.model import CatalogView, CheckoutRequest, CheckoutView, RefundRequest
+from gatewayd.checkout.targets import TargetsView
 
 _REF = "#/components/schemas/{name}"
 _ERRORS = {
@@ -167,6 +168,7 @@ def document() -> dict[str, Any]:
         CleanupView,
         ReportView,
         CatalogView,
+        TargetsView,
     ]
     (*_, stream_event), components = msgspec.json.schema_components([*structs, StreamEvent], ref_template=_REF)
     # The `data:` of every event of GET /v1/events, one Struct per `event:` type (`type` repeats it).
@@ -252,6 +254,14 @@ def document() -> dict[str, Any]:
         },
         "/v1/maintenance/cleanup": {"post": _op("Cancel stale pending orders", CleanupView, body=CleanupRequest)},
         "/v1/events": {"get": _events()},
+        "/v1/report/targets": {
+            "get": _op(
+                "The deployment guide's success metrics, measured, against its week-one, week-two and month-one"
+                " targets",
+                TargetsView,
+                errors=("503", "500"),
+            )
+        },
         "/v1/report": {
             "get": _op(
                 "The deployment guide's hourly, daily and weekly reports",

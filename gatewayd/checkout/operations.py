@@ -10,8 +10,9 @@ from typing import Any
 import msgspec
 
 from gatewayd.checkout.errors import NotAllowed, NotFound
-from gatewayd.checkout.persistence import after_intent, before_intent
-from gatewayd.checkout.reconcile import ReconcileReport, compare
+from gatewayd.checkout.persistence import after_intent, before_intent, best_effort
+from gatewayd.checkout.reconcile import KINDS, ReconcileReport, compare
+from gatewayd.checkout.targets import HEALTH_STALE_S, MONTH_DAYS, WEEK_DAYS, TargetsView, evaluate, figures_of
 from gatewayd.errors import GatewayError, StoreError
 from gatewayd.store.maintenance import MaintenanceStore
 from gatewayd.terminals import ops
@@ -90,6 +91,11 @@ class Operations:
                 sections.append({"title": title, "period": name, "columns": headers, "rows": rows})
         return sections
 
+    async def targets(self) -> TargetsView:
+        """The guide's success metrics against its week-one, week-two and month-one targets."""
+        row = await before_intent(self.maintenance.targets(WEEK_DAYS, MONTH_DAYS, HEALTH_STALE_S))
+        return evaluate(figures_of(row, WEEK_DAYS, MONTH_DAYS))
+
     async def cleanup(self, older_than_minutes: int) -> int:
         cancelled = await self.maintenance.cleanup(older_than_minutes)
         if cancelled:
@@ -107,9 +113,15 @@ class Operations:
                 batch = await self.lanes[tid].execute(ops.Batch())
             except GatewayError as exc:
                 report.errors[tid] = exc.message
-                continue
-            await self.fold(tid, batch, report)
+            else:
+                await self.fold(tid, batch, report)
+            await self.record_reconciliation(tid, report)
         return report
+
+    async def record_reconciliation(self, terminal_id: str, report: ReconcileReport) -> None:
+        """Keep what one terminal's reconciliation found, for the targets report (best effort)."""
+        counts = {kind: sum(1 for item in getattr(report, kind) if item.terminal_id == terminal_id) for kind in KINDS}
+        await best_effort(self.maintenance.record_reconcile(terminal_id, counts, report.errors.get(terminal_id)))
 
     async def fold(self, terminal_id: str, batch: list[BatchEntry], report: ReconcileReport) -> None:
         """Compare one terminal's batch (however it was fetched) into the report."""

@@ -70,6 +70,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--period", choices=("hourly", "daily", "weekly", "all"), default="all", help="which reports (default: all)"
     )
+    p.add_argument(
+        "--targets",
+        action="store_true",
+        help="the guide's success metrics against its week-one, week-two and month-one targets instead"
+        " (exit 3 when a measured target is not met)",
+    )
     _db_args(p)
     p.set_defaults(handler=cmd_report)
 
@@ -275,6 +281,7 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
                 report.errors[t.id] = exc.message
             finally:
                 await driver.aclose()
+            await ops.record_reconciliation(t.id, report)
     finally:
         progress.finish()
         await db.close()
@@ -303,8 +310,41 @@ def _print_report(body: dict[str, Any]) -> None:
         print(table(section["columns"], section["rows"]) if section["rows"] else "(none)")
 
 
+_STAGES = {"week_1": "week 1", "week_2": "week 2", "month_1": "month 1"}
+_MET = {True: "met", False: "NOT MET", None: "not measured"}
+
+
+def _print_targets(body: dict[str, Any]) -> None:
+    rows = [
+        [_STAGES.get(t["stage"], t["stage"]), t["metric"].replace("_", " "), t["target"], _MET[t["met"]], t["measured"]]
+        for t in body["targets"]
+    ]
+    print(table(["STAGE", "METRIC", "TARGET", "", "MEASURED"], rows))
+    missed = [t for t in body["targets"] if t["met"] is False]
+    print(f"\n{len(missed)} target(s) not met" if missed else "\nevery measured target is met")
+
+
+async def _targets(args: argparse.Namespace, choice: SocketChoice) -> int:
+    body = await _via_daemon(args, choice, "GET", "/v1/report/targets")
+    if body is None:
+        from gatewayd.checkout.operations import Operations
+
+        db, maintenance, _ = await _direct(args)
+        try:
+            body = msgspec.to_builtins(await Operations(maintenance, {}).targets())
+        finally:
+            await db.close()
+    if args.json:
+        emit_json(body)
+    else:
+        _print_targets(body)
+    return 3 if any(t["met"] is False for t in body["targets"]) else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     async def work(choice: SocketChoice) -> int:
+        if args.targets:
+            return await _targets(args, choice)
         period = None if args.period == "all" else args.period
         body = await _via_daemon(args, choice, "GET", "/v1/report", params={"period": period} if period else None)
         if body is None:

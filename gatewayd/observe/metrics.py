@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,6 +43,8 @@ class Snapshot:
     unresolved: int = 0
     oldest_unresolved_age_s: float = 0.0
     orphans: int = 0
+    # The guide's success metrics (gatewayd.checkout.targets.samples): (name, help, labels, value).
+    targets: list[tuple[str, str, dict[str, str], float]] = field(default_factory=list)
 
 
 class StateCollector(Collector):
@@ -100,6 +102,14 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "gatewayd_orphaned_payments", "Approved charges with no completed order", value=snap.orphans
         )
+        families: dict[str, GaugeMetricFamily] = {}
+        for name, help_text, labels, value in snap.targets:
+            keys = sorted(labels)
+            family = families.get(name)
+            if family is None:
+                family = families[name] = GaugeMetricFamily(name, help_text, labels=keys)
+            family.add_metric([labels[k] for k in keys], value)
+        yield from families.values()
 
 
 class Metrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,58 @@ REPORTS: dict[str, list[tuple[str, str, list[str]]]] = {
         ),
     ],
 }
+
+
+# The guide's success metrics (gatewayd report --targets, GET /v1/report/targets), in one
+# statement. A card checkout is an order with a card tender, counted once final; it failed when
+# it ended payment_failed or cancelled. A genuine decline is one the card or its holder decided
+# (sql/009 decline_reason declined, cancelled_by_customer, no_card_presented,
+# partial_approval_reversed; for rows before sql/009 the order's failure code says it).
+# Transaction time: from the intent to the final answer (completed or failed), card checkouts.
+GENUINE_DECLINES = ("declined", "cancelled_by_customer", "no_card_presented", "partial_approval_reversed")
+_TARGETS = """
+WITH card_orders AS (
+    SELECT o.status, o.created_at, o.failure_code,
+           coalesce(o.completed_at, o.failed_at) AS ended_at,
+           o.status IN ('payment_failed', 'cancelled') AS failed,
+           EXISTS (SELECT 1 FROM payment_transactions t
+                    WHERE t.store_id = o.store_id AND t.order_id = o.id AND t.kind = 'payment'
+                      AND t.decline_reason = ANY($2::text[])) AS genuine_reason,
+           EXISTS (SELECT 1 FROM payment_transactions t
+                    WHERE t.store_id = o.store_id AND t.order_id = o.id AND t.kind = 'payment'
+                      AND t.decline_reason IS NOT NULL) AS any_reason
+      FROM orders o
+     WHERE o.store_id = $1 AND o.created_at > now() - make_interval(days => $4)
+       AND o.status NOT IN ('pending_payment', 'payment_processing', 'payment_authorized')
+       AND EXISTS (SELECT 1 FROM payment_transactions t WHERE t.store_id = o.store_id AND t.order_id = o.id
+                      AND t.kind = 'payment' AND t.tender_type = 'card')),
+classified AS (
+    SELECT *, failed AND (genuine_reason OR (NOT any_reason AND failure_code IN
+                          ('card_declined', 'card_not_charged', 'partial_approval'))) AS genuine,
+           created_at > now() - make_interval(days => $3) AS in_week
+      FROM card_orders)
+SELECT count(*) FILTER (WHERE in_week) AS week_checkouts,
+       count(*) FILTER (WHERE in_week AND failed) AS week_failed,
+       count(*) FILTER (WHERE in_week AND genuine) AS week_genuine,
+       (avg(extract(epoch FROM ended_at - created_at))
+            FILTER (WHERE in_week AND status <> 'cancelled' AND ended_at IS NOT NULL))::float8 AS week_avg_s,
+       count(*) FILTER (WHERE in_week AND status <> 'cancelled' AND ended_at IS NOT NULL) AS week_timed,
+       count(*) AS month_checkouts,
+       count(*) FILTER (WHERE failed) AS month_failed,
+       count(*) FILTER (WHERE genuine) AS month_genuine,
+       (SELECT count(*) FROM find_orphaned_payments($1)) AS orphans,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'id', p.id, 'reporting', p.health_status <> 'unknown'
+                        AND p.last_health_check > now() - make_interval(secs => $5),
+                   'reconciled_at', r.at, 'reconcile', r.detail) ORDER BY p.id), '[]'::jsonb)
+          FROM payment_processors p
+          LEFT JOIN LATERAL (SELECT a.at, a.detail FROM audit_events a
+                              WHERE a.store_id = p.store_id AND a.kind = 'reconcile.finished'
+                                AND a.detail->>'terminal_id' = p.id
+                                AND a.at > now() - make_interval(days => $3)
+                              ORDER BY a.at DESC LIMIT 1) r ON true
+         WHERE p.store_id = $1 AND p.is_active) AS terminals
+  FROM classified"""
 
 
 class MaintenanceStore:
@@ -181,6 +234,28 @@ class MaintenanceStore:
         return [
             (title, headers, await self.db.fetch(query, self.store_id)) for title, query, headers in REPORTS[period]
         ]
+
+    async def targets(self, week_days: int = 7, month_days: int = 30, health_stale_s: float = 600.0) -> dict[str, Any]:
+        """The figures behind the guide's success metrics (see _TARGETS): card checkouts, failures
+        and genuine declines over the last `week_days` and `month_days`, the average transaction
+        time over the week, orphaned payments now, and per active terminal whether it reports its
+        health (a check within `health_stale_s`) and its latest reconciliation of the week."""
+        rows = await self.db.fetch(
+            _TARGETS, self.store_id, list(GENUINE_DECLINES), week_days, month_days, health_stale_s
+        )
+        figures = dict(rows[0])
+        terminals = figures["terminals"]
+        figures["terminals"] = json.loads(terminals) if isinstance(terminals, str) else terminals
+        return figures
+
+    async def record_reconcile(self, terminal_id: str, counts: dict[str, int], error: str | None) -> None:
+        """One terminal's reconciliation, for the targets report: how many of each discrepancy it
+        found (or why its batch could not be read)."""
+        await self.db.execute(
+            "INSERT INTO audit_events (store_id, kind, detail) VALUES ($1, 'reconcile.finished', $2::jsonb)",
+            self.store_id,
+            {"terminal_id": terminal_id, "discrepancies": sum(counts.values()), "kinds": counts, "error": error},
+        )
 
     async def seed_inventory(self, items: list[tuple[str, str, int]]) -> None:
         """Put SKUs on the shelf ((sku, name, on hand)) unless the store already has them: the

@@ -44,6 +44,15 @@ GAUGES_AND_COUNTERS = {
     "gatewayd_database_pool_size",
     "gatewayd_database_errors_total",
     "gatewayd_database_role_privileged",
+    # the deployment guide's targets (gatewayd.checkout.targets.samples)
+    "gatewayd_target_card_checkouts",
+    "gatewayd_target_failure_rate",
+    "gatewayd_target_transaction_seconds_avg",
+    "gatewayd_target_terminals_active",
+    "gatewayd_target_terminals_reporting_health",
+    "gatewayd_target_terminals_unreconciled",
+    "gatewayd_target_reconcile_discrepancies",
+    "gatewayd_target_met",
 }
 HISTOGRAMS = {
     "gatewayd_terminal_request_duration_seconds",
@@ -256,6 +265,8 @@ REQUIRED_PANELS = {
     "tenders unresolved": lambda e: "gatewayd_tenders_unresolved" in e,
     "orphans": lambda e: "gatewayd_orphaned_payments" in e,
     "database up": lambda e: "gatewayd_database_up" in e,
+    "the guide's failure rate target": lambda e: "gatewayd_target_failure_rate" in e and 'cause="other"' in e,
+    "the guide's transaction time target": lambda e: "gatewayd_target_transaction_seconds_avg" in e,
     "database pool": lambda e: "gatewayd_database_pool_in_use" in e,
     "terminal request latency": lambda e: (
         "histogram_quantile" in e and "gatewayd_terminal_request_duration_seconds_bucket" in e
