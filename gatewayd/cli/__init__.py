@@ -13,12 +13,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand, each registered by its own module."""
-    from gatewayd.cli import admin, operator, serve, status, tls
+    from gatewayd.cli import admin, openapi, operator, serve, status, tls
 
     parser = argparse.ArgumentParser(prog="gatewayd", description="All-or-nothing card payments for stores.")
     parser.add_argument("--version", action="version", version=f"gatewayd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (admin, serve, status, operator, tls):
+    for module in (admin, serve, status, operator, tls, openapi):
         module.register(sub)
     return parser
 
