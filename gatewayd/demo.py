@@ -206,6 +206,8 @@ async def run_demo(state_dir: Path, tcp_listen: tuple[str, int] | None = None) -
                 "dsn": dsn,
                 "simulator_url": simulator.url,
                 "metrics_url": metrics_url,
+                # Each lane's simulated terminal, for the simulator's /_sim/terminals/{tpn}/… controls.
+                "tpns": {t.id: t.tpn for t in demo_store(simulator.url).terminals},
             }
             if tcp is not None:
                 info |= {"tcp_url": tcp.url, "token": tcp.token(), "ca_file": str(tcp.tls.ca_cert)}

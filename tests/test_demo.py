@@ -82,7 +82,8 @@ async def test_demo_runs_the_printed_curl_and_reuses_data(tmp_path: Path) -> Non
     proc, output = await start_demo(state)
     try:
         info = json.loads((state / "demo.json").read_text())
-        assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url"}
+        assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url", "tpns"}
+        assert info["tpns"] == {f"lane-{i}": f"SIMLANE0000{i}" for i in range(1, 5)}
         answer = await card_checkout(output, info)
         assert answer["status"] == "completed", answer
         assert answer["tenders"][0]["status"] == "approved"
@@ -111,7 +112,7 @@ async def test_demo_tcp_takes_a_card_over_https_with_the_ca_and_token_of_demo_js
     proc, output = await start_demo(state, args=("--tcp", f"127.0.0.1:{port}"))
     try:
         info = json.loads((state / "demo.json").read_text())
-        assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url", "tcp_url", "token", "ca_file"}
+        assert set(info) == {"socket", "dsn", "simulator_url", "metrics_url", "tpns", "tcp_url", "token", "ca_file"}
         assert info["tcp_url"] == f"https://127.0.0.1:{port}"
         assert Path(info["ca_file"]) == state / "tls" / "ca.pem"
         assert ((state / "tls" / "server.key").stat().st_mode & 0o777) == 0o600
