@@ -248,7 +248,7 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
     from gatewayd.checkout.operations import Operations
     from gatewayd.checkout.reconcile import ReconcileReport
     from gatewayd.store.terminals import TerminalStore
-    from gatewayd.terminals.spin.driver import SpinDriver
+    from gatewayd.terminals.drivers import make_driver
 
     if not args.config:
         raise ConfigError("reconcile without the daemon needs --config (to reach the terminals)")
@@ -273,8 +273,7 @@ async def _reconcile_direct(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for done, t in enumerate(terminals):
             progress.update(done, len(terminals))
-            assert t.authkey is not None
-            driver = SpinDriver(t.id, t.base_url, t.tpn, t.authkey.reveal(), t.timeout_s)
+            driver = make_driver(t)
             try:
                 await ops.fold(t.id, await driver.batch(), report)
             except GatewayError as exc:

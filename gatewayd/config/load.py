@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -128,7 +129,46 @@ def _check_listen(source: str, key: str, listen: str | None) -> None:
         raise _fail(source, key, "expected host:port, e.g. 127.0.0.1:9470")
 
 
+def plain_http_host(t: TerminalConfig) -> str | None:
+    """The host a terminal is reached at in plain HTTP off loopback (None: https, or loopback)."""
+    parsed = urllib.parse.urlsplit(t.base_url)
+    host = parsed.hostname or ""
+    return host if parsed.scheme == "http" and not listen.is_loopback(host) else None
+
+
+def _check_terminal(source: str, index: int, t: TerminalConfig) -> None:
+    """The keys each driver needs, and the rule for plain HTTP: only to loopback, or on purpose."""
+    at = f"terminals[{index}]"
+    if t.driver == "spin" and t.tpn is None:
+        raise _fail(source, f"{at}.tpn", 'required with driver = "spin" (the terminal profile number)')
+    if t.driver == "spin" and t.register_id is not None:
+        raise _fail(source, f"{at}.register_id", 'only used with driver = "spin-local" (SPIn Cloud uses tpn)')
+    if t.driver == "spin-local" and t.register_id is None:
+        raise _fail(source, f"{at}.register_id", 'required with driver = "spin-local" (the portal\'s Register ID)')
+    try:
+        port_ok = urllib.parse.urlsplit(t.base_url).port is not None or not t.base_url.split("/")[2].endswith(":")
+    except ValueError:
+        port_ok = False
+    if not urllib.parse.urlsplit(t.base_url).hostname or not port_ok:
+        raise _fail(source, f"{at}.base_url", "expected http(s)://host[:port][/path]")
+    host = plain_http_host(t)
+    if host is not None and not t.allow_plain_http_on_lan:
+        advice = (
+            "SPIn Local terminals speak only HTTP: set allow_plain_http_on_lan = true for this terminal to accept"
+            " that (docs/terminals.md)"
+            if t.driver == "spin-local"
+            else "SPIn Cloud is https:// (allow_plain_http_on_lan = true is for a simulator on the LAN)"
+        )
+        raise _fail(
+            source,
+            f"{at}.base_url",
+            f"plain http:// to {host} would send the auth key, amounts and the terminal's answers over the"
+            f" network unencrypted; {advice}",
+        )
+
+
 def _resolve_terminal(source: str, index: int, t: TerminalConfig, resolve: bool) -> TerminalConfig:
+    _check_terminal(source, index, t)
     key = _read_secret(
         source,
         f"terminals[{index}].authkey",

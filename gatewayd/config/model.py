@@ -136,14 +136,28 @@ class ReceiptConfig(_Section, frozen=True):
     width: Literal[40, 48] = 48  # columns of the plain-text receipt unless ?width= says
 
 
+# A terminal identifier on the wire (TPN, Register ID).
+TerminalNumber = Annotated[str, Meta(min_length=1, max_length=50)]
+# The terminal's protocol: "spin" is SPIn REST through Dejavoo's cloud proxy (SPIn Cloud),
+# "spin-local" the XML dialect straight to the terminal on the LAN (SPIn Local).
+TerminalDriverName = Literal["spin", "spin-local"]
+
+
 class TerminalConfig(_Section, frozen=True):
-    """One card terminal. The auth key comes from exactly one of the authkey* keys."""
+    """One card terminal. The auth key comes from exactly one of the authkey* keys.
+
+    `driver = "spin"` (SPIn Cloud) needs `tpn`; `driver = "spin-local"` (SPIn Local) needs
+    `register_id` and takes `tpn` as well if given. A `base_url` in plain `http://` to an address
+    that is not loopback needs `allow_plain_http_on_lan = true` (docs/terminals.md says what goes
+    over the LAN in clear: the auth key, amounts, references and the terminal's answers)."""
 
     id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-    base_url: Annotated[str, Meta(pattern=r"^https?://")]
-    tpn: Annotated[str, Meta(min_length=1, max_length=50)]
+    base_url: Annotated[str, Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    tpn: TerminalNumber | None = None
+    register_id: TerminalNumber | None = None
     name: str = ""
-    driver: Literal["spin"] = "spin"
+    driver: TerminalDriverName = "spin"
+    allow_plain_http_on_lan: bool = False
     authkey: Secret | None = None
     authkey_env: str | None = None
     authkey_file: str | None = None

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator, Mapping
 import aiohttp
 
 from gatewayd.config import HealthConfig, TerminalConfig
+from gatewayd.terminals.driver import TerminalDriver
+from gatewayd.terminals.drivers import make_driver, warn_plain_http
 from gatewayd.terminals.health import HealthMonitor, Write
 from gatewayd.terminals.lane import Lane
 from gatewayd.terminals.outcomes import PaymentType
-from gatewayd.terminals.spin.driver import SpinDriver
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,11 @@ class Fleet(Mapping[str, Lane]):
             )
         return self._session
 
-    def _driver(self, config: TerminalConfig) -> SpinDriver:
-        assert config.authkey is not None, "secrets are resolved when the config is loaded"
-        return SpinDriver(
-            config.id,
-            config.base_url,
-            config.tpn,
-            config.authkey.reveal(),
-            config.timeout_s,
-            http_margin_s=config.http_margin_s,
-            session=self._shared_session(),
-        )
+    def _driver(self, config: TerminalConfig) -> TerminalDriver:
+        """The terminal's driver, SPIn Cloud (REST) or SPIn Local (XML) as its config says: a
+        store may mix them; nothing above this line knows which one a lane drives."""
+        warn_plain_http(config)
+        return make_driver(config, self._shared_session())
 
     def _add(self, config: TerminalConfig) -> None:
         lane = self._retired.pop(config.id, None)

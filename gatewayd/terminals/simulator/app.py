@@ -1,4 +1,6 @@
-"""The simulator's aiohttp app: the SPIn REST dialect plus `/_sim/` control endpoints.
+"""The simulator's aiohttp app: the SPIn REST dialect, the SPIn Local dialect (`GET /cgi.html`,
+see `simulator.local`) and `/_sim/` control endpoints. Both dialects reach the same terminals and
+ledger through `serve`, which decides; each renders the answer its own way.
 
 Magic cents (`amount % 100`) on Sale, Auth and Return choose the behaviour (see
 TERMINALS.md). One transaction at a time per Tpn: a second concurrent one is
@@ -32,7 +34,7 @@ import msgspec
 from aiohttp import web
 
 from gatewayd.errors import ProtocolError
-from gatewayd.terminals.simulator.ledger import Ledger, Terminal, Txn, application
+from gatewayd.terminals.simulator.ledger import Ledger, Settlement, Terminal, Txn, application
 from gatewayd.terminals.spin.codec import SPIN_PAYMENT_TYPES, payment_type_of, to_cents, to_dollars
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
@@ -186,71 +188,80 @@ def _payment_type(body: dict[str, Any]) -> str | None:
     return payment_type_of(body.get("PaymentType"))
 
 
-def _mismatch(ref: str) -> web.Response:
-    return _error("1016", ref)
-
-
-async def _hold() -> web.Response:
+async def _hold() -> Reply:
     """Never answer; ends when the client goes away or the connection is dropped."""
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
 
 
-# ------------------------------------------------------------------ card operations
+# ------------------------------------------------------------------ one request, either dialect
 
 
-def _proxy_timeout_s(body: dict[str, Any]) -> float:
-    try:
-        return min(720.0, max(1.0, float(body.get("SPInProxyTimeout") or 120)))
-    except (TypeError, ValueError):
-        return 120.0
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as the terminal understands it, whichever dialect carried it: REST's JSON body
+    (`Tpn`, `Authkey`, `ReferenceId` ...) or Local's XML (`RegisterId`, `AuthKey`, `RefId` ...)."""
+
+    op: str  # Sale | Auth | Capture | Void | Return | Status | StatusList | Settle | anything else
+    terminal: str  # the Tpn, or the Register ID (a register id equal to a Tpn is that terminal)
+    authkey: str
+    ref: str = ""
+    amount: int | None = None  # cents; None when missing or not a whole number of cents
+    payment_type: str | None = "credit"  # gatewayd's name; None: not a type the terminal knows
+    receipts: str = "No"  # the copies asked back (REST GetReceipt; Local asks none)
+    invoice: str = ""
+    timeout_s: float = 120.0  # SPInProxyTimeout, or Local's OperationalTimeout
+    local: bool = False  # straight to the terminal: no proxy answers for it
 
 
-async def _card_op(
-    request: web.Request,
-    term: Terminal,
-    op: str,
-    ref: str,
-    amount: int,
-    proxy_timeout_s: float = 120.0,
-    body: dict[str, Any] | None = None,
-) -> web.Response:
-    """One card transaction. Like the real proxy, its outcome is decided by SPInProxyTimeout:
-    a terminal slower than that is answered 2007 with the transaction recorded as it ended."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the terminal answers, before a dialect renders it: a SPIn status code (REST's
+    vocabulary) and the transaction it is about, or the closed batch, or the open one."""
+
+    code: str
+    txn: Txn | None = None
+    ref: str = ""
+    delay: int | None = None
+    http_status: int = 200
+    settlement: Settlement | None = None
+    transactions: list[Txn] | None = None
+    voiding: bool = False  # the answer to a Void (Local echoes "Void Sale")
+
+
+async def _card_op(request: web.Request, term: Terminal, call: Call, amount: int) -> Reply:
+    """One card transaction. Like the real proxy, its outcome is decided by its timeout: a
+    terminal slower than that is answered 2007 with the transaction recorded as it ended."""
     config = request.app[CONFIG_KEY]
-    body = body or {}
-    kind = op.lower()
-    cents = amount % 100
+    ref, kind, cents = call.ref, call.op.lower(), amount % 100
     if ref in term.open:
-        return _error("1011", ref)
-    payment_type = _payment_type(body)
+        return Reply("1011", ref=ref)
+    payment_type = call.payment_type
     if payment_type is None:
-        return _error("1013", ref)
-    receipts = str(body.get("GetReceipt") or "No")
-    sale = term.find(str(body.get("InvoiceNumber") or "")) if kind == "return" else None
+        return Reply("1013", ref=ref)
+    sale = term.find(call.invoice) if kind == "return" else None
     if sale is not None and sale.type in ("sale", "capture") and sale.payment_type != payment_type:
         # a Return of a known sale, with another type than the sale ran as
-        return _json(
-            answer_of(
-                term.record(ref, kind, amount, amount, "declined", "1016", payment_type=payment_type, receipts=receipts)
-            )
+        txn = term.record(
+            ref, kind, amount, amount, "declined", "1016", payment_type=payment_type, receipts=call.receipts
         )
-    record = functools.partial(term.record, payment_type=payment_type, receipts=receipts, sale=sale)
+        return Reply("1016", txn)
+    record = functools.partial(term.record, payment_type=payment_type, receipts=call.receipts, sale=sale)
     if cents == 54 and ref not in term.busy_seen:
         term.busy_seen.add(ref)
-        return _error("2008", ref, delay=1)
+        return Reply("2008", ref=ref, delay=1)
     if cents == 57:
         return await _hold()
     delay_s = config.slow_s if cents == 55 else config.latency_s if cents not in range(51, 60) else 0.0
-    proxy_gave_up = delay_s >= proxy_timeout_s
+    proxy_gave_up = delay_s >= call.timeout_s
     if delay_s > 0:
-        await asyncio.sleep(min(delay_s, proxy_timeout_s))
+        await asyncio.sleep(min(delay_s, call.timeout_s))
     approved_status = "returned" if kind == "return" else "approved"
     if cents in (51, 59):
         code = "1015" if cents == 51 else "1012"
-        return _json(answer_of(record(ref, kind, amount, amount, "declined", code)))
+        return Reply(code, record(ref, kind, amount, amount, "declined", code))
     if cents == 56 and kind != "return":
-        return _json(answer_of(record(ref, kind, amount // 2, amount, approved_status, "0001")))
+        return Reply("0001", record(ref, kind, amount // 2, amount, approved_status, "0001"))
     txn = record(ref, kind, amount, amount, approved_status, "0000")
     if cents == 52:
         return await _hold()
@@ -259,42 +270,114 @@ async def _card_op(
             request.transport.abort()
         return await _hold()
     if cents == 58 or proxy_gave_up:
-        return _error("2007", ref)
-    return _json(answer_of(txn))
+        return Reply("2007", ref=ref)
+    return Reply(txn.status_code, txn)
 
 
-def _capture(term: Terminal, ref: str, amount: int, payment_type: str | None) -> web.Response:
+def _capture(term: Terminal, ref: str, amount: int, payment_type: str | None) -> Reply:
     txn = term.open.get(ref)
     if txn is None or txn.voided or txn.type not in ("auth", "capture") or txn.status == "declined":
-        return _error("1001", ref)
+        return Reply("1001", ref=ref)
     if payment_type != txn.payment_type:
-        return _mismatch(ref)
+        return Reply("1016", ref=ref)
     if txn.type == "auth":
         if amount > txn.amount or amount <= 0:
-            return _error("1013", ref)
+            return Reply("1013", ref=ref)
         txn.type, txn.status, txn.amount = "capture", "captured", amount
-    return _json(answer_of(txn))
+    return Reply(txn.status_code, txn)
 
 
-def _void(term: Terminal, ref: str, payment_type: str | None) -> web.Response:
+def _void(term: Terminal, ref: str, payment_type: str | None) -> Reply:
     txn = term.open.get(ref)
     if txn is not None and txn.status != "declined" and payment_type != txn.payment_type:
-        return _mismatch(ref)  # a void must name the type the sale ran as
+        return Reply("1016", ref=ref)  # a void must name the type the sale ran as
     if txn is None or not txn.void():
-        return _error("1001", ref)
-    return _json(answer_of(txn))
+        return Reply("1001", ref=ref)
+    return Reply(txn.status_code, txn, voiding=True)
 
 
-def _settle(term: Terminal) -> web.Response:
+def _settle(term: Terminal) -> Reply:
     closed = term.settle()
-    if closed is None:
-        return _error("1020")
-    report = {"Count": closed.count, "Amount": to_dollars(closed.amount)}
-    details = [{"Application": "Credit", "HostStatus": "Approved", "TransactionsReports": [report]}]
-    return _json({"GeneralResponse": _general("0000"), "BatchNumber": str(closed.batch), "SettleDetails": details})
+    return Reply("1020") if closed is None else Reply("0000", settlement=closed)
 
 
-# ------------------------------------------------------------------ dispatch
+async def _transaction(request: web.Request, term: Terminal, call: Call) -> Reply:
+    ref = call.ref
+    if call.op == "Settle":
+        return _settle(term)
+    if not ref or len(ref) > 50:
+        return Reply("2201", ref=ref, http_status=400)
+    if call.op == "Void":
+        return _void(term, ref, call.payment_type)
+    amount = call.amount
+    if amount is None or amount <= 0:
+        return Reply("1013", ref=ref)
+    if call.op == "Capture":
+        return _capture(term, ref, amount, call.payment_type)
+    return await _card_op(request, term, call, amount)
+
+
+def _inquiry(term: Terminal, call: Call) -> Reply:
+    if call.op == "StatusList":
+        return Reply("0000", transactions=list(term.open.values()))
+    txn = term.open.get(call.ref)
+    if txn is None:
+        return Reply("1001", ref=call.ref)
+    if call.payment_type not in txn.card_types:
+        return Reply("1016", ref=call.ref)  # a Status names the type the sale was sent with, or ran as
+    return Reply(txn.status_code, txn)
+
+
+async def serve(request: web.Request, call: Call) -> Reply:
+    """The terminal's answer to one request (the proxy's, for REST): credentials, offline,
+    busy, one transaction at a time, then the operation itself."""
+    ledger_ = request.app[LEDGER_KEY]
+    if not ledger_.serves(call.terminal):
+        return Reply("2003")
+    term = ledger_.admit(call.terminal, call.authkey)
+    if term is None:
+        return Reply("2002")  # no key, or not the one bound to this terminal: refused, nothing recorded
+    if term.offline:
+        return Reply("2001", ref=call.ref)
+    inquiry = call.op in ("Status", "StatusList")
+    # REST inquiries are answered by the proxy; a Local terminal is one device doing one thing.
+    if inquiry and not (call.local and (term.active or term.busy_delay_s is not None)):
+        return _inquiry(term, call)
+    if not inquiry and call.op not in _TRANSACTIONS:
+        return Reply("1002")
+    if term.busy_delay_s is not None and call.op != "Settle":
+        return Reply("2008", ref=call.ref, delay=term.busy_delay_s)
+    if inquiry:
+        return Reply("2008", ref=call.ref, delay=1)
+    term.active += 1
+    term.max_active = max(term.max_active, term.active)
+    transport = request.transport
+    try:
+        if transport is not None:
+            term.transports.add(transport)
+        if term.active > 1:
+            return Reply("2008", ref=call.ref, delay=1)
+        return await _transaction(request, term, call)
+    finally:
+        term.active -= 1
+        if transport is not None:
+            term.transports.discard(transport)
+
+
+# ------------------------------------------------------------------ the REST dialect
+
+
+def _rest(reply: Reply) -> web.Response:
+    if reply.txn is not None:
+        return _json(answer_of(reply.txn))
+    if reply.settlement is not None:
+        closed = reply.settlement
+        report = {"Count": closed.count, "Amount": to_dollars(closed.amount)}
+        details = [{"Application": "Credit", "HostStatus": "Approved", "TransactionsReports": [report]}]
+        return _json({"GeneralResponse": _general("0000"), "BatchNumber": str(closed.batch), "SettleDetails": details})
+    if reply.transactions is not None:
+        return _json({"GeneralResponse": _general("0000"), "Transactions": [answer_of(t) for t in reply.transactions]})
+    return _error(reply.code, reply.ref, reply.delay, reply.http_status)
 
 
 def _amount(body: dict[str, Any]) -> int | None:
@@ -304,33 +387,11 @@ def _amount(body: dict[str, Any]) -> int | None:
         return None
 
 
-async def _transaction(request: web.Request, term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
-    ref = str(body.get("ReferenceId") or "")
-    if op == "Settle":
-        return _settle(term)
-    if not ref or len(ref) > 50:
-        return _error("2201", ref, status=400)
-    if op == "Void":
-        return _void(term, ref, _payment_type(body))
-    amount = _amount(body)
-    if amount is None or amount <= 0:
-        return _error("1013", ref)
-    if op == "Capture":
-        return _capture(term, ref, amount, _payment_type(body))
-    return await _card_op(request, term, op, ref, amount, _proxy_timeout_s(body), body)
-
-
-def _inquiry(term: Terminal, op: str, body: dict[str, Any]) -> web.Response:
-    if op == "StatusList":
-        transactions = [answer_of(t) for t in term.open.values()]
-        return _json({"GeneralResponse": _general("0000"), "Transactions": transactions})
-    ref = str(body.get("ReferenceId") or "")
-    txn = term.open.get(ref)
-    if txn is None:
-        return _error("1001", ref)
-    if _payment_type(body) not in txn.card_types:
-        return _mismatch(ref)  # a Status names the type the sale was sent with, or ran as
-    return _json(answer_of(txn))
+def _proxy_timeout_s(body: dict[str, Any]) -> float:
+    try:
+        return min(720.0, max(1.0, float(body.get("SPInProxyTimeout") or 120)))
+    except (TypeError, ValueError):
+        return 120.0
 
 
 async def payment(request: web.Request) -> web.Response:
@@ -342,33 +403,18 @@ async def payment(request: web.Request) -> web.Response:
         return _error("2006", status=400)
     if not isinstance(body, dict) or not body.get("Tpn"):
         return _error("2201", status=400)
-    ledger_, tpn = request.app[LEDGER_KEY], str(body["Tpn"])
-    if not ledger_.serves(tpn):
-        return _error("2003")
-    term = ledger_.admit(tpn, str(body.get("Authkey") or ""))
-    if term is None:
-        return _error("2002")  # no key, or not the one bound to this Tpn: refused before the terminal
-    if term.offline:
-        return _error("2001", str(body.get("ReferenceId") or ""))
-    if op in ("Status", "StatusList"):
-        return _inquiry(term, op, body)
-    if op not in _TRANSACTIONS:
-        return _error("1002")
-    if term.busy_delay_s is not None and op != "Settle":
-        return _error("2008", str(body.get("ReferenceId") or ""), delay=term.busy_delay_s)
-    term.active += 1
-    term.max_active = max(term.max_active, term.active)
-    transport = request.transport
-    try:
-        if transport is not None:
-            term.transports.add(transport)
-        if term.active > 1:
-            return _error("2008", str(body.get("ReferenceId") or ""), delay=1)
-        return await _transaction(request, term, op, body)
-    finally:
-        term.active -= 1
-        if transport is not None:
-            term.transports.discard(transport)
+    call = Call(
+        op=op,
+        terminal=str(body["Tpn"]),
+        authkey=str(body.get("Authkey") or ""),
+        ref=str(body.get("ReferenceId") or ""),
+        amount=_amount(body),
+        payment_type=_payment_type(body),
+        receipts=str(body.get("GetReceipt") or "No"),
+        invoice=str(body.get("InvoiceNumber") or ""),
+        timeout_s=_proxy_timeout_s(body),
+    )
+    return _rest(await serve(request, call))
 
 
 async def terminal_status(request: web.Request) -> web.Response:
@@ -502,6 +548,9 @@ def make_app(ledger_: Ledger, config: SimulatorConfig) -> web.Application:
         app.cleanup_ctx.append(_auto_settle)
     app.router.add_post("/v2/Payment/{op}", payment)
     app.router.add_get("/v2/Common/TerminalStatus", terminal_status)
+    from gatewayd.terminals.simulator import local  # the Local dialect renders what `serve` decides
+
+    app.router.add_get("/cgi.html", local.cgi)
     app.router.add_post("/_sim/terminals/{tpn}/{state:offline|online}", set_state)
     app.router.add_post("/_sim/terminals/{tpn}/{state:busy|free}", set_busy)
     app.router.add_post("/_sim/terminals/{tpn}/void/{ref}", keypad_void)

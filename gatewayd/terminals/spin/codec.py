@@ -13,7 +13,6 @@ Receipt details are read leniently: an odd one is dropped, never a reason to dou
 from __future__ import annotations
 
 import math
-import re
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
@@ -22,20 +21,17 @@ import msgspec
 
 from gatewayd.errors import ProtocolError
 from gatewayd.terminals.outcomes import (
-    PAYMENT_TYPES,
     Approved,
     BatchEntry,
     Busy,
     CardReceipt,
     Declined,
     DeclineReason,
-    EntryMethod,
     Health,
     Misconfigured,
     NotFound,
     Offline,
     Outcome,
-    PaymentType,
     SettleResult,
     Unknown,
     Voided,
@@ -56,6 +52,18 @@ from gatewayd.terminals.spin.requests import (
     to_dollars,
     void_body,
 )
+from gatewayd.terminals.spin.shared import (
+    DEFAULT_BUSY_DELAY_S,
+    MAX_ANSWER_BYTES,
+    MAX_BUSY_DELAY_S,
+    aid_of,
+    cancel_reason,
+    entry_method_of,
+    host_reference_of,
+    loose_text,
+    payment_type_of,
+    scrub_receipt,
+)
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -75,8 +83,10 @@ __all__ = [
     "parse_status",
     "parse_status_list",
     "parse_terminal_status",
+    "payment_type_of",
     "return_body",
     "sale_body",
+    "scrub_receipt",
     "settle_body",
     "status_body",
     "status_list_body",
@@ -85,10 +95,6 @@ __all__ = [
     "to_dollars",
     "void_body",
 ]
-
-MAX_ANSWER_BYTES = 256 * 1024
-DEFAULT_BUSY_DELAY_S = 2.0
-MAX_BUSY_DELAY_S = 300.0
 
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
 
@@ -226,8 +232,8 @@ def parse_general(answer: dict[str, Any]) -> General:
         status_code=code,
         message=text,
         delay_s=_delay(general.get("DelayBeforeNextRequest")),
-        host_code=_loose(general.get("HostResponseCode"), 10),
-        host_message=_loose(general.get("HostResponseMessage"), 200),
+        host_code=loose_text(general.get("HostResponseCode"), 10),
+        host_message=loose_text(general.get("HostResponseMessage"), 200),
     )
 
 
@@ -247,15 +253,6 @@ def _amounts(answer: dict[str, Any]) -> list[int]:
     return [to_cents(amounts[k]) for k in ("Amount", "TotalAmount") if amounts.get(k) is not None]
 
 
-def _loose(value: object, limit: int) -> str:
-    """A printable text field, or "" when it is missing or of another type (never an error)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        return ""
-    return "".join(ch for ch in value.strip() if ch.isprintable())[:limit].strip()
-
-
 def _loose_obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -272,87 +269,23 @@ def _card(answer: dict[str, Any]) -> tuple[str, str]:
     return brand_s, (last4_s if len(last4_s) == 4 and last4_s.isdigit() else "")
 
 
-_ENTRY: dict[str, EntryMethod] = {
-    "chip": "chip",
-    "emv": "chip",
-    "chipcontactless": "contactless",
-    "contactless": "contactless",
-    "contactlesschip": "contactless",
-    "nfc": "contactless",
-    "swipe": "swipe",
-    "magstripe": "swipe",
-    "fallbackswipe": "swipe",
-    "manual": "manual",
-    "keyed": "manual",
-}
-_AID = re.compile(r"^[0-9A-F]{10,32}$")
-# 13 to 19 digits standing alone: a card number (an AID, "A000...", or a longer code is not one)
-_PAN = re.compile(r"(?<![0-9A-Za-z])[0-9](?:[ -]?[0-9]){12,18}(?![0-9A-Za-z])")
-_EXPIRY = re.compile(r"(?i)\b(exp[a-z.]*\s*(?:date)?\s*:?\s*)[0-9]{2}\s*/?\s*[0-9]{2,4}")
-MAX_RECEIPT_CHARS = 8000
-
-
-def payment_type_of(value: object) -> PaymentType | None:
-    """A SPIn PaymentType ("Credit", "EBT_Food" ...) as gatewayd names it; None if not one of ours."""
-    text = _loose(value, 20).lower().replace(" ", "_")
-    for name in PAYMENT_TYPES:
-        if text == name:
-            return name
-    return None
-
-
-def _secrets(card: dict[str, Any]) -> list[str]:
-    """The card's values that must never be kept, however a receipt text prints them."""
-    found: list[str] = []
-    name = _loose(card.get("Name"), 100)
-    if len(name) >= 3:
-        found.append(name)
-        if "/" in name:  # track data order LAST/FIRST: receipts print it either way
-            last, _, first = name.partition("/")
-            found += [f"{first.strip()} {last.strip()}".strip(), last.strip(), first.strip()]
-    for key, shortest in (("BIN", 6), ("First4", 4), ("ExpirationDate", 4)):
-        value = re.sub(r"[^0-9]", "", _loose(card.get(key), 20))
-        if len(value) >= shortest:
-            found.append(value)
-    expiry = re.sub(r"[^0-9]", "", _loose(card.get("ExpirationDate"), 20))
-    if len(expiry) == 4:
-        found += [f"{expiry[:2]}/{expiry[2:]}", f"{expiry[2:]}/{expiry[:2]}"]
-    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
-
-
-def scrub_receipt(text: str, card: dict[str, Any]) -> str:
-    """A terminal's receipt text with nothing of the card left but what a receipt may show: the
-    cardholder's name, the expiry, the BIN and first digits taken out, any full card number
-    masked to its last four."""
-    clean = text[:MAX_RECEIPT_CHARS]
-    for secret in _secrets(card):
-        clean = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", clean, flags=re.IGNORECASE)
-    clean = _PAN.sub(lambda m: "*" * (len(re.sub(r"[^0-9]", "", m.group(0))) - 4) + m.group(0)[-4:], clean)
-    return _EXPIRY.sub(lambda m: m.group(1) + "**/**", clean)
-
-
 def card_receipt(answer: dict[str, Any]) -> CardReceipt:
     """What a receipt needs from CardData, EMVData, RRN and Receipts; nothing else of the card."""
     card, emv, receipts = (_loose_obj(answer.get(k)) for k in ("CardData", "EMVData", "Receipts"))
-    entry = _loose(card.get("EntryType"), 30).lower().replace(" ", "").replace("_", "")
-    aid = _loose(emv.get("AID"), 40).upper()
-    reference = _loose(answer.get("RRN"), 50) or _loose(answer.get("PNReferenceId"), 50)
+    reference = loose_text(answer.get("RRN"), 50) or loose_text(answer.get("PNReferenceId"), 50)
 
     def copy(key: str) -> str:
         value = receipts.get(key)
         return scrub_receipt(value, card).strip() if isinstance(value, str) else ""
 
     return CardReceipt(
-        entry_method=_ENTRY.get(entry),
-        application_label=_loose(emv.get("ApplicationName"), 32),
-        aid=aid if _AID.match(aid) else "",
-        host_reference=re.sub(r"[^A-Za-z0-9-]", "", reference)[:50],
+        entry_method=entry_method_of(card.get("EntryType")),
+        application_label=loose_text(emv.get("ApplicationName"), 32),
+        aid=aid_of(emv.get("AID")),
+        host_reference=host_reference_of(reference),
         customer_copy=copy("Customer"),
         merchant_copy=copy("Merchant"),
     )
-
-
-_TIMED_OUT = re.compile(r"(?i)time\s*d?\s*out|timeout|no card|card not (?:presented|read|inserted)")
 
 
 def decline_reason(code_class: CodeClass, general: General) -> DeclineReason:
@@ -360,8 +293,7 @@ def decline_reason(code_class: CodeClass, general: General) -> DeclineReason:
     the card is `no_card_presented`, any other cancel the customer's; everything else declined."""
     if code_class is not CodeClass.CANCELLED:
         return "declined"
-    said = f"{general.message} {general.host_message}"
-    return "no_card_presented" if _TIMED_OUT.search(said) else "cancelled_by_customer"
+    return cancel_reason(f"{general.message} {general.host_message}")
 
 
 def _approved(answer: dict[str, Any], general: General, ref: str, requested: int | None, partial: bool) -> Approved:

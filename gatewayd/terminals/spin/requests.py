@@ -1,33 +1,37 @@
 """SPIn REST (v2) request bodies and money on the wire: pure functions, no I/O.
 
-Amounts travel as exact decimal dollars; credentials live in `Credentials`, whose
-repr never shows the auth key.
+Amounts travel as exact decimal dollars (`spin.shared`, with the payment types both dialects
+share); credentials live in `Credentials`, whose repr never shows the auth key.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
 
-from gatewayd.errors import ProtocolError
 from gatewayd.terminals.outcomes import PaymentType
+from gatewayd.terminals.spin.shared import MAX_DOLLARS, SPIN_PAYMENT_TYPES, spin_type, to_cents, to_dollars
 
-MAX_DOLLARS = Decimal(10) ** 9
-
-# gatewayd's payment types as SPIn spells `PaymentType`; `Card` lets the customer choose on the
-# terminal (credit or debit), and the answer's PaymentType says which was run.
-SPIN_PAYMENT_TYPES: dict[PaymentType, str] = {
-    "credit": "Credit",
-    "debit": "Debit",
-    "card": "Card",
-    "ebt_food": "EBT_Food",
-    "ebt_cash": "EBT_Cash",
-    "gift": "Gift",
-}
+__all__ = [
+    "MAX_DOLLARS",
+    "SPIN_PAYMENT_TYPES",
+    "Credentials",
+    "auth_body",
+    "capture_body",
+    "return_body",
+    "sale_body",
+    "settle_body",
+    "spin_type",
+    "status_body",
+    "status_list_body",
+    "terminal_status_params",
+    "to_cents",
+    "to_dollars",
+    "void_body",
+]
 
 _encoder = msgspec.json.Encoder(decimal_format="number")
 
@@ -38,37 +42,6 @@ class Credentials:
 
     tpn: str
     authkey: str = field(repr=False)
-
-
-# ---------------------------------------------------------------- money on the wire
-
-
-def to_dollars(cents: int) -> Decimal:
-    """Exact decimal dollars for an int of cents (1230 -> Decimal('12.30'))."""
-    if isinstance(cents, bool) or not isinstance(cents, int):
-        raise TypeError("amount must be an int of cents")
-    return Decimal(cents).scaleb(-2)
-
-
-def to_cents(value: object) -> int:
-    """Exact cents from a wire amount (Decimal, int or numeric string); ProtocolError otherwise."""
-    if isinstance(value, bool):
-        raise ProtocolError("amount is a boolean")
-    try:
-        if isinstance(value, Decimal | int):
-            dollars = Decimal(value)
-        elif isinstance(value, str):
-            dollars = Decimal(value.strip())
-        else:
-            raise ProtocolError(f"amount has type {type(value).__name__}")
-        if not dollars.is_finite() or abs(dollars) > MAX_DOLLARS:
-            raise ProtocolError("amount out of range")
-        scaled = dollars.scaleb(2)
-        if scaled != scaled.to_integral_value():
-            raise ProtocolError("amount is not a whole number of cents")
-        return int(scaled)
-    except (InvalidOperation, ValueError, ArithmeticError) as exc:
-        raise ProtocolError("amount is not a number") from exc
 
 
 # ---------------------------------------------------------------- requests
@@ -82,11 +55,6 @@ def _body(cred: Credentials, timeout_s: float, fields: dict[str, Any]) -> bytes:
         **fields,
     }
     return _encoder.encode(payload)
-
-
-def spin_type(payment_type: PaymentType) -> str:
-    """SPIn's spelling of a payment type."""
-    return SPIN_PAYMENT_TYPES[payment_type]
 
 
 def _money_fields(

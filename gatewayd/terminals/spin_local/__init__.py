@@ -1,0 +1,1 @@
+"""SPIn Local: the XML dialect, one HTTP GET per operation straight to the terminal on the LAN."""
