@@ -19,6 +19,8 @@ import { type DemoInfo, fetchTrustingCa } from "../examples/node-tls.js";
 declare module "vitest" {
   export interface ProvidedContext {
     demo: DemoInfo & { tcp_url: string; token: string; ca_file: string; tpns: Record<string, string> };
+    /** The demo.json it was read from. */
+    demoFile: string;
   }
 }
 
@@ -89,6 +91,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     return health.terminals.online === health.terminals.total ? true : undefined;
   }, () => output);
   project.provide("demo", demo);
+  project.provide("demoFile", file);
 
   return async () => {
     if (child && child.exitCode === null && child.signalCode === null) {
