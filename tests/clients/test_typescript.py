@@ -94,8 +94,10 @@ def test_typescript_client_builds_matches_the_api_and_passes_its_checklist(tmp_p
 
 
 def test_the_client_runtime_uses_no_node_api() -> None:
-    """React Native has no Node: nothing under src/ imports a node: module or uses Node's globals."""
+    """React Native has no Node: nothing under src/ imports a node: module or uses Node's globals
+    (nor what React Native lacks)."""
     for source in sorted((PACKAGE / "src").glob("*.ts")):
         text = source.read_text()
         assert not re.search(r"""from\s+["'](node:|fs|path|crypto|http|https|tls|net|buffer|undici)""", text), source
         assert not re.search(r"\b(process|Buffer|require)\b\s*[.(]", text), source
+        assert "new URLSearchParams" not in text, source  # React Native's has no set()

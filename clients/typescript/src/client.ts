@@ -246,10 +246,7 @@ export class GatewayClient {
 
   /** The checkout's receipt: plain text for a thermal printer (`width` 40 or 48), or HTML. */
   receipt(id: string, options: ReceiptOptions = {}): Promise<string> {
-    const query = new URLSearchParams();
-    if (options.width) query.set("width", String(options.width));
-    if (options.copy) query.set("copy", options.copy);
-    const suffix = query.toString() ? `?${query}` : "";
+    const suffix = queryString({ width: options.width, copy: options.copy });
     return this.call<string>({
       method: "GET",
       path: `/v1/checkouts/${encodeURIComponent(id)}/receipt${suffix}`,
@@ -291,10 +288,7 @@ export class GatewayClient {
    * start. Throws `Unauthorized` or `ValidationError` (a bad filter): no retry helps those.
    */
   async *events(options: EventsOptions = {}): AsyncGenerator<LiveEvent, void, undefined> {
-    const query = new URLSearchParams();
-    if (options.types?.length) query.set("types", options.types.join(","));
-    if (options.checkout) query.set("checkout", options.checkout);
-    const url = `${this.baseUrl}/v1/events${query.toString() ? `?${query}` : ""}`;
+    const url = `${this.baseUrl}/v1/events${queryString({ types: options.types?.join(","), checkout: options.checkout })}`;
     const idleMs = options.idleTimeoutMs ?? 45_000;
     const maxDelay = options.maxReconnectDelayMs ?? 15_000;
     let lastEventId: string | null = options.lastEventId ?? null;
@@ -522,6 +516,14 @@ export class GatewayClient {
       }
     }
   }
+}
+
+/** `?a=1&b=2` of the values given, built by hand: React Native's URL polyfill leaves most of its query API unimplemented. */
+function queryString(values: Record<string, string | number | undefined>): string {
+  const parts = Object.entries(values)
+    .filter(([, value]) => value !== undefined && value !== "")
+    .map(([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(String(value))}`);
+  return parts.length ? `?${parts.join("&")}` : "";
 }
 
 function parseBody(text: string): unknown {
