@@ -1,4 +1,5 @@
-"""`gatewayd demo`: embedded PostgreSQL, the SPIn simulator with four lanes and the daemon, in one process.
+"""`gatewayd demo`: embedded PostgreSQL, the SPIn simulator with four lanes (three in SPIn Cloud, one
+in SPIn Local) and the daemon, in one process.
 
 With `--tcp HOST:PORT` the API is also served over TLS on HOST:PORT, with a bearer token and a
 certificate naming HOST from the demo's own store CA (made by tls-init's code under state/tls,
@@ -49,17 +50,22 @@ def _port_free(port: int) -> bool:
     return True
 
 
+LOCAL_LANE = "lane-4"  # the demo's lane in SPIn Local (XML on the LAN); the others are SPIn Cloud (REST)
+
+
 def demo_store(simulator_url: str) -> StoreSpec:
-    """The demo's store: four simulated lanes and the catalog (config/demo.toml's values)."""
+    """The demo's store: four simulated lanes and the catalog (config/demo.toml's values). Three
+    lanes speak SPIn Cloud (REST), `lane-4` SPIn Local: a store may mix them."""
     terminals = [
         TerminalSpec(
             f"lane-{i}",
             f"SIMLANE0000{i}",
             simulator_url,
-            name=f"Lane {i} (simulated)",
+            name=f"Lane {i} (simulated{', SPIn Local' if f'lane-{i}' == LOCAL_LANE else ''})",
             authkey=f"DEMOKEY00{i}",
             timeout_s=10,
             http_margin_s=2,
+            dialect="local" if f"lane-{i}" == LOCAL_LANE else "rest",
         )
         for i in range(1, 5)
     ]
@@ -170,7 +176,8 @@ def _ready_text(config: Config, simulator_url: str, metrics_url: str, tcp: DemoT
             f'       -d "{body.replace(chr(34), chr(92) + chr(34))}" \\',
             "       http://gatewayd/v1/checkouts",
             "",
-            f"Terminals:  curl -s --unix-socket {sock} http://gatewayd/v1/terminals",
+            f"Terminals:  curl -s --unix-socket {sock} http://gatewayd/v1/terminals"
+            f"   ({LOCAL_LANE} speaks SPIn Local, the others SPIn Cloud)",
             f"Receipt:    curl -s --unix-socket {sock} 'http://gatewayd/v1/checkouts/ID/receipt?width=40'",
             *_tcp_text(tcp),
             "Press Ctrl-C to stop.",

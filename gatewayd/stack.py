@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -47,9 +47,16 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+Dialect = Literal["rest", "local"]
+DIALECTS: tuple[Dialect, ...] = ("rest", "local")
+
+
 @dataclass
 class TerminalSpec:
-    """One simulated terminal as the daemon's config names it."""
+    """One simulated terminal as the daemon's config names it. `dialect`: "rest" (SPIn Cloud,
+    `driver = "spin"`, named by `tpn`) or "local" (SPIn Local, `driver = "spin-local"`, the same
+    number as its `register_id`: the simulator serves both dialects on one port and takes a
+    register id equal to a Tpn for the same terminal)."""
 
     id: str
     tpn: str
@@ -58,11 +65,15 @@ class TerminalSpec:
     authkey: str = ""
     timeout_s: int = 2
     http_margin_s: float = 1.0
+    dialect: Dialect = "rest"
 
     def toml(self) -> str:
+        number = f"tpn = {_toml(self.tpn)}\n"
+        if self.dialect == "local":
+            number = f'driver = "spin-local"\nregister_id = {_toml(self.tpn)}\n'
         return (
             f"[[terminals]]\nid = {_toml(self.id)}\nname = {_toml(self.name or 'Lane ' + self.id)}\n"
-            f"base_url = {_toml(self.base_url)}\ntpn = {_toml(self.tpn)}\n"
+            f"base_url = {_toml(self.base_url)}\n{number}"
             f"authkey = {_toml(self.authkey or authkey_for(self.tpn))}\ntimeout_s = {self.timeout_s}\n"
             f"http_margin_s = {self.http_margin_s}\nis_live = false\n"
         )

@@ -1,10 +1,16 @@
-"""An in-process gatewayd on a real unix socket, a real PostgreSQL and the SPIn simulator over HTTP."""
+"""An in-process gatewayd on a real unix socket, a real PostgreSQL and the SPIn simulator over HTTP.
+
+Every store built here speaks the current SPIn dialect (`current_dialect()`): "rest" (SPIn Cloud)
+unless a test runs under `using_dialect("local")`. tests/checkout and tests/recovery run each of
+their database tests once per dialect through the `dialect` fixture (tests/dialects.py), so the
+same checkout, recovery and invariant checks hold over both.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +23,28 @@ from gatewayd.api.client import Answer, GatewayClient
 from gatewayd.config import parse
 from gatewayd.daemon import Daemon
 from gatewayd.observe.systemd import Notifier
-from gatewayd.stack import StoreSpec, TerminalSpec
+from gatewayd.stack import Dialect, StoreSpec, TerminalSpec
 from gatewayd.terminals.simulator.server import Simulator, running_simulator
 from tests.invariants import check_money_invariants
 
 STOCK = {"COFFEE-1KG": 50, "MUG": 10, "LAST-ONE": 1}
+
+_dialect: list[Dialect] = ["rest"]
+
+
+def current_dialect() -> Dialect:
+    """The SPIn dialect the stores built now speak."""
+    return _dialect[-1]
+
+
+@contextlib.contextmanager
+def using_dialect(value: Dialect) -> Iterator[Dialect]:
+    """Build stores in this dialect for the duration of the block."""
+    _dialect.append(value)
+    try:
+        yield value
+    finally:
+        _dialect.pop()
 
 
 class StoreProbe:
@@ -80,6 +103,7 @@ class Gateway(StoreProbe):
     dsn: str
     tpns: dict[str, str]
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
+    dialect: Dialect = "rest"
 
     @property  # type: ignore[override]
     def simulator_url(self) -> str:
@@ -116,9 +140,21 @@ def cash(amount: int, tendered: int | None = None) -> dict[str, Any]:
     return {"type": "cash", "amount": amount, **({"tendered": tendered} if tendered is not None else {})}
 
 
-def store_spec(store_id: str, simulator_url: str, tpns: dict[str, str], *, timeout_s: int = 2, **kw: Any) -> StoreSpec:
-    """The tests' store: these terminals on the simulator at `simulator_url`."""
-    terminals = [TerminalSpec(tid, tpn, simulator_url, timeout_s=timeout_s) for tid, tpn in tpns.items()]
+def store_spec(
+    store_id: str,
+    simulator_url: str,
+    tpns: dict[str, str],
+    *,
+    timeout_s: int = 2,
+    dialect: Dialect | None = None,
+    **kw: Any,
+) -> StoreSpec:
+    """The tests' store: these terminals on the simulator at `simulator_url`, in `dialect` (the
+    current one unless given)."""
+    spoken = dialect or current_dialect()
+    terminals = [
+        TerminalSpec(tid, tpn, simulator_url, timeout_s=timeout_s, dialect=spoken) for tid, tpn in tpns.items()
+    ]
     return StoreSpec(terminals, store_id=store_id, **kw)
 
 
@@ -133,10 +169,11 @@ def config_text(
     timeout_s: int = 2,
     extra: str = "",
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    dialect: Dialect | None = None,
 ) -> str:
     """A test daemon's config (gatewayd.stack writes it): short timeouts, a fast health sweep;
     `sections` overrides settings by table ({"database": {"statement_cache": False}})."""
-    return store_spec(store_id, simulator_url, tpns, timeout_s=timeout_s).config_text(
+    return store_spec(store_id, simulator_url, tpns, timeout_s=timeout_s, dialect=dialect).config_text(
         state_dir=state_dir, socket_path=socket_path, dsn=dsn, extra=extra, sections=sections
     )
 
@@ -181,7 +218,7 @@ async def running_gateway(
         daemon = Daemon(parse(text, str(config_file)), config_path=str(config_file), notifier=Notifier(""))
         await daemon.start()
         client = GatewayClient(str(socket_path), timeout_s=60)
-        gw = Gateway(daemon, client, simulator, store_id, dsn, tpns, stock)
+        gw = Gateway(daemon, client, simulator, store_id, dsn, tpns, stock, current_dialect())
         try:
             async with client:
                 yield gw

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import asyncpg
 
-from gatewayd.stack import DaemonProcess
+from gatewayd.stack import DaemonProcess, Dialect
 from gatewayd.terminals.simulator.server import simulator_subprocess
-from tests.harness import STOCK, StoreProbe, config_text, store_spec
+from tests.harness import STOCK, StoreProbe, config_text, current_dialect, store_spec
 
 
 def free_port() -> int:
@@ -54,7 +54,8 @@ async def simulator_process(slow_s: float = 3.0) -> AsyncIterator[str]:
 
 @dataclass
 class Store(StoreProbe):
-    """One store's config, database and simulator terminals, shared by its daemon processes."""
+    """One store's config, database and simulator terminals, shared by its daemon processes, in
+    the current SPIn dialect (tests/harness.py)."""
 
     dsn: str
     simulator_url: str
@@ -64,15 +65,25 @@ class Store(StoreProbe):
         default_factory=lambda: {f"lane-{i}": f"C{uuid.uuid4().hex[:11].upper()}" for i in (1, 2)}
     )
     stock: dict[str, int] = field(default_factory=lambda: dict(STOCK))
+    dialect: Dialect = field(default_factory=current_dialect)
 
     async def seed(self) -> None:
-        await store_spec(self.store_id, self.simulator_url, self.tpns, stock=self.stock).seed(self.dsn)
+        spec = store_spec(self.store_id, self.simulator_url, self.tpns, stock=self.stock, dialect=self.dialect)
+        await spec.seed(self.dsn)
 
     def config(self, name: str = "a", extra: str = "") -> Path:
         """Write a config for daemon `name` (its own socket, so its own instance id)."""
         sock = self.tmp / f"{self.store_id}-{name}.sock"
         text = config_text(
-            self.store_id, sock, self.tmp / name, self.dsn, self.simulator_url, self.tpns, timeout_s=1, extra=extra
+            self.store_id,
+            sock,
+            self.tmp / name,
+            self.dsn,
+            self.simulator_url,
+            self.tpns,
+            timeout_s=1,
+            extra=extra,
+            dialect=self.dialect,
         )
         path = self.tmp / f"{self.store_id}-{name}.toml"
         path.write_text(text)

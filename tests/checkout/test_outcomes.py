@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gatewayd.checkout import machine
+from tests.dialects import rest_only
 from tests.harness import Gateway, card, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,7 @@ async def test_each_card_refusal_says_why(gw: Gateway, amount: int, reason: str,
 
 async def test_terminal_busy(gw: Gateway) -> None:
     """A terminal that stays busy longer than the lane waits: not sent, nothing charged."""
+    rest_only("a busy answer names no delay: the lane resends it for its whole busy budget (120 s)")
     tpn = gw.tpns["lane-1"]
     await gw.simulator_post(f"/_sim/terminals/{tpn}/busy", {"delay_s": 300})
     try:

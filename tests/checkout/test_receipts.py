@@ -108,7 +108,8 @@ async def test_card_receipt_carries_the_emv_fields(gw: Gateway) -> None:
     assert tender["entry_method"] == "chip" and tender["payment_type"] == "credit"
     assert tender["aid"] and tender["application_label"] and tender["auth_code"] and tender["host_reference"]
     assert tender["batch_number"] and tender["transaction_number"]
-    assert "CUSTOMER COPY" in tender["terminal_receipt"]["customer"]
+    local = gw.dialect == "local"  # SPIn Local answers carry no receipt copies of the terminal's own
+    assert local or "CUSTOMER COPY" in tender["terminal_receipt"]["customer"]
     brand = tender["card_brand"].upper()
     for width, text in (await _texts(gw, answer.body["id"])).items():
         _check_sale(text, width)
@@ -127,9 +128,9 @@ async def test_card_receipt_carries_the_emv_fields(gw: Gateway) -> None:
             assert f"  {field}" in text, (field, text)
         assert "Change due" not in text
         # the terminal's own customer copy follows the card, its tags rendered
-        assert "SIMULATED TERMINAL" in text and f"AID: {tender['aid']}" in text and "<C>" not in text
+        assert local or ("SIMULATED TERMINAL" in text and f"AID: {tender['aid']}" in text and "<C>" not in text)
     merchant = await _texts(gw, answer.body["id"], copy="merchant")
-    assert "MERCHANT COPY" in merchant[48] and "CARDHOLDER: ***" in merchant[48]
+    assert local or ("MERCHANT COPY" in merchant[48] and "CARDHOLDER: ***" in merchant[48])
 
 
 async def test_split_receipt(gw: Gateway) -> None:

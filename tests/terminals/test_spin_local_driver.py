@@ -275,3 +275,12 @@ def test_timeouts_are_checked() -> None:
     driver = SpinLocalDriver("t", "http://x:9000/spin/", "1", AUTHKEY, 120, http_margin_s=10)
     assert (driver.timeout_s, driver.transaction_timeout_s) == (120, 130)
     assert "http://x:9000/spin/cgi.html" in repr(driver)
+
+
+def test_the_demo_store_mixes_dialects(tmp_path: Any) -> None:
+    from gatewayd.demo import LOCAL_LANE, demo_config
+
+    config = demo_config(tmp_path, "postgresql://x@127.0.0.1/db", "http://127.0.0.1:8471", "127.0.0.1:0")
+    drivers = {t.id: (t.driver, t.register_id, t.tpn) for t in config.terminals}
+    assert drivers[LOCAL_LANE] == ("spin-local", "SIMLANE00004", None)
+    assert {d for tid, (d, _, _) in drivers.items() if tid != LOCAL_LANE} == {"spin"}
