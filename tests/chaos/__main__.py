@@ -1,4 +1,4 @@
-"""`python -m tests.chaos --seconds S --seed N [--clients 8] [--lanes 4] [--json out.json]`.
+"""`python -m tests.chaos --seconds S --seed N [--clients 8] [--lanes 4] [--dialect D] [--json out.json]`.
 
 Exit status: 0 when every invariant held, 1 on any violation, 2 when the run itself could not
 be carried out (the stack did not start).
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.report import render
-from tests.chaos.run import run
+from tests.chaos.run import DIALECT_CHOICES, run
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +40,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--auto-settle-anytime",
         action="store_true",
         help="let the terminal settle on its own even while gatewayd has a tender in doubt on it (an open bug)",
+    )
+    p.add_argument(
+        "--dialect",
+        choices=DIALECT_CHOICES,
+        default="rest",
+        help="the lanes' SPIn dialect: rest (Cloud), local, or mixed (odd lanes REST, even Local); default rest",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             with_oldflow=not args.no_oldflow,
             strict=args.strict,
             auto_settle_anytime=args.auto_settle_anytime,
+            dialect=args.dialect,
         )
 
     try:

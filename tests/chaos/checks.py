@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
+from gatewayd.checkout.machine import UNREACHED
 from tests.chaos.clients import CheckoutRecord
 from tests.chaos.nemesis import KeypadVoid
 from tests.invariants import COMPLETED, InvariantViolation, check_money_invariants
@@ -335,13 +336,35 @@ async def told_vs_final(dsn: str, store_id: str, records: list[CheckoutRecord]) 
     return problems, final
 
 
+async def given_back(dsn: str, store_id: str) -> set[str]:
+    """Keys whose order failed only because its terminal could not be reached (nothing charged):
+    by design a retry with the same key is a new attempt (`retry: same_key`), not a replay."""
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        rows = await conn.fetch(
+            "SELECT idempotency_key FROM orders WHERE store_id = $1 AND status = 'payment_failed'"
+            " AND failure_code = ANY($2::text[])",
+            store_id,
+            sorted(UNREACHED),
+        )
+    finally:
+        await conn.close()
+    return {r["idempotency_key"] for r in rows}
+
+
 async def replay(
-    socket_path: str, simulator_url: str, records: list[CheckoutRecord], final: dict[str, str], limit: int = 60
+    socket_path: str,
+    simulator_url: str,
+    records: list[CheckoutRecord],
+    final: dict[str, str],
+    limit: int = 60,
+    new_attempts: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[list[str], int]:
     """I6 after the heal: the same key and body answer the final outcome and charge nothing new;
-    the same key with another body is refused (409) without touching a terminal."""
+    the same key with another body is refused (409) without touching a terminal. Keys in
+    `new_attempts` (`given_back`) are left out: sending them again would be a new checkout."""
     problems: list[str] = []
-    sample = [r for r in records if r.key in final][:limit]
+    sample = [r for r in records if r.key in final and r.key not in new_attempts][:limit]
     before = await ledger(simulator_url)
     async with GatewayClient(socket_path, timeout_s=30) as client:
         for rec in sample:

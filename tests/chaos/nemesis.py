@@ -208,6 +208,10 @@ class GatewayLanes:
     terminal_ids: list[str]  # lane k is terminal_ids[k - 1]
     tpns: dict[str, str]  # terminal id -> Tpn
     authkeys: dict[str, str]  # terminal id -> the key in the daemon's config
+    # The lanes reconcile can check (SPIn Cloud): a SPIn Local terminal cannot list its batch, so a
+    # keypad void on one after its order completed is invisible to gatewayd (docs/terminals.md);
+    # the clerk's keypad voids are played on these lanes only.
+    reconcilable: set[str] | None = None
 
 
 @dataclass
@@ -602,7 +606,7 @@ class Nemesis:
         started = time.monotonic()
         pick_until, watch_until = started + event.duration / 2, started + event.duration
         order = {tid: i for i, tid in enumerate(self._lanes_from(event))}
-        lane_of = {tpn: tid for tid, tpn in gw.tpns.items()}
+        lane_of = {tpn: tid for tid, tpn in gw.tpns.items() if gw.reconcilable is None or tid in gw.reconcilable}
         tried: set[str] = set()
         chosen: KeypadVoid | None = None
         while chosen is None:

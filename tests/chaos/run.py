@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from gatewayd.stack import Dialect
 from gatewayd.store.embedded import free_port
 from tests.chaos import checks
 from tests.chaos.clients import GatewayClients
@@ -26,6 +27,18 @@ from tests.chaos.stack import OLDFLOW_APP, DaemonSupervisor, Postgres, config_te
 from tests.chaos.workload import STOCK
 
 log = logging.getLogger("chaos")
+
+DIALECT_CHOICES = ("rest", "local", "mixed")
+
+
+def lane_dialects(terminal_ids: list[str], dialect: str) -> dict[str, Dialect]:
+    """Each lane's SPIn dialect: all REST, all Local, or mixed (odd lanes REST, even lanes Local:
+    one store speaking both, as a store may)."""
+    if dialect not in DIALECT_CHOICES:
+        raise ValueError(f"dialect must be one of {', '.join(DIALECT_CHOICES)}")
+    if dialect == "mixed":
+        return {tid: ("rest" if k % 2 else "local") for k, tid in enumerate(terminal_ids, 1)}
+    return {tid: ("local" if dialect == "local" else "rest") for tid in terminal_ids}
 
 
 async def run(
@@ -40,6 +53,7 @@ async def run(
     with_oldflow: bool = True,
     strict: bool = False,
     auto_settle_anytime: bool = False,
+    dialect: str = "rest",
 ) -> dict[str, Any]:
     wall0 = time.monotonic()
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))
@@ -55,6 +69,7 @@ async def run(
         "workdir": str(tmp),
         "daemon_log": str(tmp / "gatewayd.log"),
         "auto_settle_anytime": auto_settle_anytime,
+        "dialect": dialect,
     }
     await pg.start()
     try:
@@ -83,6 +98,7 @@ async def run(
                 with_oldflow,
                 strict,
                 auto_settle_anytime,
+                dialect,
             )
     finally:
         with contextlib.suppress(Exception):
@@ -107,6 +123,7 @@ async def _run_stack(
     with_oldflow: bool,
     strict: bool,
     auto_settle_anytime: bool = False,
+    dialect: str = "rest",
 ) -> None:
     simulator_url = f"http://127.0.0.1:{sim_port}"
     terminal_proxy, db_proxy = FaultProxy("terminal", sim_port), FaultProxy("db", pg.port)
@@ -119,6 +136,7 @@ async def _run_stack(
         gw_tpns = {tid: f"GW{k}{suffix}" for k, tid in enumerate(terminal_ids, 1)}
         old_tpns = [f"OLD{k}{suffix}" for k in range(1, lanes + 1)]
         gw_keys = {tid: "ck" + secrets.token_urlsafe(12) for tid in terminal_ids}
+        dialects = lane_dialects(terminal_ids, dialect)
         old_keys = ["ok" + secrets.token_urlsafe(12) for _ in old_tpns]
         socket_path = tmp / "gatewayd.sock"
         metrics_port = free_port()
@@ -133,6 +151,7 @@ async def _run_stack(
                 terminal_url=f"http://127.0.0.1:{terminal_proxy.port}",
                 tpns=gw_tpns,
                 authkeys=gw_keys,
+                dialects=dialects,
             )
         )
         log_path = tmp / "gatewayd.log"
@@ -161,7 +180,14 @@ async def _run_stack(
             simulator_url,
             [[gw_tpns[tid], old_tpns[i]] for i, tid in enumerate(terminal_ids)],
             oldflow=old if with_oldflow else None,
-            gw=GatewayLanes(store_id, str(socket_path), terminal_ids, gw_tpns, gw_keys),
+            gw=GatewayLanes(
+                store_id,
+                str(socket_path),
+                terminal_ids,
+                gw_tpns,
+                gw_keys,
+                reconcilable={tid for tid, d in dialects.items() if d == "rest"},
+            ),
             auto_settle_anytime=auto_settle_anytime,
         )
         log.info("chaos: %d fault(s) planned over %.0fs", len(events), seconds)
@@ -230,8 +256,11 @@ async def _run_stack(
         told, final = await checks.told_vs_final(pg.dsn(), store_id, gw.records)
         for line in told:
             problems.setdefault("I6" if "I6:" in line else "I?", []).append(line)
+        new_attempts = await checks.given_back(pg.dsn(), store_id)
         replay_problems, replays = (
-            await checks.replay(str(socket_path), simulator_url, gw.records, final) if quiet else ([], 0)
+            await checks.replay(str(socket_path), simulator_url, gw.records, final, new_attempts=new_attempts)
+            if quiet
+            else ([], 0)
         )
         problems["I6"] += replay_problems
         log_text = log_path.read_text(errors="replace")

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import aiohttp
 import asyncpg
 
 from gatewayd.api.client import GatewayClient
-from gatewayd.stack import DaemonProcess, StoreSpec, TerminalSpec
+from gatewayd.stack import DaemonProcess, Dialect, StoreSpec, TerminalSpec
 from gatewayd.store import migrate
 from gatewayd.store.embedded import EmbeddedPostgres, free_port
 from gatewayd.terminals.simulator.server import simulator_subprocess
@@ -102,13 +103,15 @@ def config_text(
     terminal_url: str,
     tpns: dict[str, str],
     authkeys: dict[str, str],
+    dialects: Mapping[str, Dialect] | None = None,
 ) -> str:
     """The daemon's config (gatewayd.stack writes it): DSN through the DB proxy, terminals through
-    the terminal proxy, short timeouts."""
+    the terminal proxy (each in its SPIn dialect, REST unless `dialects` says), short timeouts."""
     terminals = [
         TerminalSpec(
             tid, tpn, terminal_url, name=f"Chaos {tid}", authkey=authkeys[tid],
             timeout_s=TERMINAL_TIMEOUT_S, http_margin_s=HTTP_MARGIN_S,
+            dialect=(dialects or {}).get(tid, "rest"),
         )
         for tid, tpn in tpns.items()
     ]  # fmt: skip
