@@ -284,3 +284,60 @@ def test_the_demo_store_mixes_dialects(tmp_path: Any) -> None:
     drivers = {t.id: (t.driver, t.register_id, t.tpn) for t in config.terminals}
     assert drivers[LOCAL_LANE] == ("spin-local", "SIMLANE00004", None)
     assert {d for tid, (d, _, _) in drivers.items() if tid != LOCAL_LANE} == {"spin"}
+
+
+def _essence(outcome: object) -> tuple[object, ...]:
+    """What must not depend on the dialect: the outcome's kind, money, card and receipt fields
+    (not the status codes or words, which each dialect spells its own way, nor the REST-only
+    receipt copies)."""
+    if isinstance(outcome, Approved):
+        r = outcome.receipt
+        return (
+            "approved",
+            outcome.amount,
+            outcome.auth_code,
+            outcome.card_brand,
+            outcome.last4,
+            outcome.batch_number,
+            outcome.transaction_number,
+            outcome.transaction_type,
+            outcome.payment_type,
+            r.entry_method,
+            r.application_label,
+            r.aid,
+            r.host_reference,
+        )
+    if isinstance(outcome, Declined):
+        return ("declined", outcome.cancelled, outcome.reason, outcome.host_code)
+    if isinstance(outcome, Voided):
+        return ("voided", outcome.amount)
+    return (type(outcome).__name__,)
+
+
+@pytest.mark.parametrize("payment_type", ["credit", "card"])
+async def test_both_dialects_read_the_same_terminal_alike(simulator: Simulator, payment_type: Any) -> None:
+    """A differential check of the two codecs: every transaction the simulator can record, taken
+    over either dialect, is read by a Status over REST and over Local as the same outcome."""
+    tpn = new_tpn()
+    rest = SpinDriver("rest", simulator.url, tpn, AUTHKEY, TIMEOUT_S, http_margin_s=MARGIN_S)
+    local = SpinLocalDriver("local", simulator.url, tpn, AUTHKEY, TIMEOUT_S, http_margin_s=MARGIN_S)
+    try:
+        refs: list[str] = []
+        for i, cents in enumerate([*range(1000, 1010), 1051, 1056, 1059, 1151, 1234, 1567, 2099]):
+            ref, driver = new_ref(), (rest if i % 2 else local)
+            await driver.sale(ref, cents, payment_type=payment_type)
+            refs.append(ref)
+        voided, auth = new_ref(), new_ref()
+        await local.sale(voided, 700, payment_type=payment_type)
+        ran_as = simulator.ledger.terminals[tpn].open[voided].payment_type
+        await rest.void(voided, payment_type=ran_as)  # type: ignore[arg-type]
+        await local.auth(auth, 900, payment_type=payment_type)
+        await rest.capture(auth, 800, payment_type=simulator.ledger.terminals[tpn].open[auth].payment_type)  # type: ignore[arg-type]
+        for ref in [*refs, voided, auth, new_ref()]:
+            seen = simulator.ledger.terminals[tpn].open.get(ref)
+            asked: Any = seen.payment_type if seen is not None else payment_type
+            by_rest, by_local = await rest.status(ref, payment_type=asked), await local.status(ref, payment_type=asked)
+            assert _essence(by_rest) == _essence(by_local), (ref, by_rest, by_local)
+    finally:
+        await rest.aclose()
+        await local.aclose()
