@@ -341,3 +341,17 @@ async def test_both_dialects_read_the_same_terminal_alike(simulator: Simulator, 
     finally:
         await rest.aclose()
         await local.aclose()
+
+
+async def test_the_simulator_names_a_local_terminal_by_register_id_else_tpn(simulator: Simulator) -> None:
+    from gatewayd.terminals.spin_local import codec, xmlflat
+
+    tpn, ref = new_tpn(), new_ref()
+    fields = [("TransType", "Sale"), ("PaymentType", "Credit"), ("Amount", "5.00"), ("RefId", ref)]
+    fields += [("TPN", tpn), ("AuthKey", AUTHKEY)]  # no RegisterId
+    async with aiohttp.ClientSession() as session:
+        url = f"{simulator.url}/cgi.html?{codec.query(xmlflat.element('request', fields))}"
+        async with session.get(aiohttp.client.URL(url, encoded=True)) as resp:
+            body = await resp.read()
+    assert isinstance(codec.parse_payment(body, op="sale", ref=ref, requested=500), Approved)
+    assert [r["tpn"] for r in rows(simulator, ref)] == [tpn]
