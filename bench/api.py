@@ -125,3 +125,9 @@ def table(r: dict[str, Any]) -> list[list[str]]:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "load":
     load_main()
+
+
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    return [
+        (f"{row['label']}: server CPU us/request", f"{row['us_per_request_cpu']:.0f}", "", None) for row in r["rows"]
+    ]

@@ -93,6 +93,50 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and of every live process below it (PostgreSQL: the postmaster
+    and its backends). A backend that exited meanwhile is not counted: the benchmarks' are pooled."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = st
+    wanted, total, frontier = {root}, 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        for child, (parent, _) in stats.items():
+            if parent == pid and child not in wanted:
+                wanted.add(child)
+                frontier.append(child)
+    return total
+
+
+def postmaster_pid() -> int:
+    return int((WORK / "pg" / "postmaster.pid").read_text().split()[0])
+
+
+def pid_of(fragment: str) -> int | None:
+    """The first process whose command line holds `fragment` (the simulator, by its port)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmd and "python" in cmd:
+                return int(entry.name)
+    return None
+
+
 def rss_bytes(pid: int | None) -> int:
     pid = _live(pid)
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE

@@ -111,3 +111,12 @@ def table(r: dict[str, Any]) -> list[list[str]]:
         ["floor = commits + sale", f"{r['floor_p50_ms']:.2f}", f"{r['floor_p99_ms']:.2f}", ""],
         ["gatewayd adds", f"{r['added_p50_ms']:.2f}", f"{r['added_p99_ms']:.2f}", f"<= {GOAL_ADDED_P99_MS} at p99"],
     ]
+
+
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    return [
+        ("card checkout, 1 client, p50 / p99 ms", f"{r['checkout_p50_ms']:.2f} / {r['checkout_p99_ms']:.2f}", "", None),
+        ("floor (2 commits + SPIn sale), p50 / p99 ms", f"{r['floor_p50_ms']:.2f} / {r['floor_p99_ms']:.2f}", "", None),
+        ("gatewayd adds at p50 ms", f"{r['added_p50_ms']:.2f}", "", None),
+        ("gatewayd adds at p99 ms", f"{r['added_p99_ms']:.2f}", f"<= {GOAL_ADDED_P99_MS}", bool(r["met"])),
+    ]

@@ -135,3 +135,15 @@ def table(r: dict[str, Any]) -> list[list[str]]:
             ", ".join(f"{k} {v}" for k, v in r["final_status"].items()),
         ],
     ]
+
+
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    goal = r["open_at_kill"] >= 1000
+    return [
+        (
+            f"recovery of {r['open_at_kill']} checkouts in flight at kill -9, s",
+            f"{r['resolved_s']:.2f}",
+            f"<= {r['goal_s']:.0f} (for 1,000)",
+            bool(r["met"]) if goal else None,
+        )
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import resource
 import time
 from typing import Any
 
@@ -45,6 +46,7 @@ async def drive(
         for c in conns:
             c.close()
     window = [d for d in done if start <= d[1] < end]
+    by_kind = {k: sum(1 for d in window if d[2] == k) for k in ("cash", "card", "split")}
     lat = [(d[1] - d[0]) * 1000 for d in window]
     bad = [d for d in done if d[3] != 200]
     return {
@@ -55,7 +57,8 @@ async def drive(
         "p50_ms": env.percentile(lat, 50),
         "p99_ms": env.percentile(lat, 99),
         "non_200": len(bad),
-        "by_kind": {k: sum(1 for d in window if d[2] == k) for k in ("cash", "card", "split")},
+        "by_kind": by_kind,
+        "all_checkouts": len(done),
     }
 
 
@@ -64,30 +67,64 @@ async def run(quick: bool) -> dict[str, Any]:
     seconds = 5.0 if quick else 15.0
     warmup = 1.0 if quick else 3.0
     rows = []
-    async with env.world(64) as (server, store, daemon, _sim):
+    async with env.world(64) as (server, store, daemon, sim_url):
+        postmaster = env.postmaster_pid()
+        simulator = env.pid_of(f"--port {sim_url.rsplit(':', 1)[1]}")
         for clients in levels:
+            pg_cpu0, children0 = env.tree_cpu_seconds(postmaster), resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.monotonic()
             pg = await asyncio.to_thread(env.pgbench, server, clients, seconds, PGBENCH_SCALE)
-            cpu0 = env.cpu_seconds(daemon.pid)
+            pg_s = time.monotonic() - t0
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            pgbench_cpu = {
+                "postgres_cpu_pct": (env.tree_cpu_seconds(postmaster) - pg_cpu0) / pg_s * 100,
+                "pgbench_client_cpu_pct": (
+                    children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
+                )
+                / pg_s
+                * 100,
+            }
+            cpu0 = {
+                "daemon": env.cpu_seconds(daemon.pid),
+                "postgres": env.tree_cpu_seconds(postmaster),
+                "simulator": env.cpu_seconds(simulator) if simulator else 0.0,
+                "load_generator": time.process_time(),
+            }
             t0 = time.monotonic()
             gw = await drive(store.socket, clients, store.terminal_ids(), warmup, seconds)
-            daemon_cpu = (env.cpu_seconds(daemon.pid) - cpu0) / (time.monotonic() - t0)
+            took = time.monotonic() - t0
+            used = {
+                "daemon": env.cpu_seconds(daemon.pid) - cpu0["daemon"],
+                "postgres": env.tree_cpu_seconds(postmaster) - cpu0["postgres"],
+                "simulator": (env.cpu_seconds(simulator) if simulator else 0.0) - cpu0["simulator"],
+                "load_generator": time.process_time() - cpu0["load_generator"],
+            }
             limit = pg["tps"] / 2
             ratio = gw["checkouts_per_s"] / limit
+            per = max(1, gw["all_checkouts"])
             rows.append(
                 {
                     **gw,
                     "pgbench_tps": pg["tps"],
+                    "pgbench": pgbench_cpu,
                     "limit_checkouts_per_s": limit,
                     "ratio": ratio,
                     "goal_ratio": GOAL_RATIO,
                     "met": ratio >= GOAL_RATIO,
-                    "daemon_cpu_pct": round(daemon_cpu * 100, 1),
+                    "daemon_cpu_pct": round(used["daemon"] / took * 100, 1),
+                    "cpu_pct": {k: round(v / took * 100, 1) for k, v in used.items()},
+                    # CPU per checkout (all checkouts of the run, warm-up included), by process
+                    "cpu_ms_per_checkout": {k: round(v / per * 1000, 3) for k, v in used.items()},
+                    "postgres_cpu_ms_per_pgbench_tx": round(
+                        pgbench_cpu["postgres_cpu_pct"] / 100 / max(pg["tps"], 1) * 1000, 3
+                    ),
                 }
             )
             print(
                 f"  {clients:>3} clients: {gw['checkouts_per_s']:8.1f} checkouts/s  pgbench {pg['tps']:8.1f} tps"
-                f"  ratio {ratio:.2f}  daemon cpu {daemon_cpu * 100:.0f}%  p99 {gw['p99_ms']:.1f} ms"
-                f"  non-200 {gw['non_200']}",
+                f"  ratio {ratio:.2f}  cpu % daemon {used['daemon'] / took * 100:.0f} postgres"
+                f" {used['postgres'] / took * 100:.0f} simulator {used['simulator'] / took * 100:.0f}"
+                f" load {used['load_generator'] / took * 100:.0f}  p99 {gw['p99_ms']:.1f} ms  non-200 {gw['non_200']}",
                 flush=True,
             )
     return {
@@ -102,9 +139,24 @@ async def run(quick: bool) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> list[list[str]]:
     out = [
-        ["clients", "checkouts/s", "pgbench tps", "limit (tps/2)", "ratio", "goal", "daemon CPU", "p50 ms", "p99 ms"]
+        [
+            "clients",
+            "checkouts/s",
+            "pgbench tps",
+            "limit (tps/2)",
+            "ratio",
+            "goal",
+            "p50 ms",
+            "p99 ms",
+            "CPU ms/checkout: daemon",
+            "postgres",
+            "simulator",
+            "load",
+            "postgres ms/pgbench tx",
+        ]
     ]
     for r in result["rows"]:
+        cpu = r["cpu_ms_per_checkout"]
         out.append(
             [
                 str(r["clients"]),
@@ -112,10 +164,30 @@ def table(result: dict[str, Any]) -> list[list[str]]:
                 f"{r['pgbench_tps']:.0f}",
                 f"{r['limit_checkouts_per_s']:.0f}",
                 f"{r['ratio']:.2f}",
-                f">= {GOAL_RATIO}",
-                f"{r['daemon_cpu_pct']:.0f}%",
+                f">= {GOAL_RATIO}" if r["clients"] in (8, 32) else "",
                 f"{r['p50_ms']:.1f}",
                 f"{r['p99_ms']:.1f}",
+                f"{cpu['daemon']:.2f}",
+                f"{cpu['postgres']:.2f}",
+                f"{cpu['simulator']:.2f}",
+                f"{cpu['load_generator']:.2f}",
+                f"{r['postgres_cpu_ms_per_pgbench_tx']:.2f}",
             ]
+        )
+    return out
+
+
+def figures(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """The goal is at 8 and 32 clients; 1 and 64 are shown beside them."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    for row in r["rows"]:
+        goal = row["clients"] in (8, 32)
+        out.append(
+            (
+                f"throughput, {row['clients']} clients: checkouts/s / (pgbench tps / 2)",
+                f"{row['ratio']:.2f} ({row['checkouts_per_s']:.0f} vs {row['limit_checkouts_per_s']:.0f}/s)",
+                f">= {GOAL_RATIO}" if goal else "",
+                (row["ratio"] >= GOAL_RATIO) if goal else None,
+            )
         )
     return out
