@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.sim.__main__ import _range
 from tests.sim.mutants import MUTANT_SEEDS, MUTANTS, NO_MUTANT, check_applies, run_mutants
 from tests.sim.regressions import KNOWN_BUGS
@@ -30,6 +32,9 @@ def test_every_mutant_applies_and_every_bug_has_one() -> None:
         assert f"state-machine-{n}" in bugs, f"state-machine defect {n} has no mutant"
 
 
+# One long job (every mutant over its seed budget, ~5 minutes on two idle cores): the suite's
+# 300 s per-test limit would cut it on a busy machine.
+@pytest.mark.timeout(1500)
 def test_every_mutant_is_caught() -> None:
     report = run_mutants(_range(SEEDS))
     print(report.table())
