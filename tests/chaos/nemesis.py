@@ -555,7 +555,9 @@ class Nemesis:
         if tid is None:
             fired.ok, fired.effect = False, "skipped: a keypad void is being followed on every lane"
             return
-        deadline = time.monotonic() + event.duration + 8.0
+        # An operator tries again while the daemon is down or without its database (a 503): a
+        # database fault or restart can outlast a few seconds on a loaded machine.
+        deadline = time.monotonic() + event.duration + 16.0
         while True:
             try:
                 status, body = await self._api("POST", f"/v1/terminals/{tid}/settle", timeout_s=8.0)
