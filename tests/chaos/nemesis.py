@@ -558,6 +558,7 @@ class Nemesis:
         # An operator tries again while the daemon is down or without its database (a 503): a
         # database fault or restart can outlast a few seconds on a loaded machine.
         deadline = time.monotonic() + event.duration + 16.0
+        fired.ok = False  # until the daemon answers: cut short by the heal, it never settled
         while True:
             try:
                 status, body = await self._api("POST", f"/v1/terminals/{tid}/settle", timeout_s=8.0)
