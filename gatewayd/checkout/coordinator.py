@@ -279,7 +279,9 @@ class Coordinator:
         problem = self._preflight(request)
         if problem is not None:
             # A retry of a checkout that already exists gets its answer even if a terminal is down now.
-            found = await best_effort(self.store.find_key(request.idempotency_key))
+            # When the database cannot say whether it exists, the answer is 503 (ask again), never
+            # the rejection: an earlier attempt with this key may have charged.
+            found = await before_intent(self.store.find_key(request.idempotency_key))
             if found is None:
                 raise problem
             return await self._existing(found[0], found[1], digest), False
