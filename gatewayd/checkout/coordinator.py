@@ -33,14 +33,10 @@ from gatewayd.checkout.errors import (
 )
 from gatewayd.checkout.executor import Executor
 from gatewayd.checkout.machine import (
+    FINAL_ORDER,
     UNREACHED,
     Checkout,
-    Order,
-    OrderStatus,
-    PaymentStatus,
     RefundStatus,
-    Tender,
-    TenderStatus,
     unreached_message,
 )
 from gatewayd.checkout.model import (
@@ -66,48 +62,6 @@ class _Inflight:
     request_hash: str
     task: asyncio.Task[CheckoutView]
     order_id: uuid.UUID | None = None
-
-
-def _prepared(intent: dict[str, Any], order_number: str) -> Checkout:
-    """The rows gw_prepare_checkout wrote for this intent, as `load` would return them."""
-    order = Order(
-        id=uuid.UUID(intent["id"]),
-        order_number=order_number,
-        status=OrderStatus.PENDING_PAYMENT,
-        payment_status=PaymentStatus.PENDING,
-        idempotency_key=intent["idempotency_key"],
-        request_hash=intent["request_hash"],
-        card_mode=intent["card_mode"],
-        subtotal=intent["subtotal"],
-        tax=intent["tax"],
-        discount=intent["discount"],
-        total=intent["total"],
-        change_due=intent["change_due"],
-        refunded_amount=0,
-        currency=intent["currency"],
-        register_id=intent["register_id"],
-        customer_id=intent["customer_id"],
-        lease_owner=intent["lease_owner"],
-    )
-    tenders = tuple(
-        Tender(
-            id=uuid.UUID(t["id"]),
-            order_id=order.id,
-            kind="payment",
-            tender_index=i,
-            tender_type=t["type"],
-            operation=t["operation"],
-            amount=t["amount"],
-            status=TenderStatus.PENDING,
-            reference_id=t["reference_id"],
-            tendered=t.get("tendered"),
-            payment_processor_id=t.get("terminal_id"),
-            timeout_s=t.get("timeout_s"),
-            payment_type=t.get("payment_type"),
-        )
-        for i, t in enumerate(intent["tenders"])
-    )
-    return Checkout(order=order, tenders=tenders)
 
 
 class Coordinator:
@@ -289,6 +243,7 @@ class Coordinator:
         self._inflight[request.idempotency_key].order_id = order_id
         intent = self._intent(order_id, request, digest)
         while True:
+            asked_at = asyncio.get_running_loop().time()  # before the intent can stamp its card sent
             result = await before_intent(self.store.prepare(intent))
             if result["outcome"] == "insufficient":
                 raise InsufficientInventory("not enough stock; nothing was charged", details={"skus": result["skus"]})
@@ -306,8 +261,20 @@ class Coordinator:
         log.info("checkout %s: intent recorded (key %s)", order_id, request.idempotency_key)
         self.events.progress(order_id, request.idempotency_key, "intent_recorded")
         await failpoints.hit("after_intent_commit")
-        prepared = _prepared(intent, result.get("order_number", ""))
-        await self.executor.drive(order_id, charge_pending=True, checkout=prepared)
+        prepared: Checkout | None = result.get("checkout")
+        if prepared is not None and result.get("committed") is not None:
+            # No card tender: the intent completed the order in its own transaction (one commit).
+            await self.executor.committed(prepared, {"outcome": result["committed"]})
+            return checkout_view(prepared), True
+        stamp = intent.get("stamp")
+        final = await self.executor.drive(
+            order_id,
+            charge_pending=True,
+            checkout=prepared,
+            stamped=None if stamp is None else (uuid.UUID(stamp), asked_at),
+        )
+        if final is not None and final.order.status in FINAL_ORDER:
+            return checkout_view(final), True  # the last write answered with the rows
         return await self._view(order_id), True
 
     async def _gave_key_back(self, earlier: CheckoutView, digest: str) -> bool:
@@ -348,7 +315,7 @@ class Coordinator:
 
     def _intent(self, order_id: uuid.UUID, request: CheckoutRequest, digest: str) -> dict[str, Any]:
         op = "auth" if self.policy.card_mode == "auth_capture" else "sale"
-        tenders = []
+        tenders: list[dict[str, Any]] = []
         for tender in request.tenders:
             row: dict[str, Any] = {
                 "id": str(uuid.uuid4()),
@@ -367,6 +334,11 @@ class Coordinator:
                     payment_type=tender.payment_type or self.executor.lanes.payment_type(tender.terminal_id),
                 )
             tenders.append(row)
+        # The first card tender is charged first (machine.decide): the intent stamps it sent when
+        # its lane is idle, so that its request leaves without a stamp of its own (executor.drive).
+        first = next((t for t in tenders if t["type"] == "card"), None)
+        lane = None if first is None else self.executor.lanes.for_charge(first["terminal_id"])
+        stamp = first["id"] if first is not None and lane is not None and lane.idle else None
         return {
             "id": str(order_id),
             "idempotency_key": request.idempotency_key,
@@ -387,6 +359,10 @@ class Coordinator:
                 {"sku": line.sku, "quantity": line.quantity, "unit_price": line.unit_price} for line in request.lines
             ],
             "tenders": tenders,
+            "stamp": stamp,
+            # a checkout without a card tender is completed by its intent (one commit)
+            "points_per_unit": self.policy.loyalty_points_per_unit,
+            "minor_per_unit": self.policy.minor_units_per_unit,
         }
 
     async def _existing(self, order_id: uuid.UUID, stored_hash: str, digest: str) -> CheckoutView:

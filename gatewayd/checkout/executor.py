@@ -41,12 +41,13 @@ from gatewayd.config import CheckoutConfig
 from gatewayd.errors import GatewayError, StoreError, TerminalBusy
 from gatewayd.retry import (
     INQUIRY_BACKOFF,
+    SEND_MARGIN_S,
     VOID_ATTEMPTS,
     VOID_BACKOFF,
     backoff_s,
     not_found_wait_s,
 )
-from gatewayd.store.checkouts import CheckoutStore, Written
+from gatewayd.store.checkouts import CheckoutStore, Recorded, Written
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import (
     Approved,
@@ -74,6 +75,11 @@ class LaneLike(Protocol):
 
     @property
     def state(self) -> str: ...
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight: a request given to it now leaves at once."""
+        ...
 
     async def execute(
         self, op: Any, *, before_send: Any = None, may_send: Any = None, on_progress: Any = None
@@ -382,24 +388,55 @@ class Executor:
 
     # ---------------------------------------------------------------- driving an order
 
-    async def drive(self, order_id: uuid.UUID, *, charge_pending: bool, checkout: Checkout | None = None) -> None:
+    async def drive(
+        self,
+        order_id: uuid.UUID,
+        *,
+        charge_pending: bool,
+        checkout: Checkout | None = None,
+        stamped: tuple[uuid.UUID, float] | None = None,
+    ) -> Checkout | None:
         """Drive the order as far as it goes now; once at a time in this process (recovery and
-        retries join). `checkout`: the order just prepared, so that it need not be read back."""
+        retries join). `checkout`: the order just prepared, so that it need not be read back.
+        `stamped`: (tender id, when this process asked for the intent, on its loop's clock) of
+        a card tender the intent recorded as sent (sql/010): it is charged first, without a
+        stamp of its own if it leaves within SEND_MARGIN_S of that moment.
+
+        Returns the order as stored when the drive ended with it final and known without a read
+        (the last write answered with the rows), else None."""
         running = self._driving.get(order_id)
         if running is None:
-            running = self.spawn(self._drive(order_id, charge_pending, checkout))
+            running = self.spawn(self._drive(order_id, charge_pending, checkout, stamped))
             self._driving[order_id] = running
             running.add_done_callback(lambda _: self._driving.pop(order_id, None))
-        await asyncio.shield(running)
+        final: Checkout | None = await asyncio.shield(running)
+        return final
 
-    async def _drive(self, order_id: uuid.UUID, charge_pending: bool, checkout: Checkout | None) -> None:
+    async def _drive(
+        self,
+        order_id: uuid.UUID,
+        charge_pending: bool,
+        checkout: Checkout | None,
+        stamped: tuple[uuid.UUID, float] | None = None,
+    ) -> Checkout | None:
         self._hold(order_id)
         try:
             current = checkout or await after_intent(lambda: self.store.load(order_id=order_id))
+            if current is not None and stamped is not None:
+                # The intent stamped this tender sent: its charge is the first step (the one the
+                # machine decides for a fresh order anyway: its first card tender).
+                first = next((t for t in current.tenders if t.id == stamped[0]), None)
+                if (
+                    first is not None
+                    and first.status == TenderStatus.PROCESSING
+                    and current.order.status in machine.OPEN_ORDER
+                ):
+                    self.check_lease(order_id)
+                    current = await self._charge(current, first, stamped_at=stamped[1])
             while current is not None:
                 step = decide(current, charge_pending=charge_pending)
                 if isinstance(step, machine.Done):
-                    return
+                    return current
                 self.check_lease(order_id)
                 current = await self._execute(current, step)
         except LeaseLost:
@@ -410,6 +447,7 @@ class Executor:
             await best_effort(self.store.release_lease(order_id, self.owner))
         finally:
             self._let_go(order_id)
+        return None
 
     async def _execute(self, c: Checkout, step: Step) -> Checkout | None:
         """One step; the checkout as it is after it, or None to stop here for now."""
@@ -438,7 +476,10 @@ class Executor:
         await best_effort(self.store.release_lease(c.order.id, self.owner))
         return None
 
-    async def _charge(self, c: Checkout, t: Tender) -> Checkout | None:
+    async def _charge(self, c: Checkout, t: Tender, *, stamped_at: float | None = None) -> Checkout | None:
+        # Not sent: a tender the intent stamped sent (processing) was not sent either, and this
+        # process, which holds the lease, knows it.
+        unsent = (TenderStatus.PENDING,) if stamped_at is None else (TenderStatus.PENDING, TenderStatus.PROCESSING)
         lane = self.lanes.for_charge(t.terminal_id)
         if lane is None:
             failed = await self._record(
@@ -448,19 +489,28 @@ class Executor:
                 failure_code="unknown_terminal",
                 reason=machine.Reason.NOT_CHARGED,
                 last_error="terminal no longer configured: not charged",
-                from_=(TenderStatus.PENDING,),
+                from_=unsent,
+                finish=True,
             )
             return failed
         kind = ops.Auth if t.operation == "auth" else ops.Sale
         op: ops.Op = kind(t.reference_id, t.amount, t.card_type)
         marked: Written | None = None
         on_the_wire: asyncio.Task[None] | None = None
+        intent_stamp = stamped_at
 
         async def before_send() -> bool:
             # The intent, stamped when the request really leaves (after any queue wait), on the
-            # database's clock: a "not found" is believed only a terminal timeout after it.
-            nonlocal marked, on_the_wire
-            marked = await after_intent(lambda: self.store.mark_sent(c.order.id, t.id, self.owner))
+            # database's clock: a "not found" is believed only a terminal timeout after it. The
+            # intent's own stamp (sql/010) stands for it only while the request leaves within
+            # SEND_MARGIN_S of asking for the intent (the not-found rule adds that margin); this
+            # branch does not await, and the lane checks may_send and sends right after it.
+            nonlocal marked, on_the_wire, intent_stamp
+            if intent_stamp is not None and self._now() - intent_stamp <= SEND_MARGIN_S:
+                marked = "ok"
+            else:
+                marked = await after_intent(lambda: self.store.mark_sent(c.order.id, t.id, self.owner))
+            intent_stamp = None  # a resend (after a busy answer) is stamped again
             if marked == "ok":
                 on_the_wire = failpoints.soon("after_sale_sent", 0.3)  # the request has left by then
                 self.events.progress(c.order.id, c.order.idempotency_key, "sent_to_terminal", t)
@@ -481,7 +531,8 @@ class Executor:
                 failure_code="terminal_busy",
                 reason=machine.Reason.TERMINAL_BUSY,
                 last_error="terminal queue full: not sent, nothing charged",
-                from_=(TenderStatus.PENDING,),
+                from_=unsent,
+                finish=True,
             )
         await failpoints.join(on_the_wire)
         if marked is not None and not self._lease(marked, c.order.id):
@@ -573,7 +624,7 @@ class Executor:
                 last_error = "the terminal has no record of the charge: not charged"
         self.metrics.tender_finished("card", decided.value)
         return await self._record(
-            c, t, decided, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error
+            c, t, decided, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error, finish=True
         )
 
     async def _record(
@@ -587,11 +638,11 @@ class Executor:
         reason: machine.Reason | None = None,
         last_error: str | None = None,
         from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
+        finish: bool = False,
     ) -> Checkout | None:
-        if await self.record(
-            t, status, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error, from_=from_
-        ) and (phase := _PHASES.get(status)):
-            self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+        """Store what the answer makes of the tender; the checkout as it is after it. `finish`:
+        when the machine's next step after this answer completes or fails the order, that is done
+        in the same transaction (one commit for both; the answer is stored either way)."""
         fields = {k: v for k, v in _fields(outcome).items() if k in _CARRIED}
         changed = msgspec.structs.replace(
             t,
@@ -601,7 +652,48 @@ class Executor:
             last_error=last_error,
             **fields,
         )
-        return c.with_tender(changed)
+        after = c.with_tender(changed)
+        # Not when this process knows it lost the lease meanwhile (its own recovery may have taken
+        # it back, so the fence would let the write through): it stores the answer, then stops.
+        then = self._then(after) if finish and c.order.id not in self._lost else None
+        if then is None:
+            if await self.record(
+                t, status, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error, from_=from_
+            ) and (phase := _PHASES.get(status)):
+                self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+            return after
+        if isinstance(then, machine.Commit):
+            await failpoints.hit("before_commit")
+        recorded = await self.record_and_finish(
+            t,
+            status,
+            then,
+            outcome=outcome,
+            failure_code=failure_code,
+            reason=reason,
+            last_error=last_error,
+            from_=from_,
+        )
+        if recorded.written == "ok" and (phase := _PHASES.get(status)):
+            self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+        if recorded.written != "ok":
+            return recorded.checkout  # the row had moved on: go on from what is stored
+        if isinstance(then, machine.Commit):
+            await self.committed(after, {"outcome": recorded.outcome})
+        else:
+            self._failed(after, then, {"outcome": recorded.outcome})
+        return recorded.checkout
+
+    @staticmethod
+    def _then(after: Checkout) -> machine.Commit | machine.Fail | None:
+        """The step that follows an answer when it is to complete or fail the order whatever the
+        drive (a live checkout's, or recovery's): that step goes in the answer's transaction."""
+        step = decide(after, charge_pending=True)
+        if isinstance(step, machine.Commit):
+            return step
+        if isinstance(step, machine.Fail) and decide(after, charge_pending=False) == step:
+            return step
+        return None
 
     async def record(
         self,
@@ -636,6 +728,53 @@ class Executor:
             )
         )
         return self._lease(written, t.order_id)
+
+    async def record_and_finish(
+        self,
+        t: Tender,
+        status: TenderStatus,
+        then: machine.Commit | machine.Fail,
+        *,
+        outcome: Outcome | None = None,
+        failure_code: str | None = None,
+        reason: machine.Reason | None = None,
+        last_error: str | None = None,
+        from_: tuple[TenderStatus, ...] | frozenset[TenderStatus] = machine.OPEN_TENDER,
+    ) -> Recorded:
+        """`record`, and in the same transaction the order's completion (`then`: Commit) or
+        failure (Fail): the daemon's state machine chose that step for the order as it is once
+        this answer is stored. Raises LeaseLost as `record` does."""
+        fields = _fields(outcome)
+        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower()}
+        if raw is not None:
+            raw.update((k, v) for k, v in fields.items() if k not in _NOT_RAW)
+        audit = {"reference_id": t.reference_id, **({"error": last_error} if last_error else {})}
+        fail = then if isinstance(then, machine.Fail) else None
+        recorded = await after_intent(
+            lambda: self.store.record_and_finish(
+                t.id,
+                status,
+                self.owner,
+                from_statuses=from_,
+                raw=raw,
+                last_error=last_error,
+                failure_code=failure_code,
+                decline_reason=None if reason is None else str(reason),
+                audit=audit,
+                then="fail" if fail is not None else "commit",
+                points_per_unit=self.policy.loyalty_points_per_unit,
+                minor_per_unit=self.policy.minor_units_per_unit,
+                fail_code=None if fail is None else fail.failure.code,
+                fail_reason=None if fail is None else fail.failure.message,
+                fail_status=str(fail.status) if fail is not None else "payment_failed",
+                **fields,
+            )
+        )
+        if recorded.outcome == "lease_lost":
+            self._lost.add(t.order_id)
+            raise LeaseLost(t.order_id)
+        self._lease(recorded.written, t.order_id)
+        return recorded
 
     async def void_charge(self, t: Tender, key: str | None = None) -> bool:
         """Void an approved charge, retrying; True once decided (voided, or settled: it stands and
@@ -733,6 +872,12 @@ class Executor:
                 order_id, self.policy.loyalty_points_per_unit, self.policy.minor_units_per_unit, self.owner
             )
         )
+        await self.committed(c, result)
+
+    async def committed(self, c: Checkout, result: dict[str, Any]) -> None:
+        """After the order's completion was asked for (alone, with a tender's answer, or with a
+        cash checkout's intent): its answer checked, counted and told."""
+        order_id = c.order.id
         if result["outcome"] == "lease_lost":
             self._lost.add(order_id)
             raise LeaseLost(order_id)
@@ -745,7 +890,7 @@ class Executor:
             self.events.finished(order_id, "completed")
         log.info("checkout %s: completed", order_id)
         await failpoints.hit("after_commit")
-        if self.policy.card_mode == "auth_capture":
+        if self.policy.card_mode == "auth_capture" and c.cards:
             await self.capture_pending(order_id)
 
     async def _fail(self, c: Checkout, step: machine.Fail) -> None:
@@ -753,6 +898,10 @@ class Executor:
         result = await after_intent(
             lambda: self.store.fail(order_id, step.failure.code, step.failure.message, step.status, self.owner)
         )
+        self._failed(c, step, result)
+
+    def _failed(self, c: Checkout, step: machine.Fail, result: dict[str, Any]) -> None:
+        order_id = c.order.id
         if result["outcome"] == "lease_lost":
             self._lost.add(order_id)
             raise LeaseLost(order_id)

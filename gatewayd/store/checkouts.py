@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 
@@ -26,6 +26,25 @@ SELECT now() AS now, o,
        coalesce((SELECT array_agg(r ORDER BY r.created_at) FROM refunds r
                   WHERE r.store_id = o.store_id AND r.order_id = o.id), '{{}}') AS refunds
   FROM orders o WHERE o.store_id = $1 AND {where}"""
+
+_INTENT = "SELECT * FROM gw_checkout_intent(" + ", ".join(f"${i}" for i in range(1, 28)) + ")"
+_RECORD_AND = "SELECT * FROM gw_record_tender_and(" + ", ".join(f"${i}" for i in range(1, 33)) + ")"
+
+
+def _checkout(order: Any, tenders: Any, now: datetime) -> Checkout:
+    """An order just written, with its tenders, as `load` would return it (no refunds yet)."""
+    return Checkout(order=row(Order, order), tenders=tenders_of(tenders), now=now)
+
+
+class Recorded(NamedTuple):
+    """What `record_and_finish` did: the answer's write (as `record_tender` says it), what the
+    order's completion or failure answered (None when none was asked or the write did not
+    happen), and the order with its tenders as stored after both (None when the lease was lost)."""
+
+    written: Written
+    outcome: str | None
+    checkout: Checkout | None
+
 
 # A tender row is fenced by its order's lease: the order id comes from the row itself.
 _HELD = "gw_lease_held($1, (SELECT order_id FROM payment_transactions WHERE store_id = $1 AND id = $2), $3)"
@@ -54,19 +73,70 @@ class CheckoutStore:
         self.store_id = store_id
 
     async def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Record the intent (order, lines, reservation, tenders) in one transaction.
+        """Record the intent (order, lines, reservation, tenders) in one transaction (sql/010
+        gw_checkout_intent), from plain arrays.
+
+        `payload["stamp"]`: the id of a card tender to record as sent in the same transaction (the
+        first the daemon is about to send; see Executor.drive). `payload["points_per_unit"]` and
+        `["minor_per_unit"]`: given, a checkout without a card tender is completed in the same
+        transaction too. The answer: `outcome` (created, exists, insufficient, untracked), `id`,
+        `request_hash`, `skus` (what was short or untracked), `order_number`, `committed` (the
+        completion's outcome, for a cash checkout completed at once) and `checkout`: the order
+        with its tenders as stored now (created, or the one that exists), so nothing is read back.
 
         Two daemons racing on one idempotency key: the loser's insert hits the unique key and is
         rolled back whole; asked again, the function finds the winner's order ("exists").
         """
+        lines = payload["lines"]
+        tenders = payload["tenders"]
+        stamp = payload.get("stamp")
+        args = (
+            self.store_id,
+            uuid.UUID(payload["id"]),
+            payload["idempotency_key"],
+            payload["request_hash"],
+            payload["card_mode"],
+            [payload["subtotal"], payload["tax"], payload["discount"], payload["total"], payload["change_due"]],
+            payload["currency"],
+            payload.get("register_id"),
+            payload.get("customer_id"),
+            payload.get("untracked_skus"),
+            payload["lease_owner"],
+            float(payload["lease_s"]),
+            [line["sku"] for line in lines],
+            [int(line["quantity"]) for line in lines],
+            [int(line["unit_price"]) for line in lines],
+            [uuid.UUID(t["id"]) for t in tenders],
+            [t["type"] for t in tenders],
+            [t["operation"] for t in tenders],
+            [int(t["amount"]) for t in tenders],
+            [t.get("tendered") for t in tenders],
+            [t["reference_id"] for t in tenders],
+            [t.get("terminal_id") for t in tenders],
+            [t.get("timeout_s") for t in tenders],
+            [t.get("payment_type") for t in tenders],
+            None if stamp is None else uuid.UUID(stamp),
+            payload.get("points_per_unit"),
+            payload.get("minor_per_unit"),
+        )
 
-        async def work(c: asyncpg.Connection) -> Any:
+        async def work(c: asyncpg.Connection) -> asyncpg.Record:
             try:
-                return await c.fetchval("SELECT gw_prepare_checkout($1, $2::jsonb)", self.store_id, payload)
+                return await c.fetchrow(_INTENT, *args)
             except asyncpg.UniqueViolationError:
-                return await c.fetchval("SELECT gw_prepare_checkout($1, $2::jsonb)", self.store_id, payload)
+                return await c.fetchrow(_INTENT, *args)
 
-        result: dict[str, Any] = await self.db.run(work, what="prepare checkout")
+        found = await self.db.run(work, what="prepare checkout")
+        result: dict[str, Any] = {"outcome": found["r_outcome"]}
+        if found["r_skus"] is not None:
+            result["skus"] = found["r_skus"]
+        if found["r_id"] is not None:
+            result.update(id=str(found["r_id"]), request_hash=found["r_hash"])
+        if found["r_order"] is not None:
+            result["order_number"] = found["r_order"]["order_number"]
+            result["checkout"] = _checkout(found["r_order"], found["r_tenders"], found["r_now"])
+        if found["r_committed"] is not None:
+            result["committed"] = found["r_committed"]
         return result
 
     async def catalog(self) -> list[asyncpg.Record]:
@@ -273,6 +343,89 @@ class CheckoutStore:
             what="record tender",
         )
         return _written(value)
+
+    async def record_and_finish(
+        self,
+        tender_id: uuid.UUID,
+        status: TenderStatus,
+        owner: str,
+        *,
+        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
+        approved_amount: int | None = None,
+        auth_code: str | None = None,
+        card_brand: str | None = None,
+        last4: str | None = None,
+        batch_number: str | None = None,
+        transaction_number: str | None = None,
+        status_code: str | None = None,
+        failure_code: str | None = None,
+        raw: dict[str, Any] | None = None,
+        last_error: str | None = None,
+        audit: dict[str, Any] | None = None,
+        payment_type: str | None = None,
+        entry_method: str | None = None,
+        application_label: str | None = None,
+        aid: str | None = None,
+        host_reference: str | None = None,
+        receipt_customer: str | None = None,
+        receipt_merchant: str | None = None,
+        decline_reason: str | None = None,
+        host_code: str | None = None,
+        host_message: str | None = None,
+        then: Literal["commit", "fail"] | None = None,
+        points_per_unit: int = 0,
+        minor_per_unit: int = 1,
+        fail_code: str | None = None,
+        fail_reason: str | None = None,
+        fail_status: str = "payment_failed",
+    ) -> Recorded:
+        """`record_tender`, then in the same transaction (sql/010 gw_record_tender_and), when the
+        answer was stored and `then` says so, `commit` or `fail` of its order (each checks
+        everything again and answers as it does alone): the second of a card checkout's two
+        commits. Answers with the order and its tenders as stored after it, so nothing is read
+        back."""
+        found = await self.db.run(
+            lambda c: c.fetchrow(
+                _RECORD_AND,
+                self.store_id,
+                tender_id,
+                owner,
+                str(status),
+                [str(s) for s in from_statuses],
+                approved_amount,
+                auth_code,
+                card_brand,
+                last4,
+                batch_number,
+                transaction_number,
+                status_code,
+                raw,
+                last_error,
+                audit or {},
+                failure_code,
+                payment_type,
+                entry_method,
+                application_label,
+                aid,
+                host_reference,
+                receipt_customer,
+                receipt_merchant,
+                decline_reason,
+                host_code,
+                host_message,
+                then,
+                points_per_unit,
+                minor_per_unit,
+                fail_code,
+                fail_reason,
+                fail_status,
+            ),
+            what="record tender and finish",
+        )
+        checkout = None
+        if found["r_order"] is not None:
+            checkout = _checkout(found["r_order"], found["r_tenders"], found["r_now"])
+        return Recorded(_written(found["r_written"]), found["r_outcome"], checkout)
 
     async def mark_settled(self, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
         """A known-approved charge the terminal no longer has in its open batch: it stays approved

@@ -193,6 +193,10 @@ class SimProcess:
         self.ready = False
         self.stalled_until = -1.0
         self.stall_after_stamp: Callable[[], None] | None = None
+        # The nemesis: freeze right after an intent that stamped its card sent (sql/010), before
+        # its answer is read, and kill the process once that card's request has left.
+        self.stall_after_intent: Callable[[dict[str, Any]], None] | None = None
+        self.crash_at_next_send = False
         self.tasks: dict[asyncio.Task[Any], None] = {}
         self.lanes = SimLanes()
         self.executor: SimExecutor | None = None
@@ -392,12 +396,20 @@ def failpoint_crashes(world: World) -> Iterator[None]:
 
     async def hit(name: str) -> None:
         owner = OWNER.get()
-        if isinstance(owner, SimProcess) and owner.alive and world.failpoint_roll(name):
+        if not isinstance(owner, SimProcess) or not owner.alive:
+            return
+        if name == "after_sale_sent" and owner.crash_at_next_send:
+            owner.crash_at_next_send = False
+            world.crash(f"failpoint {name} (after a send past the margin)", planned=True, failpoint=True)
+            await asyncio.sleep(0)
+        elif world.failpoint_roll(name):
             world.crash(f"failpoint {name}", planned=True, failpoint=True)
             await asyncio.sleep(0)  # the kill lands here: this task is cancelled with the others
 
     def soon(name: str, delay_s: float) -> asyncio.Task[None] | None:
-        if world.plan.failpoint_crash <= 0:
+        owner = OWNER.get()
+        armed = isinstance(owner, SimProcess) and owner.crash_at_next_send
+        if world.plan.failpoint_crash <= 0 and not armed:
             return None
 
         async def later() -> None:

@@ -35,8 +35,10 @@ SKIP = frozenset({"record_settlement"})
 
 def _answer(name: str, value: Any) -> Any:
     """What must agree between the fake and PostgreSQL (sequence numbers and times do not)."""
+    if name == "record_and_finish":  # the rows it answers with are compared at the end
+        return (value.written, value.outcome)
     if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k != "order_number"}
+        value = {k: v for k, v in value.items() if k not in ("order_number", "checkout")}
         reason = value.get("reason")
         if value.get("outcome") == "bad_lines" and isinstance(reason, str) and "[" in reason:
             # jsonb_agg without ORDER BY: the SKUs may come in any order

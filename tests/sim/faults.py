@@ -85,6 +85,8 @@ FAULT_KINDS = (
     "void_refund_race",  # the POS voids and refunds the same checkout at once
     "db_reset",  # a database connection reset in the middle of a statement: nothing applied
     "lost_commit_ack",  # a statement committed, its acknowledgement lost
+    "send_past_margin",  # a daemon freezes between an intent that stamped its card sent and the send
+    "void_after_pending_refund",  # the cashier gives up on a refund still pending and voids the sale instead
 )
 CARD_MODES: tuple[Literal["sale", "auth_capture"], ...] = ("sale", "sale", "sale", "auth_capture")
 REQUIRED = (

@@ -505,6 +505,21 @@ MUTANTS: tuple[Mutant, ...] = (
             ),
         ),
     ),
+    # ---------------------------------------------------------------- issue 16: the intent stamps its card sent
+    Mutant(
+        "send-past-margin",
+        "issue-16-send-margin",
+        "a card the intent stamped sent (sql/010) is sent without a stamp of its own however long after the "
+        "intent it leaves: its stored sent_at is older than the send by more than the not-found rule's "
+        "SEND_MARGIN_S, and a 'not found' is believed while the terminal still reads the card",
+        (
+            _Source(
+                "gatewayd.checkout.executor:Executor._charge",
+                "if intent_stamp is not None and self._now() - intent_stamp <= SEND_MARGIN_S:",
+                "if intent_stamp is not None:",
+            ),
+        ),
+    ),
     Mutant(
         "settle-removed-terminal",
         "settle-removed-terminal",

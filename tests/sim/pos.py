@@ -90,6 +90,8 @@ class Client:
         self.index = index
         self.register = f"REG-{index + 1}"
         self.rng = random.Random(f"client:{world.seed}:{index}")
+        # The cashier's second thoughts (its own stream: the register's other choices keep theirs).
+        self.rethink = random.Random(f"rethink:{world.seed}:{index}")
         self.completed: dict[str, CheckoutView] = {}  # order id -> last view seen
         self.keys: list[tuple[str, CheckoutRequest]] = []
         self.seq = 0
@@ -347,6 +349,11 @@ class Client:
         )
         for attempt in range(20):
             if attempt and w.faults_on and rng.random() < w.plan.give_up:
+                if self.rethink.random() < 0.5:
+                    # The refund never said it went through: the cashier voids the sale instead
+                    # (refused while the refund is pending: its Return may have paid already).
+                    w.coverage.hit("void_after_pending_refund")
+                    await self.void(view)
                 return
             answer = await self._refund_once(view, request)
             if answer == "done":

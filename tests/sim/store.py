@@ -17,10 +17,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
-from gatewayd.store.checkouts import Written
+from gatewayd.store.checkouts import Recorded, Written
 from tests.sim.db import SimDatabase
 from tests.sim.loop import OWNER
 from tests.sim.tables import Tables
@@ -50,9 +50,20 @@ class SimCheckoutStore:
         return await self.db.run(lambda c: c.call(name, apply, *args, **kwargs), what=what)
 
     async def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._write(
-            "prepare", "prepare checkout", lambda now: self.t.prepare(now, payload), payload
-        )
+        def apply(now: datetime) -> dict[str, Any]:
+            result = self.t.prepare(now, payload)
+            if "id" in result:  # the order with its tenders as stored now, as gw_checkout_intent answers
+                result["checkout"] = _checkout(self.t.load(uuid.UUID(result["id"]), None), now)
+            return result
+
+        result: dict[str, Any] = await self._write("prepare", "prepare checkout", apply, payload)
+        proc = OWNER.get()
+        stall = getattr(proc, "stall_after_intent", None)
+        if result["outcome"] == "created" and payload.get("stamp") and stall is not None:
+            # the nemesis asked: the process freezes right after the intent that stamped its card
+            # sent, before it reads the answer (so before it can check the send margin)
+            stall(payload)
+            await proc.thawed()
         return result
 
     async def catalog(self) -> list[dict[str, Any]]:
@@ -197,6 +208,85 @@ class SimCheckoutStore:
             **kwargs,
         )
         return written
+
+    async def record_and_finish(
+        self,
+        tender_id: uuid.UUID,
+        status: TenderStatus,
+        owner: str,
+        *,
+        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
+        approved_amount: int | None = None,
+        auth_code: str | None = None,
+        card_brand: str | None = None,
+        last4: str | None = None,
+        batch_number: str | None = None,
+        transaction_number: str | None = None,
+        status_code: str | None = None,
+        failure_code: str | None = None,
+        raw: dict[str, Any] | None = None,
+        last_error: str | None = None,
+        audit: dict[str, Any] | None = None,
+        payment_type: str | None = None,
+        entry_method: str | None = None,
+        application_label: str | None = None,
+        aid: str | None = None,
+        host_reference: str | None = None,
+        receipt_customer: str | None = None,
+        receipt_merchant: str | None = None,
+        decline_reason: str | None = None,
+        host_code: str | None = None,
+        host_message: str | None = None,
+        then: Literal["commit", "fail"] | None = None,
+        points_per_unit: int = 0,
+        minor_per_unit: int = 1,
+        fail_code: str | None = None,
+        fail_reason: str | None = None,
+        fail_status: str = "payment_failed",
+    ) -> Recorded:
+        kwargs: dict[str, Any] = {
+            "from_statuses": tuple(sorted(str(s) for s in from_statuses)),
+            "approved_amount": approved_amount,
+            "auth_code": auth_code,
+            "card_brand": card_brand,
+            "last4": last4,
+            "batch_number": batch_number,
+            "transaction_number": transaction_number,
+            "status_code": status_code,
+            "failure_code": failure_code,
+            "raw": raw,
+            "last_error": last_error,
+            "audit": audit,
+            "payment_type": payment_type,
+            "entry_method": entry_method,
+            "application_label": application_label,
+            "aid": aid,
+            "host_reference": host_reference,
+            "receipt_customer": receipt_customer,
+            "receipt_merchant": receipt_merchant,
+            "decline_reason": decline_reason,
+            "host_code": host_code,
+            "host_message": host_message,
+            "then": then,
+            "points_per_unit": points_per_unit,
+            "minor_per_unit": minor_per_unit,
+            "fail_code": fail_code,
+            "fail_reason": fail_reason,
+            "fail_status": str(fail_status),
+        }
+        text = str(status)
+
+        def apply(now: datetime) -> Recorded:
+            written, outcome = self.t.record_and_finish(now, tender_id, text, owner, **kwargs)
+            if written == "lease_lost":
+                return Recorded(written, None, None)
+            order_id = self.t.txs[tender_id]["order_id"]
+            return Recorded(written, outcome, _checkout(self.t.load(order_id, None), now))
+
+        recorded: Recorded = await self._write(
+            "record_and_finish", "record tender and finish", apply, tender_id, text, owner, **kwargs
+        )
+        return recorded
 
     async def mark_settled(self, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
         written: Written = await self._write(

@@ -199,9 +199,12 @@ class Tables:
         if o is not None and owner is not None and o["lease_owner"] == owner:
             o.update(lease_owner=None, lease_until=None)
 
-    # ------------------------------------------------------------ gw_prepare_checkout
+    # ------------------------------------------------------------ gw_checkout_intent (sql/010)
 
     def prepare(self, now: datetime, p: dict[str, Any]) -> dict[str, Any]:
+        """gw_checkout_intent: the intent; its first card tender stamped sent when `stamp` names
+        it (as mark_sent writes it), a checkout without a card tender completed in the same
+        transaction when `points_per_unit` is given."""
         existing = self.by_key.get(p["idempotency_key"])
         if existing is not None:
             return {"outcome": "exists", "id": str(existing), "request_hash": self.orders[existing]["request_hash"]}
@@ -291,8 +294,23 @@ class Tables:
                     payment_type=t.get("payment_type"),
                 )
             )
+        stamp = p.get("stamp")
+        stamped = None if stamp is None else self.txs.get(uuid.UUID(stamp))
+        if stamped is not None and stamped["order_id"] == order_id and stamped["tender_type"] == "card":
+            stamped.update(status="processing", sent_at=now, attempts=1)
+            self.orders[order_id].update(status="payment_processing", payment_status="processing")
         self._audit(now, "checkout.prepared", order_id, detail={"idempotency_key": p["idempotency_key"]})
-        return {"outcome": "created", "id": str(order_id), "order_number": number}
+        result: dict[str, Any] = {
+            "outcome": "created",
+            "id": str(order_id),
+            "request_hash": p["request_hash"],
+            "order_number": number,
+        }
+        if p.get("points_per_unit") is not None and not any(t["type"] == "card" for t in p["tenders"]):
+            result["committed"] = self.commit(
+                now, order_id, p["points_per_unit"], p["minor_per_unit"], p["lease_owner"]
+            )["outcome"]
+        return result
 
     def retire_key(self, now: datetime, order_id: uuid.UUID, request_hash: str) -> str:
         """gw_retire_key (sql/007): a checkout that failed only because its terminal could not be
@@ -396,6 +414,35 @@ class Tables:
         )
         self._audit(now, f"tender.{status}", tx["order_id"], tender_id, audit or {})
         return "ok"
+
+    def record_and_finish(
+        self,
+        now: datetime,
+        tender_id: uuid.UUID,
+        status: str,
+        owner: str,
+        *,
+        then: str | None = None,
+        points_per_unit: int = 0,
+        minor_per_unit: int = 1,
+        fail_code: str | None = None,
+        fail_reason: str | None = None,
+        fail_status: str = "payment_failed",
+        **record: Any,
+    ) -> tuple[Written, str | None]:
+        """gw_record_tender_and (sql/010): record_tender, then in the same transaction the order's
+        commit or fail when asked and the answer was stored."""
+        written = self.record_tender(now, tender_id, status, owner, **record)
+        if written != "ok" or then is None:
+            return written, None
+        order_id = self.txs[tender_id]["order_id"]
+        try:  # a subtransaction of its own: a refusal of the schema never takes the answer with it
+            if then == "commit":
+                return written, self.commit(now, order_id, points_per_unit, minor_per_unit, owner)["outcome"]
+            assert fail_code is not None and fail_reason is not None
+            return written, self.fail(now, order_id, fail_code, fail_reason, fail_status, owner)["outcome"]
+        except PermanentStoreError:
+            return written, "error"
 
     def mark_settled(self, now: datetime, tender_id: uuid.UUID, owner: str, reason: str) -> Written:
         if not self._held_via_tender(now, tender_id, owner):

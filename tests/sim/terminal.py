@@ -110,6 +110,10 @@ class FakeTerminal:
     calls: Counter[str] = field(default_factory=Counter)
     void_requests: Counter[str] = field(default_factory=Counter)
     auth_key: str = "key-0"  # the key the SPIn proxy expects; a request with another is refused (2002)
+    slow_next: bool = False  # the next charge is approved just before the proxy timeout (a nemesis sets it)
+    # How long a health check takes: a stream of its own, so that how often the daemons check
+    # (a scheduling choice of gatewayd's) does not change what the device does with the money.
+    health_rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def refuses(self, key: str) -> Misconfigured | None:
         """A request signed with the wrong auth key: SPIn answers 2002, nothing is started."""
@@ -338,6 +342,9 @@ class FakeTerminal:
         if kind in ("sale", "auth", "return") and ref in self.ledger:
             return Unknown(reason="Duplicate Reference Id", status_code="1011")
         plan, delivery, latency = self._plan(kind)
+        if self.slow_next and kind in ("sale", "auth"):
+            self.slow_next = False
+            plan, delivery, latency = "approve", "normal", 0.9 * float(self.timeout_s)
         txn = _Txn(kind, ref, amount, plan, delivery, latency, asyncio.get_running_loop().create_future())
         self.current = txn
         self.trace("term", self.terminal_id, "start", kind, ref, amount, plan, delivery, round(latency, 3))
@@ -368,7 +375,7 @@ class FakeTerminal:
 
     async def health(self) -> Health:
         self.calls["health"] += 1
-        await asyncio.sleep(self.rng.uniform(0.01, 0.1))
+        await asyncio.sleep(self.health_rng.uniform(0.01, 0.1))
         if self.offline():
             return Health(state="offline", message="Terminal not connected")
         return Health(state="online")

@@ -107,6 +107,7 @@ class World:
             self.terminals[tid] = FakeTerminal(
                 tid, self.plan.timeout_s, random.Random(f"term:{seed}:{tid}"), self.plan.term, self.coverage, self.trace
             )
+            self.terminals[tid].health_rng = random.Random(f"term-health:{seed}:{tid}")
         # The daemons' configuration: the terminals configured, and the auth key each is bound to.
         self.configured: set[str] = set(self.terminals)
         self.config_keys: dict[str, str] = {tid: term.auth_key for tid, term in self.terminals.items()}
@@ -331,6 +332,54 @@ class World:
         seconds = LEASE_S + rng.uniform(30.0, 120.0)
         target.stall_at_next_stamp(seconds)
         self.trace("proc", target.generation, "stalls_at_next_stamp", round(seconds, 3))
+
+    async def _late_stall_schedule(self, fault_s: float) -> None:
+        """With a peer, now and then the POS's daemon freezes at the very end of the fault phase,
+        with checkouts in flight, for a little longer than its leases: they expire just before it
+        wakes (too late for the peer's recovery to have taken them, most times), so its own recovery
+        takes them back while its drives go on. A drive then finds its lease lost and must let its
+        own daemon's fresh lease go, or the order waits out a whole lease past the healed bound.
+        Its own seed stream."""
+        rng = random.Random(f"late-stall:{self.seed}")
+        if not self.plan.peer or rng.random() >= 0.3:
+            return
+        await self._at(fault_s - rng.uniform(1.0, 25.0))
+        target = self.process
+        if target is None or not target.alive or target.executor is None or not target.executor.driving:
+            return
+        seconds = LEASE_S + rng.uniform(5.0, 50.0)
+        held = {oid for oid, o in self.tables.orders.items() if o["lease_owner"] == target.instance_id}
+        target.stall(seconds)
+        self.trace("proc", target.generation, "stalls_late", round(seconds, 3), len(held))
+        world_task(self._after_stall(target, seconds, held))
+
+    async def _stall_at_intent_schedule(self, fault_s: float) -> None:
+        """Now and then the daemon freezes right after an intent that stamped its card sent
+        (sql/010), before it reads the intent's answer: it wakes past gatewayd.retry.SEND_MARGIN_S,
+        so it must stamp the card again before sending it. It is killed once the request has left,
+        while the terminal still reads the card (that transaction takes most of its timeout), so
+        that the restarted daemon asks the terminal at once: a "not found" then must not be believed
+        from the intent's old stamp. Its own seed stream, so that the other nemeses keep their stories."""
+        rng = random.Random(f"stall-at-intent:{self.seed}")
+        if rng.random() >= 0.2:
+            return
+        await self._at(rng.uniform(10.0, max(10.0, fault_s / 2)))
+        target = self.process
+        if target is None or not target.alive:
+            return
+
+        def freeze(payload: dict[str, Any]) -> None:
+            target.stall_after_intent = None
+            tid = next(t["terminal_id"] for t in payload["tenders"] if t["id"] == payload["stamp"])
+            term = self.terminals[tid]
+            seconds = term.timeout_s + rng.uniform(15.0, 60.0)
+            target.stall(seconds)
+            target.crash_at_next_send = True
+            term.slow_next = True
+            self.coverage.hit("send_past_margin")
+            self.trace("proc", target.generation, "stalls_after_intent", round(seconds, 3), tid)
+
+        target.stall_after_intent = freeze
 
     async def _after_stall(self, target: SimProcess, seconds: float, held: set[uuid.UUID]) -> None:
         await asyncio.sleep(seconds)
@@ -602,6 +651,8 @@ class World:
         operator = world_task(self._operator())
         clients = [world_task(Client(self, i).run()) for i in range(self.plan.clients)]
         nemeses.append(world_task(self._stall_at_stamp_schedule(fault_s)))  # last: the others keep their order
+        nemeses.append(world_task(self._stall_at_intent_schedule(fault_s)))
+        nemeses.append(world_task(self._late_stall_schedule(fault_s)))
         await asyncio.sleep(fault_s)
         for task in nemeses:
             task.cancel()
