@@ -372,7 +372,7 @@ class Daemon:
             try:
                 count, age = await self.maintenance.unresolved_summary()
                 self.metrics.snapshot.unresolved, self.metrics.snapshot.oldest_unresolved_age_s = count, age
-                self.metrics.snapshot.orphans = len(await self.maintenance.orphans())
+                self.metrics.snapshot.orphans = await self.maintenance.orphan_count()
                 if rounds % targets_every == 0:
                     row = await self.maintenance.targets(targets.WEEK_DAYS, targets.MONTH_DAYS, targets.HEALTH_STALE_S)
                     self.metrics.snapshot.targets = targets.samples(targets.figures_of(row))

@@ -131,6 +131,23 @@ class MaintenanceStore:
             self.store_id,
         )
 
+    async def orphan_count(self) -> int:
+        """How many approved card charges have no completed order (find_orphaned_payments' rows),
+        counted from this store's orders that are not completed (the partial index
+        orders_not_completed, sql/010), each looked up by its own tenders: it costs what is not
+        completed, not the store's history (the metrics snapshot asks every 5 s)."""
+        return int(
+            await self.db.fetchval(
+                """SELECT coalesce(sum((SELECT count(*) FROM payment_transactions pt
+                                         WHERE pt.store_id = o.store_id AND pt.order_id = o.id
+                                           AND pt.kind = 'payment' AND pt.tender_type = 'card'
+                                           AND pt.status = 'approved')), 0)
+                     FROM orders o
+                    WHERE o.store_id = $1 AND o.status NOT IN ('completed', 'refunded', 'partially_refunded')""",
+                self.store_id,
+            )
+        )
+
     async def cleanup(self, minutes: int) -> int:
         """cleanup_stale_pending_orders(minutes) for this store."""
         return int(await self.db.fetchval("SELECT cleanup_stale_pending_orders($1, $2)", minutes, self.store_id))
