@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from collections.abc import Iterable
@@ -55,17 +58,49 @@ class JsonFormatter(logging.Formatter):
         return redact(msgspec.json.encode(entry).decode())
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands each record to the writer thread as it is: the queue stays in this process, so the
+    record needs no pickling, and the redaction, the formatting and the write (a pipe to the
+    journal, which may block) all happen off the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message is rendered now: its arguments may change once the caller goes on.
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def stop() -> None:
+    """Write out every line still queued and stop the writer thread (also run at exit)."""
+    global _listener
+    if _listener is not None:
+        listener, _listener = _listener, None
+        listener.stop()
+
+
 def setup(level: str = "INFO", fmt: str = "plain", stream: object = None) -> None:
-    """Configure the root logger once for the daemon."""
+    """Configure the root logger once for the daemon: records go through a queue to one writer
+    thread (logging never blocks the event loop), which redacts, formats and writes them."""
+    global _listener
+    stop()
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(_Enqueue(records))
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    _listener.start()
+
+
+atexit.register(stop)
