@@ -2,9 +2,11 @@
 
 A lane is only checked while idle (a running transaction is evidence enough and
 must not be disturbed); the check goes through the lane, so it never overlaps a
-transaction. An online terminal needs `failure_threshold` consecutive failed
-checks (confirmed within the same sweep) before it is declared offline; an
-offline terminal is re-checked with capped exponential backoff.
+transaction. A lane whose terminal answered a transaction within the interval is
+not asked either: that answer proved it online (recorded as its check). An online
+terminal needs `failure_threshold` consecutive failed checks (confirmed within the
+same sweep) before it is declared offline; an offline terminal is re-checked with
+capped exponential backoff.
 """
 
 from __future__ import annotations
@@ -133,9 +135,24 @@ class HealthMonitor:
 
     async def _worker(self, lanes: Iterator[Lane], rows: list[Row]) -> None:
         for lane in lanes:
-            row = await self._check(lane) if lane.idle else self._evidence(lane)
+            if not lane.idle:
+                row = self._evidence(lane)
+            elif self._answered_lately(lane):
+                row = (
+                    lane.terminal_id,
+                    "online",
+                    self._apply(lane, self._tracks[lane.terminal_id], "online", None),
+                    None,
+                )
+            else:
+                row = await self._check(lane)
             if row is not None:
                 rows.append(row)
+
+    def _answered_lately(self, lane: Lane) -> bool:
+        """Online by a transaction's answer within the interval: no check needed."""
+        answered = lane.answered_at
+        return lane.state == "online" and answered is not None and self._clock() - answered < self._interval_s
 
     def _evidence(self, lane: Lane) -> Row | None:
         """A busy lane is not checked; a state its transactions proved is still recorded."""

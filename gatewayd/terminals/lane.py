@@ -149,6 +149,9 @@ class Lane:
         self._state: HealthState = "unknown"
         self.last_health_check: datetime | None = None
         self.last_health_error: str | None = None
+        # When (this lane's clock) the terminal last answered a transaction definitely: it was
+        # online then, so the health sweep need not ask it again within the interval.
+        self.answered_at: float | None = None
 
     def __repr__(self) -> str:
         return f"Lane(terminal_id={self.terminal_id!r}, state={self.state!r}, queue_depth={self.queue_depth})"
@@ -201,6 +204,7 @@ class Lane:
     def _observe(self, outcome: Outcome) -> None:
         if isinstance(outcome, Approved | Voided | Declined | NotFound):
             new: HealthState = "online"
+            self.answered_at = self._clock()
         elif isinstance(outcome, Offline):
             new = "offline"
         elif isinstance(outcome, Busy):
