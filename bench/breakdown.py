@@ -272,17 +272,19 @@ _AREAS = (
 
 
 def _profile(path: Path, seconds: float, rate: int = 1000) -> dict[str, Any]:
-    """Busy share of the daemon's main thread and where the busy samples were (innermost frame
-    of a known library or of gatewayd)."""
+    """Busy share of the daemon's main thread (the event loop; other threads are left out) and
+    where its busy samples were (innermost frame of a known library or of gatewayd)."""
     areas: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        frames = stack.split(";")
+        if frames[0].startswith("Thread._bootstrap"):
+            continue  # another thread (the log writer waits on its queue): only the event loop's counts
         n = int(count)
         total += n
-        frames = stack.split(";")
         area = "other (interpreter, uvloop callbacks)"
         for frame in reversed(frames):
             where = frame.replace("\\", "/")
