@@ -68,7 +68,7 @@ async def checkout_samples(socket: str, n: int, warmup: int) -> list[float]:
 
 
 async def run(quick: bool) -> dict[str, Any]:
-    n = 300 if quick else 2000
+    n = 1000 if quick else 4000
     async with env.world(4) as (server, store, _daemon, _sim):
         # interleaved in blocks so that both see the same machine state
         ck: list[float] = []
