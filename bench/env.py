@@ -93,27 +93,29 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process, None when it is gone."""
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, CPU seconds, CPU seconds of its children that exited) of a process, None when
+    it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK, (int(fields[13]) + int(fields[14])) / CLK_TCK
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of a process and of every live process below it (PostgreSQL: the postmaster
-    and its backends). A backend that exited meanwhile is not counted: the benchmarks' are pooled."""
-    stats: dict[int, tuple[int, float]] = {}
+    """CPU seconds of a process and of every process below it, live or exited (PostgreSQL: the
+    postmaster, its live backends, and the backends it has reaped, such as pgbench's)."""
+    stats: dict[int, tuple[int, float, float]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
             stats[int(entry.name)] = st
     wanted, total, frontier = {root}, 0.0, [root]
     while frontier:
         pid = frontier.pop()
-        total += stats.get(pid, (0, 0.0))[1]
-        for child, (parent, _) in stats.items():
+        _, own, reaped = stats.get(pid, (0, 0.0, 0.0))
+        total += own + reaped
+        for child, (parent, _, _) in stats.items():
             if parent == pid and child not in wanted:
                 wanted.add(child)
                 frontier.append(child)
