@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 import time
 from collections.abc import Iterable
 
@@ -58,49 +58,83 @@ class JsonFormatter(logging.Formatter):
         return redact(msgspec.json.encode(entry).decode())
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Hands each record to the writer thread as it is: the queue stays in this process, so the
-    record needs no pickling, and the redaction, the formatting and the write (a pipe to the
-    journal, which may block) all happen off the event loop."""
+class _Deferred(logging.Handler):
+    """Keeps each record (its message rendered now: its arguments may change once the caller goes
+    on) for the writer thread. An append costs the event loop next to nothing; a queue that woke
+    the writer for every record cost a thread switch, and a fight for the GIL, per log line."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The message is rendered now: its arguments may change once the caller goes on.
+    def __init__(self, pending: collections.deque[logging.LogRecord]) -> None:
+        super().__init__()
+        self.pending = pending
+
+    def emit(self, record: logging.LogRecord) -> None:
         record.msg = record.getMessage()
         record.args = None
-        return record
+        self.pending.append(record)
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _Writer(threading.Thread):
+    """Every WRITE_EVERY_S, redacts, formats and writes what was logged meanwhile (a pipe to the
+    journal may block: never on the event loop)."""
+
+    def __init__(self, pending: collections.deque[logging.LogRecord], handler: logging.Handler) -> None:
+        super().__init__(name="gatewayd-log-writer", daemon=True)
+        self.pending = pending
+        self.handler = handler
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(WRITE_EVERY_S):
+            self.write()
+        self.write()
+
+    def write(self) -> None:
+        while self.pending:
+            record = self.pending.popleft()
+            if record.levelno >= self.handler.level:
+                self.handler.handle(record)
+
+
+# How long a line waits before the writer thread writes it.
+WRITE_EVERY_S = 0.05
+_writer: _Writer | None = None
 
 
 def stop() -> None:
-    """Write out every line still queued and stop the writer thread (also run at exit)."""
-    global _listener
-    if _listener is not None:
-        listener, _listener = _listener, None
-        listener.stop()
+    """Write out every line still waiting and stop the writer thread (also run at exit)."""
+    global _writer
+    if _writer is not None:
+        writer, _writer = _writer, None
+        writer.stopping.set()
+        writer.join(timeout=5.0)
 
 
 def setup(level: str = "INFO", fmt: str = "plain", stream: object = None) -> None:
-    """Configure the root logger once for the daemon: records go through a queue to one writer
-    thread (logging never blocks the event loop), which redacts, formats and writes them."""
-    global _listener
+    """Configure the root logger once for the daemon: records wait in memory for one writer thread
+    (logging never blocks the event loop), which redacts, formats and writes them."""
+    global _writer
     stop()
+    # Neither format prints the caller's file and line, its thread or process: a record need not
+    # walk the stack for them (findCaller was most of the cost of a log line on the event loop).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    pending: collections.deque[logging.LogRecord] = collections.deque()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(_Enqueue(records))
+    root.addHandler(_Deferred(pending))
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
-    _listener.start()
+    _writer = _Writer(pending, handler)
+    _writer.start()
 
 
 atexit.register(stop)
