@@ -203,6 +203,13 @@ def pgbench(server: Any, clients: int, seconds: float, scale: int) -> dict[str, 
     }
 
 
+def vacuum(server: Any, database: str) -> None:
+    """VACUUM (ANALYZE) a whole database, waiting for it (between measured windows)."""
+    psql = str(server.pg_tool("psql"))
+    base = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
+    subprocess.run([psql, *base, "-d", database, "-qc", "VACUUM (ANALYZE)"], check=True, capture_output=True)
+
+
 # ------------------------------------------------------------------ the simulator and the daemon
 # (built by gatewayd.stack, as the demo, the tests and the chaos run build them)
 
