@@ -63,28 +63,40 @@ class _Deferred(logging.Handler):
     on) for the writer thread. An append costs the event loop next to nothing; a queue that woke
     the writer for every record cost a thread switch, and a fight for the GIL, per log line."""
 
-    def __init__(self, pending: collections.deque[logging.LogRecord]) -> None:
+    def __init__(self, pending: collections.deque[logging.LogRecord], wake: threading.Event) -> None:
         super().__init__()
         self.pending = pending
+        self.wake = wake
 
     def emit(self, record: logging.LogRecord) -> None:
         record.msg = record.getMessage()
         record.args = None
         self.pending.append(record)
+        if not self.wake.is_set():  # the first line of a burst wakes the writer; the rest ride along
+            self.wake.set()
 
 
 class _Writer(threading.Thread):
-    """Every WRITE_EVERY_S, redacts, formats and writes what was logged meanwhile (a pipe to the
-    journal may block: never on the event loop)."""
+    """Woken by the first line of a burst, waits WRITE_EVERY_S for the rest of it, then redacts,
+    formats and writes them (a pipe to the journal may block: never on the event loop). With
+    nothing logged it sleeps: an idle daemon pays nothing for it."""
 
-    def __init__(self, pending: collections.deque[logging.LogRecord], handler: logging.Handler) -> None:
+    def __init__(
+        self, pending: collections.deque[logging.LogRecord], wake: threading.Event, handler: logging.Handler
+    ) -> None:
         super().__init__(name="gatewayd-log-writer", daemon=True)
         self.pending = pending
+        self.wake = wake
         self.handler = handler
-        self.stopping = threading.Event()
+        self.stopping = False
 
     def run(self) -> None:
-        while not self.stopping.wait(WRITE_EVERY_S):
+        while not self.stopping:
+            self.wake.wait()
+            if not self.stopping:
+                time.sleep(WRITE_EVERY_S)
+            # Cleared before the drain: a line added after it wakes the next round.
+            self.wake.clear()
             self.write()
         self.write()
 
@@ -105,7 +117,8 @@ def stop() -> None:
     global _writer
     if _writer is not None:
         writer, _writer = _writer, None
-        writer.stopping.set()
+        writer.stopping = True
+        writer.wake.set()
         writer.join(timeout=5.0)
 
 
@@ -127,13 +140,14 @@ def setup(level: str = "INFO", fmt: str = "plain", stream: object = None) -> Non
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     pending: collections.deque[logging.LogRecord] = collections.deque()
+    wake = threading.Event()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(_Deferred(pending))
+    root.addHandler(_Deferred(pending, wake))
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    _writer = _Writer(pending, handler)
+    _writer = _Writer(pending, wake, handler)
     _writer.start()
 
 
