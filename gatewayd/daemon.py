@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import signal
@@ -181,6 +182,7 @@ class Daemon:
         await self._recover_at_startup()
         await self._serve_api()
         self.ready = True
+        settle_heap()
         self.notifier.ready(self.status_line())
         log.info(
             "gatewayd %s ready: store %s, %d terminal(s), api %s",
@@ -423,6 +425,7 @@ class Daemon:
         added, removed, changed = await self.fleet.reload(new.terminals)
         self.config = new
         self._reload_tls(new)
+        settle_heap()
         log.info(
             "reloaded %s: terminals added %s, removed %s, changed %s",
             self.config_path,
@@ -568,6 +571,17 @@ async def serve(
         await daemon.stop()
     log.info("stopped")
     return 0
+
+
+def settle_heap() -> None:
+    """Put what the daemon holds for its whole life (modules, configuration, a lane and a driver
+    per terminal) out of the cyclic garbage collector's reach. Each collection of the oldest
+    generation walked all of it again: at 10,000 terminals that walk was a fifth of an idle
+    daemon's CPU. Run at start-up and after each reload (thawed, collected and frozen again, so
+    that what a reload removed is still collected)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def run(config: Config, *, config_path: str | None = None, apply_migrations: bool = False) -> int:
