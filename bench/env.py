@@ -47,6 +47,11 @@ def free_port() -> int:
 # ------------------------------------------------------------------ machine
 
 
+def nproc() -> int:
+    """The cores this process may run on (what every process of a benchmark shares)."""
+    return len(os.sched_getaffinity(0))
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
