@@ -15,7 +15,7 @@ import functools
 import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -47,7 +47,7 @@ from gatewayd.retry import (
     backoff_s,
     not_found_wait_s,
 )
-from gatewayd.store.checkouts import CheckoutStore, Recorded, Written
+from gatewayd.store.checkouts import CheckoutStore, Recorded, TenderAnswer, Written
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import (
     Approved,
@@ -220,6 +220,33 @@ def _fields(outcome: Outcome | None) -> dict[str, Any]:
     if isinstance(outcome, Declined):
         fields.update(host_code=outcome.host_code or None, host_message=outcome.host_message or None)
     return fields
+
+
+def _answer(
+    t: Tender,
+    status: TenderStatus,
+    outcome: Outcome | None,
+    failure_code: str | None,
+    reason: machine.Reason | None,
+    last_error: str | None,
+    from_: Iterable[TenderStatus],
+) -> TenderAnswer:
+    """What an answer writes on tender `t`: the outcome's fields, the raw outcome (without the
+    receipt copies, stored apart), why it did not charge, and the audit event's detail."""
+    fields = _fields(outcome)
+    raw = None if outcome is None else {"outcome": type(outcome).__name__.lower()}
+    if raw is not None:
+        raw.update((k, v) for k, v in fields.items() if k not in _NOT_RAW)
+    return TenderAnswer(
+        status=status,
+        from_statuses=tuple(sorted(from_)),
+        raw=raw,
+        last_error=last_error,
+        failure_code=failure_code,
+        decline_reason=None if reason is None else str(reason),
+        audit={"reference_id": t.reference_id, **({"error": last_error} if last_error else {})},
+        **fields,
+    )
 
 
 def _message(outcome: Outcome) -> str:
@@ -708,25 +735,8 @@ class Executor:
     ) -> bool:
         """Store an answer for a transaction (a tender or a refund's Return), fenced by its order's lease;
         `reason`: why it did not charge (machine.REASONS), stored beside `failure_code`."""
-        fields = _fields(outcome)
-        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower()}
-        if raw is not None:
-            raw.update((k, v) for k, v in fields.items() if k not in _NOT_RAW)
-        audit = {"reference_id": t.reference_id, **({"error": last_error} if last_error else {})}
-        written = await after_intent(
-            lambda: self.store.record_tender(
-                t.id,
-                status,
-                self.owner,
-                from_statuses=from_,
-                raw=raw,
-                last_error=last_error,
-                failure_code=failure_code,
-                decline_reason=None if reason is None else str(reason),
-                audit=audit,
-                **fields,
-            )
-        )
+        answer = _answer(t, status, outcome, failure_code, reason, last_error, from_)
+        written = await after_intent(lambda: self.store.record_tender(t.id, self.owner, answer))
         return self._lease(written, t.order_id)
 
     async def record_and_finish(
@@ -744,30 +754,19 @@ class Executor:
         """`record`, and in the same transaction the order's completion (`then`: Commit) or
         failure (Fail): the daemon's state machine chose that step for the order as it is once
         this answer is stored. Raises LeaseLost as `record` does."""
-        fields = _fields(outcome)
-        raw = None if outcome is None else {"outcome": type(outcome).__name__.lower()}
-        if raw is not None:
-            raw.update((k, v) for k, v in fields.items() if k not in _NOT_RAW)
-        audit = {"reference_id": t.reference_id, **({"error": last_error} if last_error else {})}
+        answer = _answer(t, status, outcome, failure_code, reason, last_error, from_)
         fail = then if isinstance(then, machine.Fail) else None
         recorded = await after_intent(
             lambda: self.store.record_and_finish(
                 t.id,
-                status,
                 self.owner,
-                from_statuses=from_,
-                raw=raw,
-                last_error=last_error,
-                failure_code=failure_code,
-                decline_reason=None if reason is None else str(reason),
-                audit=audit,
+                answer,
                 then="fail" if fail is not None else "commit",
                 points_per_unit=self.policy.loyalty_points_per_unit,
                 minor_per_unit=self.policy.minor_units_per_unit,
                 fail_code=None if fail is None else fail.failure.code,
                 fail_reason=None if fail is None else fail.failure.message,
                 fail_status=str(fail.status) if fail is not None else "payment_failed",
-                **fields,
             )
         )
         if recorded.outcome == "lease_lost":

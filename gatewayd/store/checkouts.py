@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import asyncpg
+import msgspec
 
 from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
 from gatewayd.store.db import Database
@@ -44,6 +44,43 @@ class Recorded(NamedTuple):
     written: Written
     outcome: str | None
     checkout: Checkout | None
+
+
+class TenderAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """What a terminal's answer writes on a tender: its new status (only from `from_statuses`),
+    the outcome's fields (each None keeps what is stored: what a receipt needs, sql/009, is kept
+    once known), why it did not charge (`failure_code` and `decline_reason`, written as given), the
+    raw outcome, the last error and the audit event's detail. The order of the fields is the order
+    of the SQL's parameters after the store, the tender and the owner."""
+
+    status: TenderStatus
+    from_statuses: tuple[TenderStatus, ...] = tuple(sorted(OPEN_TENDER))
+    approved_amount: int | None = None
+    auth_code: str | None = None
+    card_brand: str | None = None
+    last4: str | None = None
+    batch_number: str | None = None
+    transaction_number: str | None = None
+    status_code: str | None = None
+    raw: dict[str, Any] | None = None
+    last_error: str | None = None
+    audit: dict[str, Any] = msgspec.field(default_factory=dict)
+    failure_code: str | None = None
+    payment_type: str | None = None
+    entry_method: str | None = None
+    application_label: str | None = None
+    aid: str | None = None
+    host_reference: str | None = None
+    receipt_customer: str | None = None
+    receipt_merchant: str | None = None
+    decline_reason: str | None = None
+    host_code: str | None = None
+    host_message: str | None = None
+
+    def params(self) -> tuple[Any, ...]:
+        """The SQL's parameters $4 to $26, in order."""
+        values = msgspec.structs.astuple(self)
+        return (str(self.status), [str(s) for s in self.from_statuses], *values[2:])
 
 
 # A tender row is fenced by its order's lease: the order id comes from the row itself.
@@ -249,35 +286,7 @@ class CheckoutStore:
         )
         return _written(value)
 
-    async def record_tender(
-        self,
-        tender_id: uuid.UUID,
-        status: TenderStatus,
-        owner: str,
-        *,
-        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
-        approved_amount: int | None = None,
-        auth_code: str | None = None,
-        card_brand: str | None = None,
-        last4: str | None = None,
-        batch_number: str | None = None,
-        transaction_number: str | None = None,
-        status_code: str | None = None,
-        failure_code: str | None = None,
-        raw: dict[str, Any] | None = None,
-        last_error: str | None = None,
-        audit: dict[str, Any] | None = None,
-        payment_type: str | None = None,
-        entry_method: str | None = None,
-        application_label: str | None = None,
-        aid: str | None = None,
-        host_reference: str | None = None,
-        receipt_customer: str | None = None,
-        receipt_merchant: str | None = None,
-        decline_reason: str | None = None,
-        host_code: str | None = None,
-        host_message: str | None = None,
-    ) -> Written:
+    async def record_tender(self, tender_id: uuid.UUID, owner: str, answer: TenderAnswer) -> Written:
         """Store a terminal's answer for a tender (only from the given statuses); one audit event.
 
         What a receipt needs (sql/009) is kept once known; `decline_reason` is written with
@@ -316,29 +325,7 @@ class CheckoutStore:
                 self.store_id,
                 tender_id,
                 owner,
-                str(status),
-                [str(s) for s in from_statuses],
-                approved_amount,
-                auth_code,
-                card_brand,
-                last4,
-                batch_number,
-                transaction_number,
-                status_code,
-                raw,
-                last_error,
-                audit or {},
-                failure_code,
-                payment_type,
-                entry_method,
-                application_label,
-                aid,
-                host_reference,
-                receipt_customer,
-                receipt_merchant,
-                decline_reason,
-                host_code,
-                host_message,
+                *answer.params(),
             ),
             what="record tender",
         )
@@ -347,31 +334,9 @@ class CheckoutStore:
     async def record_and_finish(
         self,
         tender_id: uuid.UUID,
-        status: TenderStatus,
         owner: str,
+        answer: TenderAnswer,
         *,
-        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
-        approved_amount: int | None = None,
-        auth_code: str | None = None,
-        card_brand: str | None = None,
-        last4: str | None = None,
-        batch_number: str | None = None,
-        transaction_number: str | None = None,
-        status_code: str | None = None,
-        failure_code: str | None = None,
-        raw: dict[str, Any] | None = None,
-        last_error: str | None = None,
-        audit: dict[str, Any] | None = None,
-        payment_type: str | None = None,
-        entry_method: str | None = None,
-        application_label: str | None = None,
-        aid: str | None = None,
-        host_reference: str | None = None,
-        receipt_customer: str | None = None,
-        receipt_merchant: str | None = None,
-        decline_reason: str | None = None,
-        host_code: str | None = None,
-        host_message: str | None = None,
         then: Literal["commit", "fail"] | None = None,
         points_per_unit: int = 0,
         minor_per_unit: int = 1,
@@ -390,29 +355,7 @@ class CheckoutStore:
                 self.store_id,
                 tender_id,
                 owner,
-                str(status),
-                [str(s) for s in from_statuses],
-                approved_amount,
-                auth_code,
-                card_brand,
-                last4,
-                batch_number,
-                transaction_number,
-                status_code,
-                raw,
-                last_error,
-                audit or {},
-                failure_code,
-                payment_type,
-                entry_method,
-                application_label,
-                aid,
-                host_reference,
-                receipt_customer,
-                receipt_merchant,
-                decline_reason,
-                host_code,
-                host_message,
+                *answer.params(),
                 then,
                 points_per_unit,
                 minor_per_unit,

@@ -40,7 +40,8 @@ FAILED = ("payment_failed", "cancelled", "voided")
 # refund's), and where the writer's owner is among the statement's arguments.
 FENCED: dict[str, tuple[str, int]] = {
     "mark_sent": ("order", 2),
-    "record_tender": ("tx", 2),
+    "record_tender": ("tx", 1),
+    "record_and_finish": ("tx", 1),
     "mark_settled": ("tx", 1),
     "mark_void_requested": ("tx", 1),
     "commit": ("order", 3),

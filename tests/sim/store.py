@@ -15,12 +15,13 @@ method, so that tests/sim/differential.py can replay them through the real store
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
-from gatewayd.checkout.machine import OPEN_TENDER, Checkout, Order, Refund, Tender, TenderStatus, row, tenders_of
-from gatewayd.store.checkouts import Recorded, Written
+import msgspec
+
+from gatewayd.checkout.machine import Checkout, Order, Refund, Tender, row, tenders_of
+from gatewayd.store.checkouts import Recorded, TenderAnswer, Written
 from tests.sim.db import SimDatabase
 from tests.sim.loop import OWNER
 from tests.sim.tables import Tables
@@ -142,101 +143,23 @@ class SimCheckoutStore:
             stall()  # the nemesis asked: freeze right after the stamp, before the request leaves
         return written
 
-    async def record_tender(
-        self,
-        tender_id: uuid.UUID,
-        status: TenderStatus,
-        owner: str,
-        *,
-        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
-        approved_amount: int | None = None,
-        auth_code: str | None = None,
-        card_brand: str | None = None,
-        last4: str | None = None,
-        batch_number: str | None = None,
-        transaction_number: str | None = None,
-        status_code: str | None = None,
-        failure_code: str | None = None,
-        raw: dict[str, Any] | None = None,
-        last_error: str | None = None,
-        audit: dict[str, Any] | None = None,
-        payment_type: str | None = None,
-        entry_method: str | None = None,
-        application_label: str | None = None,
-        aid: str | None = None,
-        host_reference: str | None = None,
-        receipt_customer: str | None = None,
-        receipt_merchant: str | None = None,
-        decline_reason: str | None = None,
-        host_code: str | None = None,
-        host_message: str | None = None,
-    ) -> Written:
-        # Plain strings, in a stable order: the history is replayed and the run must not depend
-        # on the hash seed (a frozenset's order does).
-        kwargs: dict[str, Any] = {
-            "from_statuses": tuple(sorted(str(s) for s in from_statuses)),
-            "approved_amount": approved_amount,
-            "auth_code": auth_code,
-            "card_brand": card_brand,
-            "last4": last4,
-            "batch_number": batch_number,
-            "transaction_number": transaction_number,
-            "status_code": status_code,
-            "failure_code": failure_code,
-            "raw": raw,
-            "last_error": last_error,
-            "audit": audit,
-            "payment_type": payment_type,
-            "entry_method": entry_method,
-            "application_label": application_label,
-            "aid": aid,
-            "host_reference": host_reference,
-            "receipt_customer": receipt_customer,
-            "receipt_merchant": receipt_merchant,
-            "decline_reason": decline_reason,
-            "host_code": host_code,
-            "host_message": host_message,
-        }
-        text = str(status)
+    async def record_tender(self, tender_id: uuid.UUID, owner: str, answer: TenderAnswer) -> Written:
         written: Written = await self._write(
             "record_tender",
             "record tender",
-            lambda now: self.t.record_tender(now, tender_id, text, owner, **kwargs),
+            lambda now: self.t.record_tender(now, tender_id, str(answer.status), owner, **_answer_fields(answer)),
             tender_id,
-            text,
             owner,
-            **kwargs,
+            _stable(answer),
         )
         return written
 
     async def record_and_finish(
         self,
         tender_id: uuid.UUID,
-        status: TenderStatus,
         owner: str,
+        answer: TenderAnswer,
         *,
-        from_statuses: Iterable[TenderStatus] = OPEN_TENDER,
-        approved_amount: int | None = None,
-        auth_code: str | None = None,
-        card_brand: str | None = None,
-        last4: str | None = None,
-        batch_number: str | None = None,
-        transaction_number: str | None = None,
-        status_code: str | None = None,
-        failure_code: str | None = None,
-        raw: dict[str, Any] | None = None,
-        last_error: str | None = None,
-        audit: dict[str, Any] | None = None,
-        payment_type: str | None = None,
-        entry_method: str | None = None,
-        application_label: str | None = None,
-        aid: str | None = None,
-        host_reference: str | None = None,
-        receipt_customer: str | None = None,
-        receipt_merchant: str | None = None,
-        decline_reason: str | None = None,
-        host_code: str | None = None,
-        host_message: str | None = None,
         then: Literal["commit", "fail"] | None = None,
         points_per_unit: int = 0,
         minor_per_unit: int = 1,
@@ -244,29 +167,7 @@ class SimCheckoutStore:
         fail_reason: str | None = None,
         fail_status: str = "payment_failed",
     ) -> Recorded:
-        kwargs: dict[str, Any] = {
-            "from_statuses": tuple(sorted(str(s) for s in from_statuses)),
-            "approved_amount": approved_amount,
-            "auth_code": auth_code,
-            "card_brand": card_brand,
-            "last4": last4,
-            "batch_number": batch_number,
-            "transaction_number": transaction_number,
-            "status_code": status_code,
-            "failure_code": failure_code,
-            "raw": raw,
-            "last_error": last_error,
-            "audit": audit,
-            "payment_type": payment_type,
-            "entry_method": entry_method,
-            "application_label": application_label,
-            "aid": aid,
-            "host_reference": host_reference,
-            "receipt_customer": receipt_customer,
-            "receipt_merchant": receipt_merchant,
-            "decline_reason": decline_reason,
-            "host_code": host_code,
-            "host_message": host_message,
+        finish: dict[str, Any] = {
             "then": then,
             "points_per_unit": points_per_unit,
             "minor_per_unit": minor_per_unit,
@@ -274,17 +175,18 @@ class SimCheckoutStore:
             "fail_reason": fail_reason,
             "fail_status": str(fail_status),
         }
-        text = str(status)
 
         def apply(now: datetime) -> Recorded:
-            written, outcome = self.t.record_and_finish(now, tender_id, text, owner, **kwargs)
+            written, outcome = self.t.record_and_finish(
+                now, tender_id, str(answer.status), owner, **_answer_fields(answer), **finish
+            )
             if written == "lease_lost":
                 return Recorded(written, None, None)
             order_id = self.t.txs[tender_id]["order_id"]
             return Recorded(written, outcome, _checkout(self.t.load(order_id, None), now))
 
         recorded: Recorded = await self._write(
-            "record_and_finish", "record tender and finish", apply, tender_id, text, owner, **kwargs
+            "record_and_finish", "record tender and finish", apply, tender_id, owner, _stable(answer), **finish
         )
         return recorded
 
@@ -555,3 +457,17 @@ class SimMaintenanceStore:
             "record_settlement",
             lambda now: self.t.audit(now, "terminal.settled", None, None, {"terminal_id": terminal_id, **detail}),
         )
+
+
+def _stable(answer: TenderAnswer) -> TenderAnswer:
+    """The answer with plain strings in a stable order: the history is replayed and the run must
+    not depend on the hash seed (a frozenset's order does)."""
+    return msgspec.structs.replace(answer, from_statuses=tuple(sorted(answer.from_statuses)))
+
+
+def _answer_fields(answer: TenderAnswer) -> dict[str, Any]:
+    """The answer as the tables' record_tender takes it (its status apart, plain strings)."""
+    fields = msgspec.structs.asdict(answer)
+    del fields["status"]
+    fields["from_statuses"] = tuple(sorted(str(s) for s in answer.from_statuses))
+    return fields
