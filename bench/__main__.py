@@ -1,4 +1,4 @@
-"""`python -m bench [throughput|latency|scale|recovery|api|breakdown|all] [--quick] [--tag NAME]`.
+"""`python -m bench [throughput|latency|scale|recovery|api|breakdown|dbcost|all] [--quick] [--tag NAME]`.
 
 Each benchmark prints its own table and writes `bench/results/<name>[-quick][-TAG].json`. `all`
 runs them in one go (throughput and latency side by side in the same run, on the same machine
@@ -20,7 +20,7 @@ import uvloop
 
 from bench import env
 
-NAMES = ["throughput", "latency", "scale", "recovery", "api", "breakdown"]
+NAMES = ["throughput", "latency", "scale", "recovery", "api", "breakdown", "dbcost"]
 # Figure: (what, measured, limit, met: True / False / None when it has no goal).
 Figure = tuple[str, str, str, bool | None]
 
