@@ -4,39 +4,32 @@ from __future__ import annotations
 
 import logging
 import math
-import urllib.parse
 import uuid
 
 import aiohttp
 import yarl
 
 from gatewayd.errors import ProtocolError, TerminalError
-from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, PaymentType, SettleResult, Unknown
+from gatewayd.terminals.outcomes import BatchEntry, Health, Outcome, PaymentType, SettleResult
 from gatewayd.terminals.spin import codec
+from gatewayd.terminals.spin.transport import NETWORK, HttpTerminal
 
 log = logging.getLogger("gatewayd.terminals.spin")
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-# Exceptions raised before a byte of the request left: nothing can have started.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_NETWORK = (aiohttp.ClientError, TimeoutError, OSError)
 
 
-class SpinDriver:
+class SpinDriver(HttpTerminal):
     """Drives one Dejavoo terminal through SPIn REST; share `session` across terminals at scale."""
 
     __slots__ = (
         "_base",
-        "_closed",
         "_cred",
         "_margin_s",
-        "_own_session",
         "_proxy_timeout_s",
-        "_session",
         "_settle_timeout_s",
         "_status_timeout_s",
         "_status_url",
-        "_terminal_id",
     )
 
     def __init__(
@@ -56,27 +49,19 @@ class SpinDriver:
             raise ValueError("timeout_s must be within SPIn's 1..720 s")
         if http_margin_s <= 0 or status_timeout_s < 2:
             raise ValueError("http_margin_s must be > 0 and status_timeout_s >= 2")
-        self._terminal_id = terminal_id
+        super().__init__(terminal_id, authkey, session)
         self._base = base_url.rstrip("/")
         self._cred = codec.Credentials(tpn=tpn, authkey=authkey)
         self._proxy_timeout_s = float(math.ceil(timeout_s))
         self._margin_s = http_margin_s
         self._status_timeout_s = status_timeout_s
         self._settle_timeout_s = float(math.ceil(min(720.0, settle_timeout_s or timeout_s)))
-        self._session = session
-        self._own_session = session is None
-        self._closed = False
         # TerminalStatus' URL with its query, encoded once: the health sweep asks it of every
         # terminal every interval, and encoding the query was a quarter of an idle daemon's CPU.
         self._status_url: yarl.URL | None = None
 
     def __repr__(self) -> str:
         return f"SpinDriver(terminal_id={self._terminal_id!r}, base_url={self._base!r}, tpn={self._cred.tpn!r})"
-
-    @property
-    def terminal_id(self) -> str:
-        """The gateway's id for this terminal."""
-        return self._terminal_id
 
     @property
     def timeout_s(self) -> float:
@@ -89,33 +74,6 @@ class SpinDriver:
         return self._proxy_timeout_s + self._margin_s
 
     # ------------------------------------------------------------ transport
-
-    def _redact(self, text: str) -> str:
-        key = self._cred.authkey
-        if not key:
-            return text
-        return text.replace(key, "***").replace(urllib.parse.quote(key, safe=""), "***")
-
-    def _describe(self, exc: BaseException) -> str:
-        return self._redact(f"{type(exc).__name__}: {exc}")[:300]
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise TerminalError("driver is closed", terminal_id=self._terminal_id)
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > codec.MAX_ANSWER_BYTES:
-            raise ProtocolError("answer too large", terminal_id=self._terminal_id)
-        buf = bytearray()
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            buf += chunk
-            if len(buf) > codec.MAX_ANSWER_BYTES:
-                raise ProtocolError("answer too large", terminal_id=self._terminal_id)
-        return bytes(buf)
 
     async def _post(self, op: str, body: bytes, http_timeout_s: float) -> bytes:
         timeout = aiohttp.ClientTimeout(total=http_timeout_s)
@@ -140,12 +98,8 @@ class SpinDriver:
         try:
             data = await self._post(op, body, self.transaction_timeout_s)
             outcome = codec.parse_payment(data, op=op.lower(), ref=ref, requested=requested)
-        except _NOT_SENT as exc:
-            outcome = Offline(message=self._describe(exc))
-        except ProtocolError as exc:
-            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
-        except _NETWORK as exc:
-            outcome = Unknown(reason=self._describe(exc))
+        except (ProtocolError, *NETWORK) as exc:
+            outcome = self._failed(exc)
         log.debug("terminal %s: %s ref=%s -> %s", self._terminal_id, op, ref, _tag(outcome))
         return outcome
 
@@ -189,12 +143,8 @@ class SpinDriver:
         body = codec.status_body(self._cred, ref, self._short_proxy_timeout_s(), payment_type)
         try:
             outcome = codec.parse_status(await self._post("Status", body, self._status_timeout_s), ref)
-        except _NOT_SENT as exc:
-            outcome = Offline(message=self._describe(exc))
-        except ProtocolError as exc:
-            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
-        except _NETWORK as exc:
-            outcome = Unknown(reason=self._describe(exc))
+        except (ProtocolError, *NETWORK) as exc:
+            outcome = self._failed(exc)
         log.debug("terminal %s: status ref=%s -> %s", self._terminal_id, ref, _tag(outcome))
         return outcome
 
@@ -204,7 +154,7 @@ class SpinDriver:
             return codec.parse_terminal_status(await self._get_status())
         except ProtocolError as exc:
             return Health(state="unknown", message=self._redact(exc.message))
-        except _NETWORK as exc:
+        except NETWORK as exc:
             return Health(state="offline", message=self._describe(exc))
 
     async def settle(self) -> SettleResult:
@@ -214,7 +164,7 @@ class SpinDriver:
             return codec.parse_settle(await self._post("Settle", body, self._settle_timeout_s + self._margin_s))
         except ProtocolError as exc:
             return SettleResult(ok=False, message=f"outcome unknown: {self._redact(exc.message)}")
-        except _NETWORK as exc:
+        except NETWORK as exc:
             return SettleResult(ok=False, message=f"outcome unknown: {self._describe(exc)}")
 
     async def batch(self) -> list[BatchEntry]:
@@ -224,15 +174,8 @@ class SpinDriver:
             return codec.parse_status_list(await self._post("StatusList", body, self.transaction_timeout_s))
         except ProtocolError as exc:
             raise ProtocolError(self._redact(exc.message), terminal_id=self._terminal_id) from exc
-        except _NETWORK as exc:
+        except NETWORK as exc:
             raise TerminalError(f"batch unavailable: {self._describe(exc)}", terminal_id=self._terminal_id) from exc
-
-    async def aclose(self) -> None:
-        """Close the session if this driver owns it (idempotent)."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._own_session:
-            await session.close()
 
 
 def _tag(outcome: object) -> str:

@@ -15,51 +15,35 @@ from __future__ import annotations
 
 import logging
 import math
-import urllib.parse
 import uuid
 
 import aiohttp
 from yarl import URL
 
 from gatewayd.errors import ProtocolError, TerminalError
-from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, PaymentType, SettleResult, Unknown
+from gatewayd.terminals.outcomes import BatchEntry, Health, Offline, Outcome, PaymentType, SettleResult
+from gatewayd.terminals.spin.transport import NETWORK, HttpTerminal
 from gatewayd.terminals.spin_local import codec
 
 log = logging.getLogger("gatewayd.terminals.spin_local")
 
-# Exceptions raised before a byte of the request left: nothing can have started.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-_NETWORK = (aiohttp.ClientError, TimeoutError, OSError)
 _HEADERS = {"Accept": "text/html, text/xml, */*"}
-
-
-def never_resend(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
-    """Stop aiohttp from resending a GET on its own when the connection drops (it does so for
-    idempotent methods since 3.9): a Local Sale is a GET, and only the lane decides what is sent
-    again. aiohttp offers no public switch; its own test client turns the same attribute off."""
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
-    return session
 
 
 class Unavailable(Exception):
     """HTTP 503 with no SPIn answer: the request was refused before any transaction started."""
 
 
-class SpinLocalDriver:
+class SpinLocalDriver(HttpTerminal):
     """Drives one Dejavoo terminal in SPIn Local mode (`base_url`: the terminal's own address,
     `http://host:port`, optionally with a path prefix; `/cgi.html` is added)."""
 
     __slots__ = (
         "_cgi",
-        "_closed",
         "_cred",
         "_margin_s",
-        "_own_session",
-        "_session",
         "_settle_timeout_s",
         "_status_timeout_s",
-        "_terminal_id",
         "_timeout_s",
     )
 
@@ -81,27 +65,19 @@ class SpinLocalDriver:
             raise ValueError("timeout_s must be within 1..720 s")
         if http_margin_s <= 0 or status_timeout_s < 2:
             raise ValueError("http_margin_s must be > 0 and status_timeout_s >= 2")
-        self._terminal_id = terminal_id
+        super().__init__(terminal_id, authkey, session, resend_gets=False)
         self._cgi = base_url.rstrip("/") + "/cgi.html"
         self._cred = codec.Credentials(register_id=register_id, authkey=authkey, tpn=tpn)
         self._timeout_s = float(math.ceil(timeout_s))
         self._margin_s = http_margin_s
         self._status_timeout_s = status_timeout_s
         self._settle_timeout_s = float(math.ceil(min(720.0, settle_timeout_s or timeout_s)))
-        self._session = never_resend(session) if session is not None else None
-        self._own_session = session is None
-        self._closed = False
 
     def __repr__(self) -> str:
         return (
             f"SpinLocalDriver(terminal_id={self._terminal_id!r}, url={self._cgi!r}, "
             f"register_id={self._cred.register_id!r})"
         )
-
-    @property
-    def terminal_id(self) -> str:
-        """The gateway's id for this terminal."""
-        return self._terminal_id
 
     @property
     def timeout_s(self) -> float:
@@ -115,39 +91,14 @@ class SpinLocalDriver:
 
     # ------------------------------------------------------------ transport
 
-    def _redact(self, text: str) -> str:
-        key = self._cred.authkey
-        if not key:
-            return text
-        for form in {key, urllib.parse.quote(key, safe=""), urllib.parse.quote(urllib.parse.quote(key, safe=""))}:
-            text = text.replace(form, "***")
-        return text
-
-    def _describe(self, exc: BaseException) -> str:
-        return self._redact(f"{type(exc).__name__}: {exc}")[:300]
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise TerminalError("driver is closed", terminal_id=self._terminal_id)
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=30)
-            self._session = never_resend(aiohttp.ClientSession(connector=connector))
-        return self._session
-
     async def _get(self, xml: str, http_timeout_s: float) -> bytes:
         timeout = aiohttp.ClientTimeout(total=http_timeout_s)
         url = URL(f"{self._cgi}?{codec.query(xml)}", encoded=True)
         async with self._get_session().get(url, headers=_HEADERS, timeout=timeout) as resp:
-            if resp.content_length is not None and resp.content_length > codec.MAX_ANSWER_BYTES:
-                raise ProtocolError("answer too large", terminal_id=self._terminal_id)
-            buf = bytearray()
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                buf += chunk
-                if len(buf) > codec.MAX_ANSWER_BYTES:
-                    raise ProtocolError("answer too large", terminal_id=self._terminal_id)
-            if resp.status == 503 and b"<response>" not in buf.lower():
+            body = await self._read(resp)
+            if resp.status == 503 and b"<response>" not in body.lower():
                 raise Unavailable(f"HTTP 503 {resp.reason or ''}".strip())
-            return bytes(buf)
+            return body
 
     # ------------------------------------------------------------ money
 
@@ -155,14 +106,10 @@ class SpinLocalDriver:
         try:
             data = await self._get(xml, self.transaction_timeout_s)
             outcome = codec.parse_payment(data, op=op, ref=ref, requested=requested)
-        except _NOT_SENT as exc:
-            outcome = Offline(message=self._describe(exc))
         except Unavailable as exc:
             outcome = Offline(message=str(exc))
-        except ProtocolError as exc:
-            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
-        except _NETWORK as exc:
-            outcome = Unknown(reason=self._describe(exc))
+        except (ProtocolError, *NETWORK) as exc:
+            outcome = self._failed(exc)
         log.debug("terminal %s: %s ref=%s -> %s", self._terminal_id, op, ref, type(outcome).__name__)
         return outcome
 
@@ -201,14 +148,10 @@ class SpinLocalDriver:
         xml = codec.status_request(self._cred, ref, payment_type)
         try:
             outcome = codec.parse_status(await self._get(xml, self._status_timeout_s), ref)
-        except _NOT_SENT as exc:
-            outcome = Offline(message=self._describe(exc))
         except Unavailable as exc:
             outcome = Offline(message=str(exc))
-        except ProtocolError as exc:
-            outcome = Unknown(reason=f"protocol error: {self._redact(exc.message)}")
-        except _NETWORK as exc:
-            outcome = Unknown(reason=self._describe(exc))
+        except (ProtocolError, *NETWORK) as exc:
+            outcome = self._failed(exc)
         log.debug("terminal %s: status ref=%s -> %s", self._terminal_id, ref, type(outcome).__name__)
         return outcome
 
@@ -222,7 +165,7 @@ class SpinLocalDriver:
             return Health(state="offline", message=str(exc))
         except ProtocolError as exc:
             return Health(state="unknown", message=self._redact(exc.message))
-        except _NETWORK as exc:
+        except NETWORK as exc:
             return Health(state="offline", message=self._describe(exc))
 
     async def settle(self) -> SettleResult:
@@ -234,7 +177,7 @@ class SpinLocalDriver:
             return SettleResult(ok=False, message=f"not sent: {exc}")
         except ProtocolError as exc:
             return SettleResult(ok=False, message=f"outcome unknown: {self._redact(exc.message)}")
-        except _NETWORK as exc:
+        except NETWORK as exc:
             return SettleResult(ok=False, message=f"outcome unknown: {self._describe(exc)}")
 
     async def batch(self) -> list[BatchEntry]:
@@ -245,10 +188,3 @@ class SpinLocalDriver:
             " mode, or from the terminal's own batch report",
             terminal_id=self._terminal_id,
         )
-
-    async def aclose(self) -> None:
-        """Close the session if this driver owns it (idempotent)."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._own_session:
-            await session.close()
