@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import uuid
 from collections import Counter
@@ -571,16 +572,7 @@ class Executor:
                 c, msgspec.structs.replace(t, status=TenderStatus.PROCESSING), Asked.CHARGE, outcome
             )
         except LeaseLost:
-            if isinstance(outcome, Approved):
-                # The charge went through after this daemon lost the order (a pause between its
-                # last lease check and the wire). If the new holder concluded "not charged", the
-                # approval corrects that: the charge becomes an orphan recovery voids.
-                if await best_effort(self.store.late_approval(t.id, outcome.amount)):
-                    log.error(
-                        "ALERT: checkout %s: charge %s approved after the order was given up; recovery voids it",
-                        c.order.id,
-                        t.reference_id,
-                    )
+            await self._approved_after_all(c, t, outcome)
             raise
 
     async def _inquire(self, c: Checkout, t: Tender) -> Checkout | None:
@@ -686,8 +678,11 @@ class Executor:
         if then is None:
             if await self.record(
                 t, status, outcome=outcome, failure_code=failure_code, reason=reason, last_error=last_error, from_=from_
-            ) and (phase := _PHASES.get(status)):
-                self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+            ):
+                if phase := _PHASES.get(status):
+                    self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
+            else:
+                await self._approved_after_all(c, t, outcome)
             return after
         if isinstance(then, machine.Commit):
             await failpoints.hit("before_commit")
@@ -704,12 +699,31 @@ class Executor:
         if recorded.written == "ok" and (phase := _PHASES.get(status)):
             self.events.progress(c.order.id, c.order.idempotency_key, phase, t)
         if recorded.written != "ok":
+            await self._approved_after_all(c, t, outcome)
             return recorded.checkout  # the row had moved on: go on from what is stored
         if isinstance(then, machine.Commit):
             await self.committed(after, {"outcome": recorded.outcome})
         else:
             self._failed(after, then, {"outcome": recorded.outcome})
         return recorded.checkout
+
+    async def _approved_after_all(self, c: Checkout, t: Tender, outcome: Outcome | None) -> None:
+        """An approval this daemon could not record: the order was given up (its lease lost), or
+        the tender had moved on meanwhile, as when another daemon concluded "not found, not
+        charged" while this one paused between its last lease check and the wire (and this one may
+        hold the order's lease again by now, for a refund or a recovery pass, so the write was
+        refused as stale, not for the lease). The approval is hard evidence and corrects that
+        conclusion: the charge becomes an orphan that recovery voids. Anything else the tender
+        moved on to stays as it is (CheckoutStore.late_approval changes only a tender failed as
+        not charged)."""
+        if not isinstance(outcome, Approved):
+            return
+        if await best_effort(self.store.late_approval(t.id, outcome.amount)):
+            log.error(
+                "ALERT: checkout %s: charge %s approved after the order was given up; recovery voids it",
+                c.order.id,
+                t.reference_id,
+            )
 
     @staticmethod
     def _then(after: Checkout) -> machine.Commit | machine.Fail | None:
