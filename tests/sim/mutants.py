@@ -153,7 +153,7 @@ def _confirm_nothing(original: Any) -> Any:
 
 
 # The CI seed budget for mutants: every mutant must be caught within it (test_mutants.py).
-MUTANT_SEEDS = range(1, 1501)
+MUTANT_SEEDS = range(1, 2501)
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- the state-machine issue's eight defects
@@ -487,9 +487,28 @@ MUTANTS: tuple[Mutant, ...] = (
             ),
             _Source("tests.sim.tables:Tables.claim_unfinished", "if prev is not None and prev != owner:", "if False:"),
             _Source(
-                "gatewayd.checkout.executor:Executor._charge",
+                "gatewayd.checkout.executor:Executor._approved_after_all",
                 "if await best_effort(self.store.late_approval(t.id, outcome.amount)):",
                 "if False:",
+            ),
+        ),
+    ),
+    Mutant(
+        "late-approval-stale",
+        "stalled-send",
+        "an approval refused as stale (not for the lease) is dropped: the daemon that paused past the wire "
+        "holds the order's lease again (for a refund) when it hears the approval, so only LeaseLost corrected it",
+        (
+            _Source(
+                "gatewayd.checkout.executor:Executor._record",
+                "else:\n            await self._approved_after_all(c, t, outcome)\n        return after\n",
+                "return after\n",
+                more=(
+                    (
+                        'if recorded.written != "ok":\n        await self._approved_after_all(c, t, outcome)\n',
+                        'if recorded.written != "ok":\n',
+                    ),
+                ),
             ),
         ),
     ),

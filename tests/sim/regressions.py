@@ -203,7 +203,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "gatewayd/checkout/reversals.py Reversals.refund (begin_refund before the lease, no re-check of the "
         "order after it). Fixed in gatewayd (6a94349): a refund is begun under the order's lease, like a void, "
         "so a void and a refund of one order never interleave.",
-        (300, 989, 1405, 2034),
+        (300, 989, 1405, 2034, 2455),
     ),
     KnownBug(
         "stalled-send",
@@ -214,8 +214,11 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         "the sender surely holds the lease (Executor.may_send, asked by the lane with no await before the "
         "send), a takeover moves the tender's sent_at to the takeover (claim_unfinished), and a pause "
         "after that last check (seeds 2221, 2259) is caught afterwards: the late approval corrects the "
-        "tender (CheckoutStore.late_approval) and recovery voids the orphan.",
-        (1114, 2221, 2259),
+        "tender (CheckoutStore.late_approval) and recovery voids the orphan. Seed 1062: the paused daemon "
+        "had taken the order's lease again (to refund the other tender's orphan) when it heard the approval, "
+        "so its write was refused as stale, not for the lease, and the approval was dropped (I2); fixed: "
+        "any approval that could not be recorded goes to late_approval (Executor._approved_after_all).",
+        (1062, 1114, 2221, 2259),
     ),
     KnownBug(
         "own-reclaim-stuck",

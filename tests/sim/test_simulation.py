@@ -1,4 +1,4 @@
-"""The seeded simulation in CI: a thousand seeds, determinism, and the fakes' own contracts.
+"""The seeded simulation in CI: five thousand seeds, determinism, and the fakes' own contracts.
 
 GATEWAYD_SIM_SEEDS=1-20000 runs another range (nightly, or on demand);
 GATEWAYD_SIM_STRICT=1 fails on the seeds of open known bugs too (tests/sim/regressions.py).
@@ -19,7 +19,9 @@ from tests.sim.__main__ import _range
 from tests.sim.runner import run_batch, run_seed
 
 ROOT = Path(__file__).resolve().parents[2]
-SEEDS = os.environ.get("GATEWAYD_SIM_SEEDS", "1-1000")
+# 5,000 seeds take ~90 s on two idle cores; seeds 1062 and 1125 (a lost approval, a freeze sprung
+# after the heal) were past the thousand CI ran before.
+SEEDS = os.environ.get("GATEWAYD_SIM_SEEDS", "1-5000")
 
 
 def test_seeds_keep_the_money_invariants() -> None:
@@ -28,7 +30,7 @@ def test_seeds_keep_the_money_invariants() -> None:
     batch = run_batch(_range(SEEDS))
     report = batch.summary()
     print(report)
-    assert len(batch.results) >= 1000 or "GATEWAYD_SIM_SEEDS" in os.environ
+    assert len(batch.results) >= 5000 or "GATEWAYD_SIM_SEEDS" in os.environ
     assert not batch.kinds_missing(), "fault kinds that never happened: " + ", ".join(batch.kinds_missing())
     assert not batch.missing(), "vacuous run:\n" + report
     assert not batch.unexplained, "a failure no known bug explains (a new bug?):\n" + report
