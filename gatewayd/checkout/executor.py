@@ -47,7 +47,7 @@ from gatewayd.retry import (
     backoff_s,
     not_found_wait_s,
 )
-from gatewayd.store.checkouts import CheckoutStore, Recorded, TenderAnswer, Written
+from gatewayd.store.checkouts import CheckoutStore, FinishStep, Recorded, TenderAnswer, Written
 from gatewayd.terminals import ops
 from gatewayd.terminals.outcomes import (
     Approved,
@@ -774,12 +774,14 @@ class Executor:
                 t.id,
                 self.owner,
                 answer,
-                then="fail" if fail is not None else "commit",
-                points_per_unit=self.policy.loyalty_points_per_unit,
-                minor_per_unit=self.policy.minor_units_per_unit,
-                fail_code=None if fail is None else fail.failure.code,
-                fail_reason=None if fail is None else fail.failure.message,
-                fail_status=str(fail.status) if fail is not None else "payment_failed",
+                FinishStep(
+                    then="fail" if fail is not None else "commit",
+                    points_per_unit=self.policy.loyalty_points_per_unit,
+                    minor_per_unit=self.policy.minor_units_per_unit,
+                    fail_code=None if fail is None else fail.failure.code,
+                    fail_reason=None if fail is None else fail.failure.message,
+                    fail_status=str(fail.status) if fail is not None else "payment_failed",
+                ),
             )
         )
         if recorded.outcome == "lease_lost":

@@ -83,6 +83,23 @@ class TenderAnswer(msgspec.Struct, frozen=True, kw_only=True):
         return (str(self.status), [str(s) for s in self.from_statuses], *values[2:])
 
 
+class FinishStep(msgspec.Struct, frozen=True, kw_only=True):
+    """The step `record_and_finish` takes after storing an answer: `commit` the order (loyalty
+    points at `points_per_unit` per `minor_per_unit`) or `fail` it (with its code, reason and
+    status). The order of the fields is the order of the SQL's parameters after the answer's."""
+
+    then: Literal["commit", "fail"]
+    points_per_unit: int = 0
+    minor_per_unit: int = 1
+    fail_code: str | None = None
+    fail_reason: str | None = None
+    fail_status: str = "payment_failed"
+
+    def params(self) -> tuple[Any, ...]:
+        """The SQL's parameters $27 to $32, in order."""
+        return msgspec.structs.astuple(self)
+
+
 # A tender row is fenced by its order's lease: the order id comes from the row itself.
 _HELD = "gw_lease_held($1, (SELECT order_id FROM payment_transactions WHERE store_id = $1 AND id = $2), $3)"
 
@@ -336,16 +353,10 @@ class CheckoutStore:
         tender_id: uuid.UUID,
         owner: str,
         answer: TenderAnswer,
-        *,
-        then: Literal["commit", "fail"] | None = None,
-        points_per_unit: int = 0,
-        minor_per_unit: int = 1,
-        fail_code: str | None = None,
-        fail_reason: str | None = None,
-        fail_status: str = "payment_failed",
+        step: FinishStep,
     ) -> Recorded:
         """`record_tender`, then in the same transaction (sql/010 gw_record_tender_and), when the
-        answer was stored and `then` says so, `commit` or `fail` of its order (each checks
+        answer was stored, `step`: `commit` or `fail` of its order (each checks
         everything again and answers as it does alone): the second of a card checkout's two
         commits. Answers with the order and its tenders as stored after it, so nothing is read
         back."""
@@ -356,12 +367,7 @@ class CheckoutStore:
                 tender_id,
                 owner,
                 *answer.params(),
-                then,
-                points_per_unit,
-                minor_per_unit,
-                fail_code,
-                fail_reason,
-                fail_status,
+                *step.params(),
             ),
             what="record tender and finish",
         )

@@ -94,6 +94,11 @@ def test_lines_logged_after_a_quiet_spell_are_written_too(stream: io.StringIO) -
     log = logging.getLogger("gatewayd.test")
     log.info("first")
     _wait_for(stream, "first")
-    time.sleep(0.2)
+    writer = logs._writer
+    assert writer is not None
+    deadline = time.monotonic() + 5.0
+    while writer.wake.is_set() or writer.pending:  # until the writer has gone back to sleep
+        assert time.monotonic() < deadline, "the writer never went back to sleep"
+        time.sleep(0.01)
     log.info("second")
     _wait_for(stream, "second")

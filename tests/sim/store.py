@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from gatewayd.checkout.machine import Checkout, Order, Refund, Tender, row, tenders_of
-from gatewayd.store.checkouts import Recorded, TenderAnswer, Written
+from gatewayd.store.checkouts import FinishStep, Recorded, TenderAnswer, Written
 from tests.sim.db import SimDatabase
 from tests.sim.loop import OWNER
 from tests.sim.tables import Tables
@@ -155,26 +155,9 @@ class SimCheckoutStore:
         return written
 
     async def record_and_finish(
-        self,
-        tender_id: uuid.UUID,
-        owner: str,
-        answer: TenderAnswer,
-        *,
-        then: Literal["commit", "fail"] | None = None,
-        points_per_unit: int = 0,
-        minor_per_unit: int = 1,
-        fail_code: str | None = None,
-        fail_reason: str | None = None,
-        fail_status: str = "payment_failed",
+        self, tender_id: uuid.UUID, owner: str, answer: TenderAnswer, step: FinishStep
     ) -> Recorded:
-        finish: dict[str, Any] = {
-            "then": then,
-            "points_per_unit": points_per_unit,
-            "minor_per_unit": minor_per_unit,
-            "fail_code": fail_code,
-            "fail_reason": fail_reason,
-            "fail_status": str(fail_status),
-        }
+        finish = msgspec.structs.asdict(step)
 
         def apply(now: datetime) -> Recorded:
             written, outcome = self.t.record_and_finish(
@@ -186,7 +169,7 @@ class SimCheckoutStore:
             return Recorded(written, outcome, _checkout(self.t.load(order_id, None), now))
 
         recorded: Recorded = await self._write(
-            "record_and_finish", "record tender and finish", apply, tender_id, owner, _stable(answer), **finish
+            "record_and_finish", "record tender and finish", apply, tender_id, owner, _stable(answer), step
         )
         return recorded
 
